@@ -1,0 +1,38 @@
+# Thin front over meson/ninja.  Every target installs missing Debian
+# packages first (scripts/install-deps), so a fresh machine needs only
+# `make demo` or `make check`.
+BUILD ?= build
+CHECK_BUILD ?= build-check
+
+.PHONY: all deps demo check bench fuzz crash clean
+
+all: deps
+	@if [ -f $(BUILD)/build.ninja ]; then meson setup --reconfigure $(BUILD) >/dev/null; \
+	 else meson setup $(BUILD) >/dev/null; fi
+	ninja -C $(BUILD)
+
+deps:
+	@scripts/install-deps
+
+demo: all
+	scripts/demo
+
+# Sanitizer build (ASan + UBSan) and every test.
+check: deps
+	@if [ -f $(CHECK_BUILD)/build.ninja ]; then meson setup --reconfigure $(CHECK_BUILD) >/dev/null; \
+	 else meson setup $(CHECK_BUILD) -Db_sanitize=address,undefined -Db_lundef=false >/dev/null; fi
+	ninja -C $(CHECK_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  meson test -C $(CHECK_BUILD) --print-errorlogs --num-processes 2 $(TESTS)
+
+bench: all
+	bench/run
+
+fuzz: deps
+	tests/fuzz/run long
+
+crash: all
+	RBLOCK_CRASH_ALL=1 tests/crash/run
+
+clean:
+	rm -rf $(BUILD) $(CHECK_BUILD) build-fuzz

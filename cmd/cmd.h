@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd.h - subcommands of the rblock program.  Each cmd_<name> gets the
+ * argv that starts with its own name and returns the process exit code.
+ * Options are parsed with getopt_long; errors go to stderr as
+ * "rblock: <message>" (see die/complain in common.c).
+ */
+#ifndef RBLOCK_CMD_H
+#define RBLOCK_CMD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "rblock/error.h"
+#include "rblock/image.h"
+
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
+int cmd_delta(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+
+/* Print "rblock: <formatted message>\n" to stderr. */
+void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Parse a size with an optional suffix (k, M, G, T, P, E; powers of 1024;
+ * also "b" for 512-byte sectors is NOT accepted).  Returns 0 or -EINVAL. */
+int parse_size(const char *s, uint64_t *out);
+
+/* Parse "human" or "json" for --output.  Returns 0 or -EINVAL. */
+int parse_output(const char *s, bool *json);
+
+/* Open an image for a command: @fmt may be NULL (probe).  On failure
+ * prints the error and returns NULL. */
+struct rb_image *open_image(const char *path, const char *fmt, bool write);
+
+/* Progress on a terminal: percent, rate, time left; nothing when stderr is
+ * not a terminal or when disabled. */
+struct progress;
+struct progress *progress_new(bool enabled, uint64_t total_bytes);
+void progress_update(struct progress *p, uint64_t done_bytes);
+void progress_done(struct progress *p);
+
+#endif

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd.h"
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"info", cmd_info, "show an image's header, features, layout and chain"},
+    {"map", cmd_map, "show the guest-to-host mapping (as qemu-img map)"},
+    {"check", cmd_check, "check an image for leaks and corruption"},
+    {"create", cmd_create, "create a new qcow2 image"},
+    {"convert", cmd_convert, "convert between raw and qcow2"},
+    {"diff", cmd_diff, "list the sectors where two disks differ"},
+    {"delta", cmd_delta, "write a qcow2 overlay holding only what changed"},
+    {"serve", cmd_serve, "serve an image over NBD and JSON-RPC"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: rblock <command> [options] ...\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n  --inspect IMAGE   same as 'info IMAGE'\n"
+               "  --version         print the version\n"
+               "\nrun 'rblock <command> --help' for a command's options\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("rblock %s\n", RBLOCK_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "--inspect") == 0) {
+        argv[1] = (char *)"info";
+        return cmd_info(argc - 1, argv + 1);
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].fn(argc - 1, argv + 1);
+    }
+    complain("unknown command '%s' (try 'rblock --help')", argv[1]);
+    return 1;
+}

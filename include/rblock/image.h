@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * image.h - the one interface every command is written over.
+ *
+ * A struct rb_image is a disk: raw file, block device, or qcow2 image
+ * (with its backing chain).  Drivers implement struct rb_image_ops;
+ * callers use the rb_image_* wrappers, which validate ranges and walk the
+ * backing chain for block status.
+ *
+ * Concurrency: every operation may be called from several threads at
+ * once on the same image; drivers do their own locking.  Open and close
+ * are not concurrent with anything else.
+ */
+#ifndef RBLOCK_IMAGE_H
+#define RBLOCK_IMAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "rblock/error.h"
+
+struct rb_image;
+
+/* Flags of write and write_zeroes. */
+#define RB_WRITE_FUA 0x1       /* durable before return */
+#define RB_ZERO_MAY_UNMAP 0x2  /* write_zeroes may deallocate (punch) */
+#define RB_ZERO_FAST 0x4       /* fail with -ENOTSUP unless zeroing is cheap */
+
+/* Flags of struct rb_extent. */
+#define RB_BS_DATA 0x01         /* backed by stored data (may still read as 0) */
+#define RB_BS_ZERO 0x02         /* reads return zeros */
+#define RB_BS_ALLOCATED 0x04    /* defined by the layer at `depth` ("present") */
+#define RB_BS_OFFSET_VALID 0x08 /* host_off is the offset in that layer's file */
+#define RB_BS_COMPRESSED 0x10   /* stored compressed */
+
+/* One extent of block status: [off, off + length) where `off` is what the
+ * caller asked about. */
+struct rb_extent {
+    uint64_t length;   /* > 0 on success */
+    unsigned flags;    /* RB_BS_* */
+    unsigned depth;    /* 0 = this image, 1 = its backing...; when not
+                          ALLOCATED anywhere: the number of layers */
+    uint64_t host_off; /* with RB_BS_OFFSET_VALID */
+};
+
+struct rb_image_ops {
+    const char *format; /* "raw", "qcow2" */
+
+    /* Read len bytes at off; the driver reads unallocated ranges from its
+     * backing image (zeros past the backing's end).  Range already checked. */
+    int (*read)(struct rb_image *img, void *buf, uint64_t off, size_t len,
+                struct rb_error *err);
+    /* NULL when the driver is read-only. */
+    int (*write)(struct rb_image *img, const void *buf, uint64_t off,
+                 size_t len, unsigned flags, struct rb_error *err);
+    int (*write_zeroes)(struct rb_image *img, uint64_t off, uint64_t len,
+                        unsigned flags, struct rb_error *err);
+    /* Discard: after it, the range reads as the backing (or zeros). */
+    int (*trim)(struct rb_image *img, uint64_t off, uint64_t len,
+                struct rb_error *err);
+    int (*flush)(struct rb_image *img, struct rb_error *err);
+    /*
+     * Status of this layer only, for one extent starting at off and at most
+     * len long.  A range this layer does not define is returned without
+     * RB_BS_ALLOCATED and with depth 0; rb_image_block_status then asks the
+     * backing image.
+     */
+    int (*block_status)(struct rb_image *img, uint64_t off, uint64_t len,
+                        struct rb_extent *ext, struct rb_error *err);
+    /* Write compressed data of exactly one cluster at a cluster-aligned
+     * offset into an unallocated cluster (convert -c).  May be NULL. */
+    int (*write_compressed)(struct rb_image *img, const void *buf,
+                            uint64_t off, size_t len, struct rb_error *err);
+    /* Release everything except img itself and img->backing. */
+    void (*close)(struct rb_image *img);
+};
+
+struct rb_image {
+    const struct rb_image_ops *ops;
+    char *filename;          /* as given by the user or the backing name */
+    uint64_t size;           /* virtual size in bytes */
+    bool read_only;
+    unsigned cluster_bytes;  /* allocation unit; 0 for raw (use 4096 as preferred) */
+    dev_t dev;               /* identity of the file, for comparing layers */
+    ino_t ino;
+    struct rb_image *backing; /* owned; NULL when none */
+    char *backing_name;      /* as stored in the header (driver sets it) */
+    char *backing_format;    /* as recorded ("raw", "qcow2"), NULL if absent */
+    char *backing_path;      /* backing_name resolved from the overlay's folder */
+    void *priv;              /* driver state */
+};
+
+/* Options of rb_image_open.  A zeroed struct means: probe the format,
+ * read-only, follow the backing chain, default limits. */
+struct rb_open_opts {
+    const char *format;      /* "raw", "qcow2" or NULL to probe */
+    bool write;              /* open the top layer read-write */
+    bool no_backing;         /* do not open the backing chain */
+    bool unsafe_no_barriers; /* no fdatasync between metadata steps (convert
+                                output that is deleted on failure) */
+    bool lock;               /* take an fcntl OFD lock (writer exclusive) */
+    unsigned max_depth;      /* cap on the backing chain; 0 = RB_MAX_CHAIN */
+    size_t cache_bytes;      /* metadata cache cap; 0 = default */
+};
+
+#define RB_MAX_CHAIN 64
+#define RB_DEFAULT_CACHE_BYTES (8u << 20)
+
+/*
+ * Open @path.  Probes the format unless opts->format is set (a file that
+ * is not qcow2 is raw).  Opens the backing chain read-only: names relative
+ * to the overlay's folder, the backing format from the header (a backing
+ * file is never probed), loops, "json:" names and chains deeper than the
+ * cap are refused.  Returns an owned image or NULL with @err set
+ * (message starts with the file name).
+ */
+struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts,
+                               struct rb_error *err);
+
+/* Close an image and its backing chain; accepts NULL.  Does not flush:
+ * call rb_image_flush first when durability matters. */
+void rb_image_close(struct rb_image *img);
+
+/* Probe: returns "qcow2" or "raw" for an open fd. */
+const char *rb_image_probe(int fd);
+
+/* Range-checked wrappers.  Reads and writes past the end fail with
+ * -EINVAL (reads) or -ENOSPC (writes), with a message. */
+int rb_image_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
+                  struct rb_error *err);
+/* Like rb_image_read but bytes past img->size read as zeros (used to read
+ * a backing file that is shorter than its overlay). */
+int rb_image_read_zeropad(struct rb_image *img, void *buf, uint64_t off,
+                          size_t len, struct rb_error *err);
+int rb_image_write(struct rb_image *img, const void *buf, uint64_t off,
+                   size_t len, unsigned flags, struct rb_error *err);
+int rb_image_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len,
+                          unsigned flags, struct rb_error *err);
+int rb_image_trim(struct rb_image *img, uint64_t off, uint64_t len,
+                  struct rb_error *err);
+int rb_image_flush(struct rb_image *img, struct rb_error *err);
+
+/*
+ * Block status through the whole chain: one extent starting at @off, at
+ * most @len long, resolved to the first layer that defines it (depth) or,
+ * if none, flags RB_BS_ZERO with depth = number of layers.  Past a
+ * backing's end the range is zero and not allocated.
+ */
+int rb_image_block_status(struct rb_image *img, uint64_t off, uint64_t len,
+                          struct rb_extent *ext, struct rb_error *err);
+
+/* Status of the top layer only (no chain walk). */
+int rb_image_block_status_top(struct rb_image *img, uint64_t off, uint64_t len,
+                              struct rb_extent *ext, struct rb_error *err);
+
+/* Number of layers in the chain (1 for an image without backing). */
+unsigned rb_image_chain_length(const struct rb_image *img);
+
+/* The image at @depth in the chain or NULL. */
+struct rb_image *rb_image_layer(struct rb_image *img, unsigned depth);
+
+/* Driver entry points (used by rb_image_open). */
+struct rb_image *rb_raw_open(const char *path, int fd, const struct rb_open_opts *opts,
+                             struct rb_error *err);
+/* The driver takes ownership of fd (closes it on failure too).  It sets
+ * backing_name/backing_format; rb_image_open opens the chain. */
+struct rb_image *rb_qcow2_open(const char *path, int fd, const struct rb_open_opts *opts,
+                               struct rb_error *err);
+
+/* Internal helper for drivers: allocate a struct rb_image with @ops and a
+ * copy of @path.  Returns NULL on ENOMEM. */
+struct rb_image *rb_image_new(const struct rb_image_ops *ops, const char *path);
+
+#endif

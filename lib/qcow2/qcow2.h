@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2.h - internal contract of the qcow2 driver (not installed).
+ *
+ * On-disk names follow QEMU's docs/interop/qcow2.txt so that grepping the
+ * spec finds the code.  Module map (dependencies point downwards):
+ *
+ *   qcow2.c     open/close, the rb_image_ops table, locking
+ *   write.c     guest writes, zeroes, discard, COW, flush        (write path)
+ *   cluster.c   guest->host mapping: L1/L2 lookup, subclusters, reads
+ *   alloc.c     cluster allocation, refcount updates, table growth (write path)
+ *   refcount.c  reading refcounts at every width (1..64 bits)
+ *   cache.c     bounded metadata cache (L2 tables, refcount blocks) with
+ *               write-back and the write-ordering dependencies
+ *   compress.c  zlib (raw deflate) and zstd clusters
+ *   header.c    parse and validate the header and its extensions (a leaf)
+ *   check.c     consistency check (reads both mappings and refcounts)
+ *   create.c    write a new empty image
+ *
+ * Locking: struct qcow2_state.lock (a mutex) guards all metadata and the
+ * caches.  Data I/O to clusters already mapped may run outside it.
+ */
+#ifndef RBLOCK_QCOW2_INT_H
+#define RBLOCK_QCOW2_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "rblock/error.h"
+#include "rblock/image.h"
+
+/* ---- on-disk constants (qcow2.txt) ------------------------------------ */
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_MASK 0x1full
+
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+#define QCOW2_AUTOCLEAR_MASK 0x3ull
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* Header extension types. */
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+/* L1 / L2 / refcount-table entries. */
+#define QCOW2_OFLAG_COPIED (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO (1ull << 0)
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+#define QCOW2_L1E_RESERVED_MASK 0x7f000000000001ffull
+#define QCOW2_L2E_STD_RESERVED_MASK 0x3f000000000001feull
+
+/* Extended L2: the second 64-bit word holds allocation (bits 0..31) and
+ * zero (bits 32..63) bitmaps of 32 subclusters. */
+#define QCOW2_SUBCLUSTERS 32
+
+/* Limits, as QEMU's (block/qcow2.h). */
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES (32u << 20)
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_SNAPSHOTS 65536
+#define QCOW2_MAX_SNAPSHOTS_BYTES (64u << 20)
+#define QCOW2_MAX_BACKING_NAME 1023
+#define QCOW2_MAX_VIRTUAL_SIZE (1ull << 55) /* 32 MiB L1 * 8 KiB... capped */
+
+/* ---- parsed header ------------------------------------------------------ */
+
+struct qcow2_feature_name {
+    uint8_t type; /* 0 incompatible, 1 compatible, 2 autoclear */
+    uint8_t bit;
+    char name[47]; /* NUL-terminated (46 bytes on disk) */
+};
+
+struct qcow2_ext {
+    uint32_t type;
+    uint32_t length;
+    uint64_t offset; /* of the data in the file */
+};
+
+struct qcow2_header {
+    uint32_t version; /* 2 or 3 */
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    /* v3 (v2 values: as the spec implies) */
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order; /* 4 for v2 */
+    uint32_t header_length;  /* 72 for v2 */
+    uint8_t compression_type;
+
+    /* extensions */
+    char *backing_file;   /* NULL when none */
+    char *backing_format; /* NULL when absent */
+    char *data_file;      /* external data file name, NULL when none */
+    struct qcow2_feature_name *feature_names;
+    size_t nb_feature_names;
+    struct qcow2_ext *exts; /* every extension seen, known or not */
+    size_t nb_exts;
+    uint32_t nb_bitmaps;              /* from the bitmaps extension */
+    uint64_t bitmap_directory_size;
+    uint64_t bitmap_directory_offset;
+};
+
+/*
+ * Parse and validate the header at the start of @fd (file size @file_size).
+ * Every field is checked as the spec and QEMU's limits say; unknown
+ * incompatible bits are refused naming them from the feature-name table.
+ * On success fills @h (free with qcow2_header_free).  Returns 0 or -errno
+ * with @err set, the message prefixed with @name.
+ */
+int qcow2_header_read(int fd, const char *name, uint64_t file_size,
+                      struct qcow2_header *h, struct rb_error *err);
+int qcow2_header_parse(const uint8_t *buf, size_t buf_len, const char *name,
+                       uint64_t file_size, struct qcow2_header *h,
+                       struct rb_error *err);
+void qcow2_header_free(struct qcow2_header *h);
+
+/* ---- metadata cache ----------------------------------------------------- */
+
+/*
+ * A bounded cache of cluster-sized metadata tables (L2 tables, refcount
+ * blocks).  Entries are looked up by host offset, pinned while used, and
+ * evicted LRU.  Dirty entries are written back on eviction or flush.
+ * Write ordering (DESIGN.md section 4) lives here: a cache may depend on
+ * another (L2 cache depends on the refcount cache): before any dirty
+ * entry of the dependent cache is written, the cache it depends on is
+ * flushed and, with barriers on, fdatasync'ed.
+ */
+struct qcow2_cache;
+
+struct qcow2_cache *qcow2_cache_new(int fd, size_t entry_bytes, size_t max_bytes);
+void qcow2_cache_free(struct qcow2_cache *c);
+/* Get a pinned pointer to the table at @host_off, reading it if needed.
+ * Returns 0 or -errno. */
+int qcow2_cache_get(struct qcow2_cache *c, uint64_t host_off, void **table);
+/* Like get, but for a newly allocated table: no read, zero-filled. */
+int qcow2_cache_get_empty(struct qcow2_cache *c, uint64_t host_off, void **table);
+void qcow2_cache_put(struct qcow2_cache *c, void *table);
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, void *table);
+/* Make @c flush @dep (and sync, with barriers) before writing any of its
+ * own dirty entries. */
+void qcow2_cache_set_dependency(struct qcow2_cache *c, struct qcow2_cache *dep);
+void qcow2_cache_set_barriers(struct qcow2_cache *c, bool barriers);
+/* Write back every dirty entry (after flushing a dependency). */
+int qcow2_cache_flush(struct qcow2_cache *c);
+/* Drop an entry without writing it (the cluster was freed). */
+void qcow2_cache_discard(struct qcow2_cache *c, uint64_t host_off);
+
+/* ---- driver state -------------------------------------------------------- */
+
+struct qcow2_state {
+    pthread_mutex_t lock;
+    int fd;            /* the image file */
+    int data_fd;       /* external data file, or == fd */
+    uint64_t file_size;
+    bool writable;
+    bool barriers;     /* fdatasync between ordered steps */
+
+    struct qcow2_header h;
+    uint32_t cluster_bytes;
+    uint32_t l2_entries;      /* entries per L2 table */
+    uint32_t l2_entry_bytes;  /* 8, or 16 with extended L2 */
+    uint32_t subcluster_bytes;
+    bool extended_l2;
+
+    uint64_t *l1;             /* host byte order, l1_size entries */
+    uint64_t *reftable;       /* host byte order */
+    uint64_t reftable_entries;
+    uint32_t refblock_entries; /* refcounts per refcount block */
+
+    struct qcow2_cache *l2_cache;
+    struct qcow2_cache *refblock_cache;
+
+    /* write path */
+    uint64_t free_cluster_hint; /* first host cluster index that may be free */
+    bool dirty_bit_set;         /* we set QCOW2_INCOMPAT_DIRTY on disk */
+};
+
+/* Refcount of host cluster @cluster_index (0 for past the table).
+ * Caller holds the lock.  Returns 0 or -errno. */
+int qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster_index,
+                       uint64_t *refcount, struct rb_error *err);
+/* Read refcount entry @i of a refcount block at width 2^order bits. */
+uint64_t qcow2_refblock_get(const void *block, uint32_t order, uint64_t i);
+void qcow2_refblock_set(void *block, uint32_t order, uint64_t i, uint64_t value);
+
+/* Decompress one compressed cluster. Returns 0 or -errno (-EIO on bad data). */
+int qcow2_decompress(uint8_t type, const void *src, size_t src_len, void *dst,
+                     size_t dst_len);
+/* Compress; returns the compressed length, or 0 when it does not fit in
+ * dst_len (store uncompressed), or -errno. */
+long qcow2_compress(uint8_t type, const void *src, size_t src_len, void *dst,
+                    size_t dst_len);
+
+#endif

@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * image.c - format probing, the backing chain, and range-checked wrappers
+ * around the driver operations.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rblock/image.h"
+#include "rblock/io.h"
+
+struct rb_image *rb_image_new(const struct rb_image_ops *ops, const char *path)
+{
+    struct rb_image *img = calloc(1, sizeof(*img));
+
+    if (!img)
+        return NULL;
+    img->ops = ops;
+    img->filename = strdup(path);
+    if (!img->filename) {
+        free(img);
+        return NULL;
+    }
+    return img;
+}
+
+const char *rb_image_probe(int fd)
+{
+    uint8_t magic[4];
+
+    if (rb_io_pread_exact(fd, magic, sizeof(magic), 0) == 0 &&
+        magic[0] == 'Q' && magic[1] == 'F' && magic[2] == 'I' && magic[3] == 0xfb)
+        return "qcow2";
+    return "raw";
+}
+
+/* Resolve a backing name against the folder of the overlay, as QEMU does:
+ * absolute names stay, relative ones are relative to the overlay's folder. */
+static char *resolve_backing(const char *overlay, const char *name)
+{
+    const char *slash;
+    size_t dir_len;
+    char *out;
+
+    if (name[0] == '/')
+        return strdup(name);
+    slash = strrchr(overlay, '/');
+    if (!slash)
+        return strdup(name);
+    dir_len = (size_t)(slash - overlay) + 1;
+    out = malloc(dir_len + strlen(name) + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, overlay, dir_len);
+    strcpy(out + dir_len, name);
+    return out;
+}
+
+static struct rb_image *open_one(const char *path, const struct rb_open_opts *opts,
+                                 bool top, struct rb_error *err)
+{
+    struct rb_open_opts o = *opts;
+    const char *fmt;
+    struct stat st;
+    int fd;
+
+    if (strncmp(path, "json:", 5) == 0) {
+        rb_error_set(err, EINVAL, "%s: json: pseudo-filenames are not supported", path);
+        return NULL;
+    }
+    if (!top)
+        o.write = false;
+    fd = open(path, (o.write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) {
+        rb_error_set(err, errno, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
+        rb_error_set(err, EINVAL, "%s: not a regular file or block device", path);
+        close(fd);
+        return NULL;
+    }
+    fmt = o.format ? o.format : rb_image_probe(fd);
+    struct rb_image *img;
+    if (strcmp(fmt, "qcow2") == 0) {
+        img = rb_qcow2_open(path, fd, &o, err);
+    } else if (strcmp(fmt, "raw") == 0) {
+        img = rb_raw_open(path, fd, &o, err);
+    } else {
+        rb_error_set(err, EINVAL, "%s: unknown format '%s' (known: raw, qcow2)", path, fmt);
+        close(fd);
+        return NULL;
+    }
+    if (img) {
+        img->dev = st.st_dev;
+        img->ino = st.st_ino;
+    }
+    return img;
+}
+
+struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts,
+                               struct rb_error *err)
+{
+    static const struct rb_open_opts defaults;
+    struct rb_image *top, *cur;
+    unsigned max_depth, depth = 0;
+
+    if (!opts)
+        opts = &defaults;
+    max_depth = opts->max_depth ? opts->max_depth : RB_MAX_CHAIN;
+    top = open_one(path, opts, true, err);
+    if (!top || opts->no_backing)
+        return top;
+
+    for (cur = top; cur->backing_name; cur = cur->backing) {
+        struct rb_open_opts bo = *opts;
+
+        if (++depth > max_depth) {
+            rb_error_set(err, ELOOP, "%s: backing chain is deeper than %u layers",
+                         path, max_depth);
+            goto fail;
+        }
+        if (strncmp(cur->backing_name, "json:", 5) == 0) {
+            rb_error_set(err, EINVAL,
+                         "%s: backing file name '%s' is a json: pseudo-filename, "
+                         "which is not supported", cur->filename, cur->backing_name);
+            goto fail;
+        }
+        cur->backing_path = resolve_backing(cur->filename, cur->backing_name);
+        if (!cur->backing_path) {
+            rb_error_set(err, ENOMEM, "%s: out of memory", path);
+            goto fail;
+        }
+        /* The recorded backing format is used; without one the backing is
+         * probed, as QEMU does for images made before -F was required. */
+        bo.format = cur->backing_format;
+        cur->backing = open_one(cur->backing_path, &bo, false, err);
+        if (!cur->backing) {
+            rb_error_prefix(err, "%s: cannot open backing file", cur->filename);
+            goto fail;
+        }
+        /* A loop: the new layer is a file already in the chain. */
+        for (struct rb_image *p = top; p != cur->backing; p = p->backing) {
+            if (p->dev == cur->backing->dev && p->ino == cur->backing->ino) {
+                rb_error_set(err, ELOOP, "%s: backing chain has a loop: '%s' is "
+                             "its own backing file", path, cur->backing_path);
+                goto fail;
+            }
+        }
+    }
+    return top;
+fail:
+    rb_image_close(top);
+    return NULL;
+}
+
+void rb_image_close(struct rb_image *img)
+{
+    while (img) {
+        struct rb_image *next = img->backing;
+        if (img->ops && img->ops->close)
+            img->ops->close(img);
+        free(img->filename);
+        free(img->backing_name);
+        free(img->backing_format);
+        free(img->backing_path);
+        free(img);
+        img = next;
+    }
+}
+
+unsigned rb_image_chain_length(const struct rb_image *img)
+{
+    unsigned n = 0;
+
+    for (; img; img = img->backing)
+        n++;
+    return n;
+}
+
+struct rb_image *rb_image_layer(struct rb_image *img, unsigned depth)
+{
+    while (img && depth--)
+        img = img->backing;
+    return img;
+}
+
+static int check_range(struct rb_image *img, uint64_t off, uint64_t len, int code,
+                       struct rb_error *err)
+{
+    uint64_t end;
+
+    if (!rb_add_ok(off, len, &end) || end > img->size)
+        return rb_error_set(err, code,
+                            "%s: request at offset %" PRIu64 " length %" PRIu64
+                            " is past the end of the image (size %" PRIu64 ")",
+                            img->filename, off, len, img->size);
+    return 0;
+}
+
+static int check_writable(struct rb_image *img, struct rb_error *err)
+{
+    if (img->read_only)
+        return rb_error_set(err, EROFS, "%s: image is read-only", img->filename);
+    return 0;
+}
+
+int rb_image_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
+                  struct rb_error *err)
+{
+    int ret = check_range(img, off, len, EINVAL, err);
+
+    if (ret < 0 || len == 0)
+        return ret;
+    return img->ops->read(img, buf, off, len, err);
+}
+
+int rb_image_read_zeropad(struct rb_image *img, void *buf, uint64_t off, size_t len,
+                          struct rb_error *err)
+{
+    size_t in = 0;
+
+    if (off < img->size)
+        in = img->size - off < len ? (size_t)(img->size - off) : len;
+    if (in < len)
+        memset((uint8_t *)buf + in, 0, len - in);
+    if (in == 0)
+        return 0;
+    return img->ops->read(img, buf, off, in, err);
+}
+
+int rb_image_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
+                   unsigned flags, struct rb_error *err)
+{
+    int ret = check_writable(img, err);
+
+    if (ret == 0)
+        ret = check_range(img, off, len, ENOSPC, err);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (!img->ops->write)
+        return rb_error_set(err, ENOTSUP, "%s: format does not support writing",
+                            img->filename);
+    return img->ops->write(img, buf, off, len, flags, err);
+}
+
+int rb_image_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len,
+                          unsigned flags, struct rb_error *err)
+{
+    int ret = check_writable(img, err);
+
+    if (ret == 0)
+        ret = check_range(img, off, len, ENOSPC, err);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (!img->ops->write_zeroes)
+        return rb_error_set(err, ENOTSUP, "%s: format does not support writing",
+                            img->filename);
+    return img->ops->write_zeroes(img, off, len, flags, err);
+}
+
+int rb_image_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error *err)
+{
+    int ret = check_writable(img, err);
+
+    if (ret == 0)
+        ret = check_range(img, off, len, ENOSPC, err);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (!img->ops->trim)
+        return 0; /* discard is advisory */
+    return img->ops->trim(img, off, len, err);
+}
+
+int rb_image_flush(struct rb_image *img, struct rb_error *err)
+{
+    if (img->read_only || !img->ops->flush)
+        return 0;
+    return img->ops->flush(img, err);
+}
+
+int rb_image_block_status_top(struct rb_image *img, uint64_t off, uint64_t len,
+                              struct rb_extent *ext, struct rb_error *err)
+{
+    int ret = check_range(img, off, len, EINVAL, err);
+
+    if (ret < 0)
+        return ret;
+    if (len == 0)
+        return rb_error_set(err, EINVAL, "%s: block status of an empty range",
+                            img->filename);
+    memset(ext, 0, sizeof(*ext));
+    ret = img->ops->block_status(img, off, len, ext, err);
+    if (ret == 0 && (ext->length == 0 || ext->length > len))
+        return rb_error_set(err, EIO, "%s: driver returned a bad extent", img->filename);
+    return ret;
+}
+
+int rb_image_block_status(struct rb_image *img, uint64_t off, uint64_t len,
+                          struct rb_extent *ext, struct rb_error *err)
+{
+    struct rb_image *layer = img;
+    unsigned depth = 0;
+    int ret;
+
+    ret = rb_image_block_status_top(img, off, len, ext, err);
+    if (ret < 0)
+        return ret;
+    /* Walk down while the range is not defined by the current layer; the
+     * extent only ever shrinks, so the answer holds for the whole range. */
+    while (!(ext->flags & RB_BS_ALLOCATED)) {
+        uint64_t n = ext->length;
+
+        layer = layer->backing;
+        depth++;
+        if (!layer || off >= layer->size) {
+            /* not present in any layer (or past a shorter backing) */
+            ext->flags = RB_BS_ZERO;
+            ext->depth = rb_image_chain_length(img);
+            ext->host_off = 0;
+            ext->length = n;
+            if (layer && off >= layer->size)
+                ext->depth = depth; /* qemu reports the layer it ran out at */
+            return 0;
+        }
+        if (n > layer->size - off)
+            n = layer->size - off;
+        memset(ext, 0, sizeof(*ext));
+        ret = layer->ops->block_status(layer, off, n, ext, err);
+        if (ret < 0)
+            return ret;
+        if (ext->length == 0 || ext->length > n)
+            return rb_error_set(err, EIO, "%s: driver returned a bad extent",
+                                layer->filename);
+        ext->depth = depth;
+    }
+    return 0;
+}
