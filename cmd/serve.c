@@ -1,11 +1,166 @@
 /* SPDX-License-Identifier: MIT */
-/* Placeholder: replaced by the real 'serve' command. */
+/*
+ * serve.c - rblock serve: one image over NBD (and, later, JSON-RPC) from
+ * one process.  Option parsing and start-up only; the server is in
+ * server/core and the protocols in server/nbd, server/jsonrpc.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cmd.h"
+#include "core/conn.h"
+#include "core/export.h"
+#include "core/listen.h"
+#include "core/quit.h"
+#include "nbd/nbd.h"
+
+#define MAX_ADDRS 32
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: rblock serve [--nbd ADDR]... [--read-only] [--export-name NAME]\n"
+            "                    [--description TEXT] [--max-connections N]\n"
+            "                    [--handshake-timeout SECONDS] [--run CMD] [-f FMT] IMAGE\n"
+            "\n"
+            "Serve IMAGE (raw, qcow2 or a qcow2 chain) over NBD.\n"
+            "  --nbd ADDR             tcp:HOST:PORT or unix:PATH (repeatable); default\n"
+            "                         tcp:127.0.0.1:10809 unless socket-activated\n"
+            "  -r, --read-only        refuse writes\n"
+            "  -x, --export-name NAME export name (\"\" is always accepted)\n"
+            "  -d, --description TEXT description shown to clients\n"
+            "  -m, --max-connections N  (default %u)\n"
+            "      --handshake-timeout SECONDS  (default %u)\n"
+            "      --run CMD          run CMD with $uri, $nbd, $port/$unixsocket set; stop\n"
+            "                         when it ends and exit with its status\n"
+            "  -f, --format FMT       raw or qcow2 (default: probe)\n",
+            RB_DEFAULT_MAX_CONNECTIONS, RB_DEFAULT_HANDSHAKE_MS / 1000);
+}
+
+static int parse_count(const char *s, const char *what, unsigned max, unsigned *out)
+{
+    char *end;
+    unsigned long v;
+
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v == 0 || v > max || s[0] == '-') {
+        complain("%s must be a number from 1 to %u, not '%s'", what, max, s);
+        return -EINVAL;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
 
 int cmd_serve(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    complain("'serve' is not implemented yet");
+    enum { OPT_NBD = 256, OPT_RUN, OPT_HS_TIMEOUT };
+    static const struct option longopts[] = {
+        {"nbd", required_argument, NULL, OPT_NBD},
+        {"read-only", no_argument, NULL, 'r'},
+        {"export-name", required_argument, NULL, 'x'},
+        {"description", required_argument, NULL, 'd'},
+        {"max-connections", required_argument, NULL, 'm'},
+        {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
+        {"run", required_argument, NULL, OPT_RUN},
+        {"format", required_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *nbd_addrs[MAX_ADDRS];
+    size_t n_nbd = 0;
+    const char *run_cmd = NULL;
+    struct rb_export_config cfg = {0};
+    struct rb_server srv = {0};
+    struct rb_listeners ls = {0};
+    struct rb_error err = {0};
+    unsigned hs_seconds = RB_DEFAULT_HANDSHAKE_MS / 1000;
+    int c, status = 1, activated;
+
+    while ((c = getopt_long(argc, argv, "rx:d:m:f:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_NBD:
+            if (n_nbd == MAX_ADDRS) {
+                complain("at most %d --nbd addresses", MAX_ADDRS);
+                return 1;
+            }
+            nbd_addrs[n_nbd++] = optarg;
+            break;
+        case 'r': cfg.read_only = true; break;
+        case 'x':
+            if (strlen(optarg) > 4096) {
+                complain("--export-name is longer than 4096 bytes");
+                return 1;
+            }
+            cfg.name = optarg;
+            break;
+        case 'd':
+            if (strlen(optarg) > 4096) {
+                complain("--description is longer than 4096 bytes");
+                return 1;
+            }
+            cfg.description = optarg;
+            break;
+        case 'm':
+            if (parse_count(optarg, "--max-connections", 65536, &srv.max_connections))
+                return 1;
+            break;
+        case OPT_HS_TIMEOUT:
+            if (parse_count(optarg, "--handshake-timeout", 3600, &hs_seconds))
+                return 1;
+            break;
+        case OPT_RUN: run_cmd = optarg; break;
+        case 'f': cfg.format = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind != argc - 1) {
+        complain("serve needs exactly one IMAGE (try 'rblock serve --help')");
+        return 1;
+    }
+    cfg.path = argv[optind];
+    srv.handshake_timeout_ms = hs_seconds * 1000;
+
+    /* Listeners first (socket activation needs our pid unchanged and no
+     * threads yet), then the image, then --run's environment. */
+    activated = rb_listener_adopt_systemd(&ls, &rb_nbd_protocol, &err);
+    if (activated < 0)
+        goto fail;
+    for (size_t i = 0; i < n_nbd; i++)
+        if (rb_listener_add(&ls, nbd_addrs[i], &rb_nbd_protocol, &err) < 0)
+            goto fail;
+    if (ls.n == 0) {
+        if (run_cmd ? rb_listener_add_private_unix(&ls, &rb_nbd_protocol, &err) < 0
+                    : rb_listener_add(&ls, "tcp:127.0.0.1:10809", &rb_nbd_protocol, &err) < 0)
+            goto fail;
+    }
+    srv.export = rb_export_open(&cfg, &err);
+    if (!srv.export)
+        goto fail;
+    if (run_cmd && rb_listeners_export_env(&ls, &rb_nbd_protocol, cfg.name, &err) < 0)
+        goto fail;
+    if (rb_quit_init() < 0 || rb_server_init(&srv) < 0) {
+        rb_error_set(&err, errno ? errno : ENOMEM, "cannot start the server");
+        goto fail;
+    }
+
+    status = rb_server_run(&srv, &ls, run_cmd);
+
+    rb_server_destroy(&srv);
+    rb_quit_fini();
+    rb_listeners_close(&ls);
+    if (rb_export_close(srv.export, &err) < 0) {
+        complain("%s", rb_error_msg(&err, -EIO));
+        return status ? status : 1;
+    }
+    return status;
+fail:
+    complain("%s", rb_error_msg(&err, -EINVAL));
+    rb_listeners_close(&ls);
+    rb_export_close(srv.export, NULL);
     return 1;
 }

@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * conn.c - one thread per client connection, the registry of live
+ * connections (limits, eviction, shutdown), and socket I/O with the
+ * handshake deadline and a send lock.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/conn.h"
+
+int rb_server_init(struct rb_server *srv)
+{
+    pthread_condattr_t ca;
+    int ret;
+
+    if (!srv->max_connections)
+        srv->max_connections = RB_DEFAULT_MAX_CONNECTIONS;
+    if (!srv->handshake_timeout_ms)
+        srv->handshake_timeout_ms = RB_DEFAULT_HANDSHAKE_MS;
+    srv->conns = NULL;
+    srv->nconns = 0;
+    ret = pthread_mutex_init(&srv->lock, NULL);
+    if (ret)
+        return -ret;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    ret = pthread_cond_init(&srv->gone, &ca);
+    pthread_condattr_destroy(&ca);
+    if (ret) {
+        pthread_mutex_destroy(&srv->lock);
+        return -ret;
+    }
+    return 0;
+}
+
+void rb_server_destroy(struct rb_server *srv)
+{
+    pthread_cond_destroy(&srv->gone);
+    pthread_mutex_destroy(&srv->lock);
+}
+
+static void describe_peer(struct rb_conn *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char host[INET6_ADDRSTRLEN] = "?";
+
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) < 0) {
+        snprintf(c->peer, sizeof(c->peer), "fd %d", c->fd);
+        return;
+    }
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        snprintf(c->peer, sizeof(c->peer), "%s:%u", host, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        snprintf(c->peer, sizeof(c->peer), "[%s]:%u", host, ntohs(a->sin6_port));
+    } else {
+        snprintf(c->peer, sizeof(c->peer), "unix");
+    }
+}
+
+static void tune_socket(int fd)
+{
+    int one = 1;
+
+    /* Replies are written whole (writev), so Nagle only adds latency;
+     * fails harmlessly on unix sockets. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+static void unlink_conn(struct rb_server *srv, struct rb_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    srv->nconns--;
+}
+
+static void *conn_thread(void *arg)
+{
+    struct rb_conn *c = arg;
+    struct rb_server *srv = c->srv;
+
+    c->proto->serve(c);
+
+    pthread_mutex_lock(&srv->lock);
+    unlink_conn(srv, c);
+    pthread_mutex_unlock(&srv->lock);
+    if (c->tr && c->tr->close)
+        c->tr->close(c->tr_ctx);
+    close(c->fd);
+    rb_export_count_connection(srv->export, c->proto->id, -1);
+    pthread_mutex_destroy(&c->send_lock);
+    free(c);
+    /* Last: once signalled, the main thread may close the export. */
+    pthread_mutex_lock(&srv->lock);
+    pthread_cond_broadcast(&srv->gone);
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
+/* Drop the oldest connection still in its handshake.  Caller holds the
+ * lock.  Returns true when one was found. */
+static bool evict_one(struct rb_server *srv)
+{
+    struct rb_conn *victim = NULL;
+
+    for (struct rb_conn *c = srv->conns; c; c = c->next)
+        if (atomic_load(&c->in_handshake) && (!victim || c->id < victim->id))
+            victim = c;
+    if (!victim)
+        return false;
+    /* Its thread sees the failed read, ends and unregisters. */
+    shutdown(victim->fd, SHUT_RDWR);
+    atomic_store(&victim->in_handshake, false);
+    return true;
+}
+
+int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto)
+{
+    struct rb_conn *c;
+    pthread_attr_t attr;
+    pthread_t tid;
+    int ret;
+
+    pthread_mutex_lock(&srv->lock);
+    /* Connections being evicted still count until their thread ends, so
+     * allow as many again in flight (bounded: 2 x max). */
+    if (srv->nconns >= srv->max_connections &&
+        (srv->nconns >= 2 * srv->max_connections || !evict_one(srv))) {
+        pthread_mutex_unlock(&srv->lock);
+        close(fd);
+        return -EAGAIN;
+    }
+    pthread_mutex_unlock(&srv->lock);
+
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    c->fd = fd;
+    c->proto = proto;
+    c->srv = srv;
+    c->tr = srv->transport;
+    pthread_mutex_init(&c->send_lock, NULL);
+    tune_socket(fd);
+    describe_peer(c);
+    if (proto->handshake_deadline) {
+        clock_gettime(CLOCK_MONOTONIC, &c->deadline);
+        c->deadline.tv_sec += srv->handshake_timeout_ms / 1000;
+        c->deadline.tv_nsec += (long)(srv->handshake_timeout_ms % 1000) * 1000000L;
+        if (c->deadline.tv_nsec >= 1000000000L) {
+            c->deadline.tv_sec++;
+            c->deadline.tv_nsec -= 1000000000L;
+        }
+        atomic_store(&c->in_handshake, true);
+    }
+
+    pthread_mutex_lock(&srv->lock);
+    c->id = srv->next_id++;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    pthread_mutex_unlock(&srv->lock);
+    rb_export_count_connection(srv->export, proto->id, +1);
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    ret = pthread_create(&tid, &attr, conn_thread, c);
+    pthread_attr_destroy(&attr);
+    if (ret) {
+        pthread_mutex_lock(&srv->lock);
+        unlink_conn(srv, c);
+        pthread_mutex_unlock(&srv->lock);
+        rb_export_count_connection(srv->export, proto->id, -1);
+        pthread_mutex_destroy(&c->send_lock);
+        close(fd);
+        free(c);
+        return -ret;
+    }
+    return 0;
+}
+
+void rb_conn_shutdown_all(struct rb_server *srv, bool hard)
+{
+    pthread_mutex_lock(&srv->lock);
+    for (struct rb_conn *c = srv->conns; c; c = c->next)
+        shutdown(c->fd, hard ? SHUT_RDWR : SHUT_RD);
+    pthread_mutex_unlock(&srv->lock);
+}
+
+bool rb_conn_wait_all(struct rb_server *srv, int timeout_ms)
+{
+    struct timespec until;
+    bool none;
+
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    if (timeout_ms >= 0) {
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&srv->lock);
+    while (srv->nconns > 0) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&srv->gone, &srv->lock);
+        else if (pthread_cond_timedwait(&srv->gone, &srv->lock, &until) == ETIMEDOUT)
+            break;
+    }
+    none = srv->nconns == 0;
+    pthread_mutex_unlock(&srv->lock);
+    return none;
+}
+
+/* Milliseconds left before the handshake deadline (>= 0), or -1 when
+ * there is none. */
+static int time_left_ms(struct rb_conn *c)
+{
+    struct timespec now;
+    long long ms;
+
+    if (!atomic_load(&c->in_handshake))
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ms = (long long)(c->deadline.tv_sec - now.tv_sec) * 1000 +
+         (c->deadline.tv_nsec - now.tv_nsec) / 1000000;
+    return ms < 0 ? 0 : (int)(ms > 1000000 ? 1000000 : ms);
+}
+
+int rb_conn_recv(struct rb_conn *c, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+
+    while (len > 0) {
+        int left = time_left_ms(c);
+        long n;
+
+        if (left >= 0) {
+            struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+            int r;
+
+            if (left == 0)
+                return -ETIMEDOUT;
+            r = poll(&pfd, 1, left);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                return -errno;
+            if (r == 0)
+                return -ETIMEDOUT;
+        }
+        if (c->tr) {
+            n = c->tr->recv(c->tr_ctx, p, len);
+        } else {
+            n = recv(c->fd, p, len, 0);
+            if (n < 0)
+                n = -errno;
+        }
+        if (n == -EINTR || n == -EAGAIN)
+            continue;
+        if (n < 0)
+            return (int)n;
+        if (n == 0)
+            return -ECONNRESET;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int rb_conn_sendv_locked(struct rb_conn *c, const struct iovec *iov_in, int iovcnt)
+{
+    struct iovec local[64];
+    struct iovec *iov = local, *base = local;
+    int ret = 0;
+
+    if (atomic_load(&c->broken))
+        return -EPIPE;
+    if (iovcnt > (int)(sizeof(local) / sizeof(local[0]))) {
+        iov = base = malloc(sizeof(*iov) * (size_t)iovcnt);
+        if (!iov)
+            return -ENOMEM;
+    }
+    memcpy(iov, iov_in, sizeof(*iov) * (size_t)iovcnt);
+    while (iovcnt > 0) {
+        long n;
+
+        if (iov->iov_len == 0) {
+            iov++;
+            iovcnt--;
+            continue;
+        }
+        if (c->tr) {
+            n = c->tr->sendv(c->tr_ctx, iov, iovcnt);
+        } else {
+            struct msghdr msg = {.msg_iov = iov,
+                                 .msg_iovlen = (size_t)(iovcnt > 1024 ? 1024 : iovcnt)};
+            n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+            if (n < 0)
+                n = -errno;
+        }
+        if (n == -EINTR || n == -EAGAIN)
+            continue;
+        if (n < 0) {
+            ret = (int)n;
+            break;
+        }
+        while (n > 0 && iovcnt > 0) {
+            if ((size_t)n >= iov->iov_len) {
+                n -= (long)iov->iov_len;
+                iov++;
+                iovcnt--;
+            } else {
+                iov->iov_base = (uint8_t *)iov->iov_base + n;
+                iov->iov_len -= (size_t)n;
+                n = 0;
+            }
+        }
+    }
+    if (base != local)
+        free(base);
+    if (ret < 0) {
+        atomic_store(&c->broken, true);
+        shutdown(c->fd, SHUT_RDWR);
+    }
+    return ret;
+}
+
+void rb_conn_lock(struct rb_conn *c)
+{
+    pthread_mutex_lock(&c->send_lock);
+}
+
+void rb_conn_unlock(struct rb_conn *c)
+{
+    pthread_mutex_unlock(&c->send_lock);
+}
+
+int rb_conn_sendv(struct rb_conn *c, const struct iovec *iov, int iovcnt)
+{
+    int ret;
+
+    rb_conn_lock(c);
+    ret = rb_conn_sendv_locked(c, iov, iovcnt);
+    rb_conn_unlock(c);
+    return ret;
+}
+
+int rb_conn_send(struct rb_conn *c, const void *buf, size_t len)
+{
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+
+    return rb_conn_sendv(c, &iov, 1);
+}
+
+void rb_conn_handshake_done(struct rb_conn *c)
+{
+    atomic_store(&c->in_handshake, false);
+}
+
+void rb_conn_abort(struct rb_conn *c)
+{
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+void rb_conn_set_transport(struct rb_conn *c, const struct rb_transport *tr, void *ctx)
+{
+    c->tr = tr;
+    c->tr_ctx = ctx;
+}

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * conn.h - protocols, the server, and client connections.
+ *
+ * A protocol (server/nbd, server/jsonrpc) is a struct rb_protocol: a name,
+ * a statistics slot and one function, serve(), that runs a whole
+ * connection on its own thread and returns when the connection is over.
+ * Listeners (listen.h) carry the protocol of the clients they accept; the
+ * core knows nothing else about a protocol, and a protocol reaches the
+ * image only through export.h.  Adding a protocol means: write its
+ * serve(), define its struct rb_protocol, and let cmd/serve.c attach it
+ * to listeners (rb_listener_add).
+ *
+ * A connection's I/O goes through rb_conn_recv / rb_conn_send*, which
+ * honour the handshake deadline and serialise replies from several
+ * threads (a per-connection send lock), so a protocol may answer
+ * requests out of order from worker threads.
+ */
+#ifndef RBLOCK_SERVER_CONN_H
+#define RBLOCK_SERVER_CONN_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "core/export.h"
+
+struct rb_conn;
+struct rb_server;
+
+struct rb_protocol {
+    const char *name;       /* "nbd", "jsonrpc" */
+    enum rb_proto_id id;    /* statistics slot */
+    /* True when a new connection gets the server's handshake deadline:
+     * reads fail with -ETIMEDOUT once it passes, until the protocol calls
+     * rb_conn_handshake_done. */
+    bool handshake_deadline;
+    /* Run the connection; the core closes the socket afterwards.  Must
+     * return when rb_conn_recv fails (the core shuts the socket down at
+     * quit, so reads fail). */
+    void (*serve)(struct rb_conn *conn);
+};
+
+/* Server-wide settings and state shared by every connection. */
+struct rb_server {
+    struct rb_export *export;
+    unsigned max_connections;     /* 0 = RB_DEFAULT_MAX_CONNECTIONS */
+    unsigned handshake_timeout_ms; /* 0 = RB_DEFAULT_HANDSHAKE_MS */
+    /* Transport hooks for TLS (issue 7): NULL for plain sockets. */
+    const struct rb_transport *transport;
+    /* Per-protocol settings owned by cmd/serve.c, read by the protocol. */
+    void *proto_config[RB_PROTO_COUNT];
+
+    /* Private to conn.c. */
+    pthread_mutex_t lock;
+    pthread_cond_t gone;   /* signalled when a connection ends */
+    struct rb_conn *conns; /* list of live connections */
+    unsigned nconns;
+    uint64_t next_id;
+};
+
+#define RB_DEFAULT_MAX_CONNECTIONS 128
+#define RB_DEFAULT_HANDSHAKE_MS 10000
+
+/*
+ * Optional replacement for the plain socket calls (TLS).  Each returns
+ * bytes moved (> 0), 0 for end of stream (recv), or -errno.
+ */
+struct rb_transport {
+    long (*recv)(void *ctx, void *buf, size_t len);
+    long (*sendv)(void *ctx, const struct iovec *iov, int iovcnt);
+    void (*close)(void *ctx);
+};
+
+struct rb_conn {
+    int fd;
+    uint64_t id;
+    const struct rb_protocol *proto;
+    struct rb_server *srv;
+    char peer[96];                   /* "127.0.0.1:51234", "unix" */
+    pthread_mutex_t send_lock;       /* one reply at a time on the wire */
+    struct timespec deadline;        /* CLOCK_MONOTONIC */
+    atomic_bool in_handshake;        /* deadline applies; evictable */
+    atomic_bool broken;              /* a send failed: stop replying */
+    const struct rb_transport *tr;   /* NULL: plain socket */
+    void *tr_ctx;
+    void *proto_data;                /* the protocol's own */
+    struct rb_conn *next, *prev;     /* srv->conns, under srv->lock */
+};
+
+/* Initialise / destroy the server's private fields (not the settings). */
+int rb_server_init(struct rb_server *srv);
+void rb_server_destroy(struct rb_server *srv);
+
+/*
+ * Take ownership of the accepted socket @fd and serve it with @proto on a
+ * new detached thread.  When max_connections are open, the oldest
+ * connection still in its handshake is dropped to make room (idle or
+ * half-open clients cannot starve real ones); when none is, @fd is closed.
+ * Returns 0 or -errno (@fd closed either way on failure).
+ */
+int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto);
+
+/* Shut every connection's socket down for reading (SHUT_RD) so that
+ * each finishes its in-flight requests and ends; with @hard, for
+ * writing too (a client that stopped reading its replies). */
+void rb_conn_shutdown_all(struct rb_server *srv, bool hard);
+
+/* Wait until no connection is open, at most @timeout_ms (< 0: forever).
+ * Returns true when none is left. */
+bool rb_conn_wait_all(struct rb_server *srv, int timeout_ms);
+
+/*
+ * Read exactly @len bytes.  Returns 0, -ECONNRESET at end of stream (also
+ * in the middle), -ETIMEDOUT when the handshake deadline passed, or -errno.
+ */
+int rb_conn_recv(struct rb_conn *c, void *buf, size_t len);
+
+/* Send all of @iov as one message, under the send lock (so concurrent
+ * replies never interleave).  Returns 0 or -errno; after a failure the
+ * connection is marked broken and its socket shut down. */
+int rb_conn_sendv(struct rb_conn *c, const struct iovec *iov, int iovcnt);
+int rb_conn_send(struct rb_conn *c, const void *buf, size_t len);
+
+/* Hold the send lock across several rb_conn_sendv_locked calls. */
+void rb_conn_lock(struct rb_conn *c);
+void rb_conn_unlock(struct rb_conn *c);
+int rb_conn_sendv_locked(struct rb_conn *c, const struct iovec *iov, int iovcnt);
+
+/* The handshake is over: no deadline any more, not evictable. */
+void rb_conn_handshake_done(struct rb_conn *c);
+
+/* Stop this connection: shut its socket down both ways (reads fail). */
+void rb_conn_abort(struct rb_conn *c);
+
+/* Replace the transport (after STARTTLS).  Called by the connection's
+ * own thread while no other thread uses the connection. */
+void rb_conn_set_transport(struct rb_conn *c, const struct rb_transport *tr, void *ctx);
+
+#endif

@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * export.h - the one shared open image, and the only way any protocol
+ * (NBD, JSON-RPC) reaches it.
+ *
+ * Every rb_export_* I/O call may run on many threads at once (the image
+ * layer does its own locking, include/rblock/image.h).  Each call names
+ * the protocol it serves so that requests and bytes are counted per
+ * protocol.  Ranges are checked here (EINVAL past the end for reads and
+ * block status, ENOSPC for writes, EROFS when served read-only), so a
+ * protocol maps the negative errno to its own error codes and nothing
+ * else.
+ */
+#ifndef RBLOCK_SERVER_EXPORT_H
+#define RBLOCK_SERVER_EXPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rblock/error.h"
+#include "rblock/image.h"
+
+/* Protocols served from one process; indexes the statistics. */
+enum rb_proto_id {
+    RB_PROTO_NBD,
+    RB_PROTO_JSONRPC,
+    RB_PROTO_COUNT,
+    /* A protocol's own look-ups (e.g. NBD's sparse reads asking block
+     * status): not counted. */
+    RB_PROTO_NONE = RB_PROTO_COUNT
+};
+
+/* Name of a protocol id ("nbd", "jsonrpc"). */
+const char *rb_proto_name(enum rb_proto_id id);
+
+struct rb_export_config {
+    const char *path;        /* image file */
+    const char *format;      /* "raw", "qcow2" or NULL to probe */
+    bool read_only;          /* open read-only, refuse writes */
+    const char *name;        /* export name; "" and this name are accepted */
+    const char *description; /* NULL when none */
+};
+
+/* Counters of one protocol (a snapshot; see rb_export_stats). */
+struct rb_proto_stats {
+    uint64_t connections_total; /* accepted since start */
+    uint64_t connections_now;   /* open now */
+    uint64_t requests;          /* I/O calls made through the export */
+    uint64_t errors;            /* of which failed */
+    uint64_t bytes_read;
+    uint64_t bytes_written;     /* write payloads (not zeroes or trims) */
+};
+
+struct rb_export;
+
+/* Open the image (read-write and locked unless cfg->read_only).  Returns
+ * an owned export or NULL with @err set. */
+struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_error *err);
+
+/* Flush (when writable) and close.  Nothing may use @e any more.  Returns
+ * the flush's result (0 or -errno, @err set).  Accepts NULL. */
+int rb_export_close(struct rb_export *e, struct rb_error *err);
+
+/* Facts that never change while the export is open. */
+uint64_t rb_export_size(const struct rb_export *e);
+bool rb_export_read_only(const struct rb_export *e);
+const char *rb_export_name(const struct rb_export *e);        /* never NULL */
+const char *rb_export_description(const struct rb_export *e); /* may be NULL */
+const char *rb_export_format(const struct rb_export *e);      /* "raw", "qcow2" */
+uint32_t rb_export_cluster_bytes(const struct rb_export *e);  /* 4096 for raw */
+unsigned rb_export_chain_length(const struct rb_export *e);
+/* True when @name (len bytes, not NUL-terminated) selects this export:
+ * the empty (default) name or the configured one. */
+bool rb_export_matches(const struct rb_export *e, const char *name, size_t len);
+
+/*
+ * The image itself, for read-only inspection (info, check).  All I/O must
+ * go through the rb_export_* calls below.
+ */
+struct rb_image *rb_export_image(struct rb_export *e);
+
+/* I/O: 0 or -errno with @err set (@err may be NULL).  Flags are the
+ * image layer's RB_WRITE_FUA, RB_ZERO_MAY_UNMAP, RB_ZERO_FAST; with
+ * RB_ZERO_FAST a zeroing that would not be fast fails with -ENOTSUP. */
+int rb_export_read(struct rb_export *e, enum rb_proto_id p, void *buf, uint64_t off,
+                   size_t len, struct rb_error *err);
+int rb_export_write(struct rb_export *e, enum rb_proto_id p, const void *buf,
+                    uint64_t off, size_t len, unsigned flags, struct rb_error *err);
+int rb_export_write_zeroes(struct rb_export *e, enum rb_proto_id p, uint64_t off,
+                           uint64_t len, unsigned flags, struct rb_error *err);
+int rb_export_trim(struct rb_export *e, enum rb_proto_id p, uint64_t off, uint64_t len,
+                   unsigned flags, struct rb_error *err);
+int rb_export_flush(struct rb_export *e, enum rb_proto_id p, struct rb_error *err);
+/* Check that [off, off+len) lies inside the export (cache, prefetch):
+ * 0 or -EINVAL. */
+int rb_export_cache(struct rb_export *e, enum rb_proto_id p, uint64_t off, uint64_t len,
+                    struct rb_error *err);
+/* One extent at @off, at most @len (> 0) long, through the whole chain
+ * (rb_image_block_status). */
+int rb_export_block_status(struct rb_export *e, enum rb_proto_id p, uint64_t off,
+                           uint64_t len, struct rb_extent *ext, struct rb_error *err);
+
+/* Connection accounting (called by server/core/conn.c). */
+void rb_export_count_connection(struct rb_export *e, enum rb_proto_id p, int delta);
+/* Snapshot of protocol @p's counters. */
+void rb_export_stats(const struct rb_export *e, enum rb_proto_id p,
+                     struct rb_proto_stats *out);
+/* Seconds since the export was opened. */
+double rb_export_uptime(const struct rb_export *e);
+
+#endif

@@ -1,0 +1,366 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * handshake.c - fixed newstyle option haggling (proto.md, "Fixed newstyle
+ * negotiation" and "Option types").  Every length the client sends is
+ * checked against what the option's payload holds, and the payload itself
+ * against NBD_MAX_OPTION_BYTES, before anything is allocated.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbd/nbd.h"
+#include "nbd/proto.h"
+#include "nbd/wire.h"
+
+#define META_ALLOC "base:allocation"
+#define META_DEPTH "qemu:allocation-depth"
+
+struct opt {
+    uint32_t code;
+    uint32_t len;
+    uint8_t *data; /* len bytes */
+};
+
+static int send_reply(struct rb_conn *c, uint32_t opt, uint32_t type, const void *data,
+                      uint32_t len)
+{
+    uint8_t hdr[NBD_OPTION_REPLY_BYTES];
+    struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)data, len}};
+
+    put64(hdr, NBD_REP_MAGIC);
+    put32(hdr + 8, opt);
+    put32(hdr + 12, type);
+    put32(hdr + 16, len);
+    return rb_conn_sendv(c, iov, len ? 2 : 1);
+}
+
+/* An error reply with a message for the user. */
+static int send_error(struct rb_conn *c, uint32_t opt, uint32_t type, const char *fmt,
+                      ...) __attribute__((format(printf, 4, 5)));
+static int send_error(struct rb_conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof(msg))
+        n = sizeof(msg) - 1;
+    return send_reply(c, opt, type, msg, (uint32_t)n);
+}
+
+static int send_info(struct rb_conn *c, uint32_t opt, uint16_t type, const void *data,
+                     size_t len)
+{
+    uint8_t buf[2 + NBD_MAX_STRING];
+
+    if (len > NBD_MAX_STRING)
+        len = NBD_MAX_STRING;
+    put16(buf, type);
+    memcpy(buf + 2, data, len);
+    return send_reply(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + len));
+}
+
+static struct rb_export *export_of(struct rb_conn *c)
+{
+    return c->srv->export;
+}
+
+static uint16_t transmission_flags(struct rb_conn *c, const struct nbd_session *s)
+{
+    struct rb_export *e = export_of(c);
+    /* Every connection shares the one image and a flush flushes all of
+     * it, so FLUSH/FUA are visible across connections: CAN_MULTI_CONN. */
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN |
+                 NBD_FLAG_SEND_CACHE;
+
+    if (rb_export_read_only(e))
+        f |= NBD_FLAG_READ_ONLY;
+    else
+        f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+             NBD_FLAG_SEND_FAST_ZERO;
+    if (s->structured)
+        f |= NBD_FLAG_SEND_DF;
+    return f;
+}
+
+/* NBD_OPT_EXPORT_NAME: no way to report an error but to hang up. */
+static int opt_export_name(struct rb_conn *c, struct nbd_session *s, struct opt *o)
+{
+    uint8_t reply[8 + 2 + 124] = {0};
+    struct rb_export *e = export_of(c);
+
+    if (o->len > NBD_MAX_STRING || !rb_export_matches(e, (char *)o->data, o->len))
+        return -ENOENT;
+    s->tflags = transmission_flags(c, s);
+    put64(reply, rb_export_size(e));
+    put16(reply + 8, s->tflags);
+    return rb_conn_send(c, reply, s->no_zeroes ? 10 : sizeof(reply));
+}
+
+static int opt_list(struct rb_conn *c, struct opt *o)
+{
+    const char *name = rb_export_name(export_of(c));
+    size_t nlen = strlen(name);
+    uint8_t buf[4 + NBD_MAX_STRING];
+    int ret;
+
+    if (o->len)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                          "NBD_OPT_LIST with %u bytes of data", o->len);
+    if (nlen > NBD_MAX_STRING)
+        nlen = NBD_MAX_STRING;
+    put32(buf, (uint32_t)nlen);
+    memcpy(buf + 4, name, nlen);
+    ret = send_reply(c, o->code, NBD_REP_SERVER, buf, (uint32_t)(4 + nlen));
+    return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
+}
+
+/*
+ * NBD_OPT_INFO / NBD_OPT_GO.  Data: 32-bit name length, name, 16-bit
+ * number of requests, that many 16-bit info types.  Returns 1 when GO
+ * succeeded (enter transmission), 0 to keep haggling, -errno to hang up.
+ */
+static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
+{
+    struct rb_export *e = export_of(c);
+    bool want_name = false, want_desc = false;
+    uint32_t nlen;
+    uint16_t nreq;
+    uint8_t buf[12];
+    int ret;
+
+    if (o->len < 6)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID, "option too short");
+    nlen = get32(o->data);
+    if (nlen > NBD_MAX_STRING || nlen > o->len - 6)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                          "export name length %u does not fit the option", nlen);
+    nreq = get16(o->data + 4 + nlen);
+    if ((uint64_t)o->len != 6ull + nlen + 2ull * nreq)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                          "option length %u does not match %u info requests", o->len,
+                          nreq);
+    for (uint16_t i = 0; i < nreq; i++) {
+        uint16_t t = get16(o->data + 6 + nlen + 2 * i);
+        if (t == NBD_INFO_NAME)
+            want_name = true;
+        else if (t == NBD_INFO_DESCRIPTION)
+            want_desc = true;
+    }
+    if (!rb_export_matches(e, (char *)o->data + 4, nlen))
+        return send_error(c, o->code, NBD_REP_ERR_UNKNOWN, "unknown export '%.*s'",
+                          (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
+
+    s->tflags = transmission_flags(c, s);
+    put64(buf, rb_export_size(e));
+    put16(buf + 8, s->tflags);
+    ret = send_info(c, o->code, NBD_INFO_EXPORT, buf, 10);
+    if (!ret && want_name)
+        ret = send_info(c, o->code, NBD_INFO_NAME, rb_export_name(e),
+                        strlen(rb_export_name(e)));
+    if (!ret && want_desc && rb_export_description(e))
+        ret = send_info(c, o->code, NBD_INFO_DESCRIPTION, rb_export_description(e),
+                        strlen(rb_export_description(e)));
+    if (!ret) {
+        /* Sent whether asked or not (clients ignore what they did not
+         * ask for): minimum 1, preferred the cluster, maximum 32 MiB. */
+        put32(buf, 1);
+        put32(buf + 4, rb_export_cluster_bytes(e));
+        put32(buf + 8, NBD_MAX_REQUEST_BYTES);
+        ret = send_info(c, o->code, NBD_INFO_BLOCK_SIZE, buf, 12);
+    }
+    if (!ret)
+        ret = send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
+    if (ret < 0)
+        return ret;
+    return o->code == NBD_OPT_GO ? 1 : 0;
+}
+
+static int send_context(struct rb_conn *c, uint32_t opt, uint32_t id, const char *name)
+{
+    uint8_t buf[4 + 64];
+    size_t n = strlen(name);
+
+    put32(buf, id);
+    memcpy(buf + 4, name, n);
+    return send_reply(c, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + n));
+}
+
+static bool query_is(const uint8_t *q, uint32_t qlen, const char *name)
+{
+    return qlen == strlen(name) && memcmp(q, name, qlen) == 0;
+}
+
+/*
+ * NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.  Data: 32-bit
+ * name length, name, 32-bit number of queries, each a 32-bit length and a
+ * string.  LIST with no query lists all; a bare namespace ("base:",
+ * "qemu:") lists that namespace.  SET selects exact names and replaces
+ * the earlier selection.
+ */
+static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
+{
+    bool set = o->code == NBD_OPT_SET_META_CONTEXT;
+    bool alloc = false, depth = false;
+    uint32_t nlen, nq, pos;
+    int ret;
+
+    if (!s->structured)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                          "meta contexts need structured replies first");
+    if (o->len < 8)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID, "option too short");
+    nlen = get32(o->data);
+    if (nlen > NBD_MAX_STRING || nlen > o->len - 8)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                          "export name length %u does not fit the option", nlen);
+    nq = get32(o->data + 4 + nlen);
+    pos = 8 + nlen;
+    /* Validate every query before answering anything. */
+    for (uint32_t i = 0, p = pos; i < nq; i++) {
+        uint32_t ql;
+        if (o->len - p < 4)
+            return send_error(c, o->code, NBD_REP_ERR_INVALID, "query %u is cut short", i);
+        ql = get32(o->data + p);
+        if (ql > NBD_MAX_STRING || ql > o->len - p - 4)
+            return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                              "query %u length %u does not fit the option", i, ql);
+        p += 4 + ql;
+        if (i + 1 == nq && p != o->len)
+            return send_error(c, o->code, NBD_REP_ERR_INVALID, "trailing bytes in option");
+    }
+    if (nq == 0 && pos != o->len)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID, "trailing bytes in option");
+    if (!rb_export_matches(export_of(c), (char *)o->data + 4, nlen))
+        return send_error(c, o->code, NBD_REP_ERR_UNKNOWN, "unknown export '%.*s'",
+                          (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
+
+    if (nq == 0 && !set)
+        alloc = depth = true;
+    for (uint32_t i = 0; i < nq; i++) {
+        uint32_t ql = get32(o->data + pos);
+        const uint8_t *q = o->data + pos + 4;
+
+        pos += 4 + ql;
+        if (query_is(q, ql, META_ALLOC) || (!set && query_is(q, ql, "base:")))
+            alloc = true;
+        if (query_is(q, ql, META_DEPTH) || (!set && query_is(q, ql, "qemu:")))
+            depth = true;
+    }
+    if (set) {
+        s->meta_alloc = alloc;
+        s->meta_depth = depth;
+    }
+    ret = 0;
+    if (alloc)
+        ret = send_context(c, o->code, set ? NBD_META_ID_BASE_ALLOCATION : 0, META_ALLOC);
+    if (!ret && depth)
+        ret = send_context(c, o->code, set ? NBD_META_ID_ALLOCATION_DEPTH : 0,
+                           META_DEPTH);
+    return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
+}
+
+/* Handle one option.  1: enter transmission; 0: continue; <0: hang up. */
+static int handle_option(struct rb_conn *c, struct nbd_session *s, struct opt *o)
+{
+    switch (o->code) {
+    case NBD_OPT_EXPORT_NAME: {
+        int ret = opt_export_name(c, s, o);
+        return ret < 0 ? ret : 1;
+    }
+    case NBD_OPT_ABORT:
+        send_reply(c, o->code, NBD_REP_ACK, NULL, 0); /* the client may be gone */
+        return -ECONNRESET;
+    case NBD_OPT_LIST:
+        return opt_list(c, o);
+    case NBD_OPT_INFO:
+    case NBD_OPT_GO:
+        return opt_info_go(c, s, o);
+    case NBD_OPT_STRUCTURED_REPLY:
+        if (o->len)
+            return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                              "NBD_OPT_STRUCTURED_REPLY with %u bytes of data", o->len);
+        s->structured = true;
+        return send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
+    case NBD_OPT_LIST_META_CONTEXT:
+    case NBD_OPT_SET_META_CONTEXT:
+        return opt_meta(c, s, o);
+    case NBD_OPT_STARTTLS:
+        return send_error(c, o->code, NBD_REP_ERR_POLICY, "TLS is not enabled");
+    default:
+        return send_error(c, o->code, NBD_REP_ERR_UNSUP, "option %u is not supported",
+                          o->code);
+    }
+}
+
+int nbd_handshake(struct rb_conn *c, struct nbd_session *s)
+{
+    uint8_t greet[18], hdr[NBD_OPTION_HDR_BYTES], cflags[4];
+    uint8_t *data = NULL;
+    uint32_t client;
+    int ret;
+
+    memset(s, 0, sizeof(*s));
+    put64(greet, NBD_INIT_PASSWD);
+    put64(greet + 8, NBD_IHAVEOPT);
+    put16(greet + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    ret = rb_conn_send(c, greet, sizeof(greet));
+    if (!ret)
+        ret = rb_conn_recv(c, cflags, sizeof(cflags));
+    if (ret)
+        return ret;
+    client = get32(cflags);
+    /* The spec: the server MUST close the connection on unknown flags. */
+    if (client & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
+        return -EPROTO;
+    s->fixed_newstyle = client & NBD_FLAG_C_FIXED_NEWSTYLE;
+    s->no_zeroes = client & NBD_FLAG_C_NO_ZEROES;
+
+    data = malloc(NBD_MAX_OPTION_BYTES);
+    if (!data)
+        return -ENOMEM;
+    for (;;) {
+        struct opt o;
+
+        ret = rb_conn_recv(c, hdr, sizeof(hdr));
+        if (ret)
+            break;
+        if (get64(hdr) != NBD_IHAVEOPT) {
+            ret = -EPROTO;
+            break;
+        }
+        o.code = get32(hdr + 8);
+        o.len = get32(hdr + 12);
+        o.data = data;
+        /* Longer than any option we know: a hostile or broken client. */
+        if (o.len > NBD_MAX_OPTION_BYTES) {
+            ret = -E2BIG;
+            break;
+        }
+        ret = rb_conn_recv(c, data, o.len);
+        if (ret)
+            break;
+        /* Without fixed newstyle only EXPORT_NAME exists. */
+        if (!s->fixed_newstyle && o.code != NBD_OPT_EXPORT_NAME) {
+            ret = -EPROTO;
+            break;
+        }
+        ret = handle_option(c, s, &o);
+        if (ret < 0)
+            break;
+        if (ret == 1) {
+            ret = 0;
+            break;
+        }
+    }
+    free(data);
+    return ret;
+}

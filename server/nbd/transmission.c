@@ -1,0 +1,564 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * transmission.c - the transmission phase (proto.md, "Transmission").
+ *
+ * The connection's thread reads requests (and WRITE payloads) and queues
+ * them; up to NBD_WORKERS worker threads per connection, started on
+ * demand, run them on the shared export and send the replies under the
+ * connection's send lock, so replies go out in any order and one slow
+ * request does not hold up the others.  The reader stops taking requests
+ * while NBD_MAX_INFLIGHT requests or NBD_MAX_INFLIGHT_BYTES of payload
+ * are queued, so a client cannot make us buffer without bound.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbd/nbd.h"
+#include "nbd/proto.h"
+#include "nbd/wire.h"
+#include "rblock/io.h"
+
+#define NBD_WORKERS 8
+#define NBD_MAX_INFLIGHT 256
+#define NBD_MAX_INFLIGHT_BYTES (128u << 20)
+/* Most chunks in a sparse read reply; past it the rest is sent as data. */
+#define NBD_MAX_READ_CHUNKS 64
+/* Most descriptors per context in a block status reply, and most image
+ * look-ups made for one request. */
+#define NBD_MAX_DESCRIPTORS 1024
+/* Worker buffers larger than this are freed after each request. */
+#define NBD_KEEP_BUFFER_BYTES (4u << 20)
+
+struct req {
+    struct req *next;
+    uint16_t flags;
+    uint16_t type;
+    uint64_t handle;
+    uint64_t off;
+    uint32_t len;
+    uint8_t *payload; /* WRITE data, owned */
+};
+
+struct tx {
+    struct rb_conn *c;
+    const struct nbd_session *s;
+    struct rb_export *e;
+
+    pthread_mutex_t lock;
+    pthread_cond_t work; /* a request was queued, or stop */
+    pthread_cond_t room; /* a request finished */
+    struct req *head, *tail;
+    unsigned queued;    /* in the queue */
+    unsigned busy;      /* being run */
+    unsigned idle;      /* workers waiting for work */
+    unsigned nworkers;
+    size_t bytes;       /* payload bytes queued or running */
+    bool stop;
+    pthread_t workers[NBD_WORKERS];
+};
+
+struct buf {
+    uint8_t *p;
+    size_t cap;
+};
+
+static uint8_t *buf_get(struct buf *b, size_t len)
+{
+    if (len > b->cap) {
+        free(b->p);
+        b->p = malloc(len ? len : 1);
+        b->cap = b->p ? len : 0;
+    }
+    return b->p;
+}
+
+static void buf_trim(struct buf *b)
+{
+    if (b->cap > NBD_KEEP_BUFFER_BYTES) {
+        free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+    }
+}
+
+/* ---- replies -------------------------------------------------------------- */
+
+static void simple_hdr(uint8_t *h, uint32_t error, uint64_t handle)
+{
+    put32(h, NBD_SIMPLE_REPLY_MAGIC);
+    put32(h + 4, error);
+    put64(h + 8, handle);
+}
+
+static void chunk_hdr(uint8_t *h, uint16_t flags, uint16_t type, uint64_t handle,
+                      uint32_t len)
+{
+    put32(h, NBD_STRUCTURED_REPLY_MAGIC);
+    put16(h + 4, flags);
+    put16(h + 6, type);
+    put64(h + 8, handle);
+    put32(h + 16, len);
+}
+
+/* Reply without data: success or an error (with a message when
+ * structured replies are on). */
+static void reply_status(struct tx *t, const struct req *r, int ret, const char *msg)
+{
+    uint8_t h[NBD_CHUNK_HDR_BYTES + 6];
+    uint32_t error = nbd_errno(ret);
+
+    if (error && t->s->structured) {
+        size_t mlen = msg ? strlen(msg) : 0;
+        struct iovec iov[2];
+
+        if (mlen > NBD_MAX_STRING)
+            mlen = NBD_MAX_STRING;
+        chunk_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, r->handle,
+                  (uint32_t)(6 + mlen));
+        put32(h + NBD_CHUNK_HDR_BYTES, error);
+        put16(h + NBD_CHUNK_HDR_BYTES + 4, (uint16_t)mlen);
+        iov[0] = (struct iovec){h, sizeof(h)};
+        iov[1] = (struct iovec){(void *)msg, mlen};
+        rb_conn_sendv(t->c, iov, mlen ? 2 : 1);
+        return;
+    }
+    simple_hdr(h, error, r->handle);
+    rb_conn_send(t->c, h, NBD_SIMPLE_REPLY_BYTES);
+}
+
+/* An error worth telling the operator about: the image failed, not the
+ * client's request. */
+static void log_error(struct tx *t, const struct req *r, int ret, const struct rb_error *err)
+{
+    switch (-ret) {
+    case EINVAL: case ENOSPC: case EROFS: case EPERM: case ENOTSUP: case 0:
+        return;
+    }
+    fprintf(stderr, "rblock: nbd %s: command %u at %" PRIu64 " length %u: %s\n",
+            t->c->peer, r->type, r->off, r->len, rb_error_msg(err, ret));
+}
+
+/* ---- READ --------------------------------------------------------------- */
+
+struct run {
+    uint64_t off;
+    uint64_t len;
+    bool zero;
+};
+
+/* Split [off, off+len) into data and zero runs by block status.  Returns
+ * the number of runs (>= 1); when look-ups fail, the rest is data. */
+static unsigned map_runs(struct tx *t, uint64_t off, uint32_t len, struct run *runs)
+{
+    uint64_t pos = off, end = off + len;
+    unsigned n = 0;
+
+    while (pos < end && n < NBD_MAX_READ_CHUNKS - 1) {
+        struct rb_extent ext;
+        bool zero;
+
+        if (rb_export_block_status(t->e, RB_PROTO_NONE, pos, end - pos, &ext, NULL) < 0)
+            break;
+        zero = ext.flags & RB_BS_ZERO;
+        if (n && runs[n - 1].zero == zero) {
+            runs[n - 1].len += ext.length;
+        } else {
+            runs[n++] = (struct run){pos, ext.length, zero};
+        }
+        pos += ext.length;
+    }
+    if (pos < end) {
+        if (n && !runs[n - 1].zero)
+            runs[n - 1].len += end - pos;
+        else
+            runs[n++] = (struct run){pos, end - pos, false};
+    }
+    return n;
+}
+
+static void do_read(struct tx *t, const struct req *r, struct buf *b)
+{
+    struct rb_error err = {0};
+    struct run runs[NBD_MAX_READ_CHUNKS];
+    uint8_t hdrs[NBD_MAX_READ_CHUNKS][NBD_CHUNK_HDR_BYTES + 12];
+    struct iovec iov[2 * NBD_MAX_READ_CHUNKS];
+    unsigned nruns = 1, niov = 0;
+    uint8_t *data;
+    int ret = 0;
+
+    data = buf_get(b, r->len);
+    if (!data) {
+        reply_status(t, r, -ENOMEM, "out of memory");
+        return;
+    }
+    if (!t->s->structured) {
+        ret = rb_export_read(t->e, RB_PROTO_NBD, data, r->off, r->len, &err);
+        log_error(t, r, ret, &err);
+        if (ret < 0) {
+            reply_status(t, r, ret, NULL);
+            return;
+        }
+        simple_hdr(hdrs[0], 0, r->handle);
+        iov[0] = (struct iovec){hdrs[0], NBD_SIMPLE_REPLY_BYTES};
+        iov[1] = (struct iovec){data, r->len};
+        rb_conn_sendv(t->c, iov, 2);
+        return;
+    }
+    if (r->len == 0) {
+        chunk_hdr(hdrs[0], NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->handle, 0);
+        rb_conn_send(t->c, hdrs[0], NBD_CHUNK_HDR_BYTES);
+        return;
+    }
+    /* Structured: holes and zeros go as OFFSET_HOLE chunks, unless the
+     * client asked not to fragment (DF: one data chunk, zeros included). */
+    if (r->flags & NBD_CMD_FLAG_DF)
+        runs[0] = (struct run){r->off, r->len, false};
+    else
+        nruns = map_runs(t, r->off, r->len, runs);
+    for (unsigned i = 0; i < nruns && ret == 0; i++) {
+        uint8_t *dst = data + (runs[i].off - r->off);
+        if (runs[i].zero)
+            continue;
+        ret = rb_export_read(t->e, RB_PROTO_NBD, dst, runs[i].off, runs[i].len, &err);
+    }
+    log_error(t, r, ret, &err);
+    if (ret < 0) {
+        reply_status(t, r, ret, "read failed");
+        return;
+    }
+    for (unsigned i = 0; i < nruns; i++) {
+        uint16_t flags = i + 1 == nruns ? NBD_REPLY_FLAG_DONE : 0;
+        uint8_t *h = hdrs[i];
+
+        if (runs[i].zero) {
+            chunk_hdr(h, flags, NBD_REPLY_TYPE_OFFSET_HOLE, r->handle, 12);
+            put64(h + NBD_CHUNK_HDR_BYTES, runs[i].off);
+            put32(h + NBD_CHUNK_HDR_BYTES + 8, (uint32_t)runs[i].len);
+            iov[niov++] = (struct iovec){h, NBD_CHUNK_HDR_BYTES + 12};
+        } else {
+            chunk_hdr(h, flags, NBD_REPLY_TYPE_OFFSET_DATA, r->handle,
+                      (uint32_t)(8 + runs[i].len));
+            put64(h + NBD_CHUNK_HDR_BYTES, runs[i].off);
+            iov[niov++] = (struct iovec){h, NBD_CHUNK_HDR_BYTES + 8};
+            iov[niov++] = (struct iovec){data + (runs[i].off - r->off), runs[i].len};
+        }
+    }
+    rb_conn_sendv(t->c, iov, (int)niov);
+}
+
+/* ---- BLOCK_STATUS ----------------------------------------------------------- */
+
+struct desc {
+    uint32_t n;
+    uint8_t (*v)[8]; /* length, flags */
+};
+
+static void desc_add(struct desc *d, uint32_t len, uint32_t flags)
+{
+    if (d->n && get32(d->v[d->n - 1] + 4) == flags) {
+        put32(d->v[d->n - 1], get32(d->v[d->n - 1]) + len);
+        return;
+    }
+    put32(d->v[d->n], len);
+    put32(d->v[d->n] + 4, flags);
+    d->n++;
+}
+
+static void do_block_status(struct tx *t, const struct req *r)
+{
+    struct rb_error err = {0};
+    uint64_t pos = r->off, end = r->off + r->len;
+    bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+    uint8_t hdr[2][NBD_CHUNK_HDR_BYTES + 4];
+    struct iovec iov[4];
+    int niov = 0, nchunks = 0, ret = 0;
+    uint8_t (*av)[8] = malloc(2 * NBD_MAX_DESCRIPTORS * sizeof(*av));
+    struct desc a = {0, av}, d = {0, av ? av + NBD_MAX_DESCRIPTORS : NULL};
+
+    if (!av) {
+        reply_status(t, r, -ENOMEM, "out of memory");
+        return;
+    }
+    /* Walk extents until the range is covered or a context's list is
+     * full; each list merges neighbours with equal status.  A merged
+     * length cannot overflow: it is at most r->len. */
+    for (unsigned i = 0; pos < end && i < NBD_MAX_DESCRIPTORS; i++) {
+        struct rb_extent ext;
+
+        ret = rb_export_block_status(t->e, RB_PROTO_NBD, pos, end - pos, &ext, &err);
+        if (ret < 0)
+            break;
+        desc_add(&a, (uint32_t)ext.length,
+                 (ext.flags & RB_BS_DATA ? 0 : NBD_STATE_HOLE) |
+                     (ext.flags & RB_BS_ZERO ? NBD_STATE_ZERO : 0));
+        desc_add(&d, (uint32_t)ext.length,
+                 ext.flags & RB_BS_ALLOCATED ? ext.depth + 1 : 0);
+        pos += ext.length;
+        if (one || a.n == NBD_MAX_DESCRIPTORS || d.n == NBD_MAX_DESCRIPTORS)
+            break;
+    }
+    log_error(t, r, ret, &err);
+    if (ret < 0 && pos == r->off) {
+        free(av);
+        reply_status(t, r, ret, "block status failed");
+        return;
+    }
+    /* (A later failure just ends the reply early, as the spec allows.) */
+    if (t->s->meta_alloc)
+        nchunks++;
+    if (t->s->meta_depth)
+        nchunks++;
+    for (int k = 0; k < 2; k++) {
+        struct desc *x = k == 0 ? &a : &d;
+        uint32_t id = k == 0 ? NBD_META_ID_BASE_ALLOCATION : NBD_META_ID_ALLOCATION_DEPTH;
+        bool on = k == 0 ? t->s->meta_alloc : t->s->meta_depth;
+
+        if (!on)
+            continue;
+        chunk_hdr(hdr[k], niov / 2 + 1 == nchunks ? NBD_REPLY_FLAG_DONE : 0,
+                  NBD_REPLY_TYPE_BLOCK_STATUS, r->handle, 4 + 8 * x->n);
+        put32(hdr[k] + NBD_CHUNK_HDR_BYTES, id);
+        iov[niov++] = (struct iovec){hdr[k], sizeof(hdr[k])};
+        iov[niov++] = (struct iovec){x->v, 8 * (size_t)x->n};
+    }
+    rb_conn_sendv(t->c, iov, niov);
+    free(av);
+}
+
+/* ---- dispatch ------------------------------------------------------------- */
+
+static uint16_t allowed_flags(const struct tx *t, uint16_t type)
+{
+    switch (type) {
+    case NBD_CMD_READ:
+        return NBD_CMD_FLAG_FUA | (t->s->structured ? NBD_CMD_FLAG_DF : 0);
+    case NBD_CMD_WRITE:
+    case NBD_CMD_FLUSH:
+    case NBD_CMD_TRIM:
+    case NBD_CMD_CACHE:
+        return NBD_CMD_FLAG_FUA;
+    case NBD_CMD_WRITE_ZEROES:
+        return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+    case NBD_CMD_BLOCK_STATUS:
+        return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
+    default:
+        return 0;
+    }
+}
+
+static bool in_range(const struct tx *t, const struct req *r)
+{
+    uint64_t end;
+
+    return rb_add_ok(r->off, r->len, &end) && end <= rb_export_size(t->e);
+}
+
+static void run_request(struct tx *t, const struct req *r, struct buf *b)
+{
+    struct rb_error err = {0};
+    unsigned wflags = r->flags & NBD_CMD_FLAG_FUA ? RB_WRITE_FUA : 0;
+    int ret;
+
+    if (r->type > NBD_CMD_BLOCK_STATUS || r->type == NBD_CMD_DISC) {
+        reply_status(t, r, -EINVAL, "unknown command");
+        return;
+    }
+    if (r->flags & ~allowed_flags(t, r->type)) {
+        reply_status(t, r, -EINVAL, "flag not valid for this command");
+        return;
+    }
+    switch (r->type) {
+    case NBD_CMD_READ:
+        if (r->len > NBD_MAX_REQUEST_BYTES)
+            reply_status(t, r, -EINVAL, "read larger than the maximum block size");
+        else if (!in_range(t, r))
+            reply_status(t, r, -EINVAL, "read past the end of the export");
+        else
+            do_read(t, r, b);
+        return;
+    case NBD_CMD_WRITE:
+        ret = rb_export_write(t->e, RB_PROTO_NBD, r->payload, r->off, r->len, wflags, &err);
+        break;
+    case NBD_CMD_FLUSH:
+        ret = rb_export_flush(t->e, RB_PROTO_NBD, &err);
+        break;
+    case NBD_CMD_TRIM:
+        ret = rb_export_trim(t->e, RB_PROTO_NBD, r->off, r->len, wflags, &err);
+        break;
+    case NBD_CMD_CACHE:
+        ret = rb_export_cache(t->e, RB_PROTO_NBD, r->off, r->len, &err);
+        break;
+    case NBD_CMD_WRITE_ZEROES:
+        if (!(r->flags & NBD_CMD_FLAG_NO_HOLE))
+            wflags |= RB_ZERO_MAY_UNMAP;
+        if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
+            wflags |= RB_ZERO_FAST;
+        ret = rb_export_write_zeroes(t->e, RB_PROTO_NBD, r->off, r->len, wflags, &err);
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        if (!t->s->structured || !(t->s->meta_alloc || t->s->meta_depth))
+            reply_status(t, r, -EINVAL, "no metadata context was negotiated");
+        else if (r->len == 0 || !in_range(t, r))
+            reply_status(t, r, -EINVAL, "block status range is empty or past the end");
+        else
+            do_block_status(t, r);
+        return;
+    default:
+        ret = -EINVAL;
+        break;
+    }
+    log_error(t, r, ret, &err);
+    reply_status(t, r, ret, ret < 0 ? (err.code ? err.msg : "failed") : NULL);
+}
+
+/* ---- the worker pool ---------------------------------------------------------- */
+
+static size_t req_bytes(const struct req *r)
+{
+    return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_READ ? r->len : 0;
+}
+
+static void *worker(void *arg)
+{
+    struct tx *t = arg;
+    struct buf b = {0};
+
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        struct req *r;
+
+        while (!t->head && !t->stop) {
+            t->idle++;
+            pthread_cond_wait(&t->work, &t->lock);
+            t->idle--;
+        }
+        if (!t->head)
+            break; /* stop and nothing left */
+        r = t->head;
+        t->head = r->next;
+        if (!t->head)
+            t->tail = NULL;
+        t->queued--;
+        t->busy++;
+        pthread_mutex_unlock(&t->lock);
+
+        run_request(t, r, &b);
+        buf_trim(&b);
+
+        pthread_mutex_lock(&t->lock);
+        t->busy--;
+        t->bytes -= req_bytes(r);
+        pthread_cond_signal(&t->room);
+        free(r->payload);
+        free(r);
+    }
+    pthread_mutex_unlock(&t->lock);
+    free(b.p);
+    return NULL;
+}
+
+/* Queue @r, starting a worker when none is idle.  Waits while the
+ * connection has too much in flight. */
+static void enqueue(struct tx *t, struct req *r)
+{
+    pthread_mutex_lock(&t->lock);
+    while (t->queued + t->busy > 0 &&
+           (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
+            t->bytes + req_bytes(r) > NBD_MAX_INFLIGHT_BYTES))
+        pthread_cond_wait(&t->room, &t->lock);
+    r->next = NULL;
+    if (t->tail)
+        t->tail->next = r;
+    else
+        t->head = r;
+    t->tail = r;
+    t->queued++;
+    t->bytes += req_bytes(r);
+    if (t->idle < t->queued && t->nworkers < NBD_WORKERS &&
+        pthread_create(&t->workers[t->nworkers], NULL, worker, t) == 0)
+        t->nworkers++;
+    pthread_cond_signal(&t->work);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Read one request.  Returns 1 for a request, 0 for NBD_CMD_DISC, -errno
+ * when the connection is to be dropped. */
+static int read_request(struct tx *t, struct req **out)
+{
+    uint8_t h[NBD_REQUEST_BYTES];
+    struct req *r;
+    int ret = rb_conn_recv(t->c, h, sizeof(h));
+
+    if (ret)
+        return ret;
+    if (get32(h) != NBD_REQUEST_MAGIC)
+        return -EPROTO;
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->flags = get16(h + 4);
+    r->type = get16(h + 6);
+    r->handle = get64(h + 8);
+    r->off = get64(h + 16);
+    r->len = get32(h + 24);
+    if (r->type == NBD_CMD_DISC) {
+        free(r);
+        return 0;
+    }
+    if (r->type == NBD_CMD_WRITE) {
+        /* The payload follows whatever we think of the request; one we
+         * will not buffer leaves the stream unusable: hang up. */
+        if (r->len > NBD_MAX_REQUEST_BYTES) {
+            free(r);
+            return -E2BIG;
+        }
+        r->payload = malloc(r->len ? r->len : 1);
+        if (!r->payload) {
+            free(r);
+            return -ENOMEM;
+        }
+        ret = rb_conn_recv(t->c, r->payload, r->len);
+        if (ret) {
+            free(r->payload);
+            free(r);
+            return ret;
+        }
+    }
+    *out = r;
+    return 1;
+}
+
+void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
+{
+    struct tx t = {.c = c, .s = s, .e = c->srv->export};
+
+    pthread_mutex_init(&t.lock, NULL);
+    pthread_cond_init(&t.work, NULL);
+    pthread_cond_init(&t.room, NULL);
+    for (;;) {
+        struct req *r = NULL;
+        int ret = read_request(&t, &r);
+
+        if (ret <= 0) {
+            /* A broken protocol, end of stream or DISC: answer what is in
+             * flight (the spec asks it for DISC), then close. */
+            if (ret == -EPROTO || ret == -E2BIG)
+                rb_conn_abort(c);
+            break;
+        }
+        enqueue(&t, r);
+    }
+    pthread_mutex_lock(&t.lock);
+    t.stop = true;
+    pthread_cond_broadcast(&t.work);
+    pthread_mutex_unlock(&t.lock);
+    for (unsigned i = 0; i < t.nworkers; i++)
+        pthread_join(t.workers[i], NULL);
+    pthread_cond_destroy(&t.room);
+    pthread_cond_destroy(&t.work);
+    pthread_mutex_destroy(&t.lock);
+}
