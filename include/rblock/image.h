@@ -41,7 +41,7 @@ struct rb_extent {
     uint64_t length;   /* > 0 on success */
     unsigned flags;    /* RB_BS_* */
     unsigned depth;    /* 0 = this image, 1 = its backing...; when not
-                          ALLOCATED anywhere: the number of layers */
+                          ALLOCATED anywhere: the last layer asked */
     uint64_t host_off; /* with RB_BS_OFFSET_VALID */
 };
 
@@ -64,8 +64,8 @@ struct rb_image_ops {
     /*
      * Status of this layer only, for one extent starting at off and at most
      * len long.  A range this layer does not define is returned without
-     * RB_BS_ALLOCATED and with depth 0; rb_image_block_status then asks the
-     * backing image.
+     * RB_BS_DATA/RB_BS_ZERO/RB_BS_ALLOCATED and with depth 0;
+     * rb_image_block_status then asks the backing image.
      */
     int (*block_status)(struct rb_image *img, uint64_t off, uint64_t len,
                         struct rb_extent *ext, struct rb_error *err);
@@ -143,10 +143,13 @@ int rb_image_trim(struct rb_image *img, uint64_t off, uint64_t len,
 int rb_image_flush(struct rb_image *img, struct rb_error *err);
 
 /*
- * Block status through the whole chain: one extent starting at @off, at
- * most @len long, resolved to the first layer that defines it (depth) or,
- * if none, flags RB_BS_ZERO with depth = number of layers.  Past a
- * backing's end the range is zero and not allocated.
+ * Block status through the whole chain, as qemu-img map reports it: one
+ * extent starting at @off, at most @len long, resolved to the first layer
+ * that defines it (reports DATA or ZERO; ALLOCATED is then set, depth is
+ * that layer's).  When no layer defines it: flags RB_BS_ZERO without
+ * ALLOCATED and depth = the last layer asked (the bottom one, or the one
+ * whose backing file is shorter than @off); RB_BS_OFFSET_VALID may stay
+ * set (qemu reports the host offset of an unallocated subcluster).
  */
 int rb_image_block_status(struct rb_image *img, uint64_t off, uint64_t len,
                           struct rb_extent *ext, struct rb_error *err);

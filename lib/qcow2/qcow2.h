@@ -158,6 +158,9 @@ void qcow2_header_free(struct qcow2_header *h);
  */
 struct qcow2_cache;
 
+/* A cache of tables of @entry_bytes read from / written to @fd, using at
+ * most max(@max_bytes, 2 * entry_bytes) bytes.  Barriers are on.  NULL on
+ * ENOMEM.  get/get_empty return -ENOMEM when every slot is pinned. */
 struct qcow2_cache *qcow2_cache_new(int fd, size_t entry_bytes, size_t max_bytes);
 void qcow2_cache_free(struct qcow2_cache *c);
 /* Get a pinned pointer to the table at @host_off, reading it if needed.
@@ -171,10 +174,21 @@ void qcow2_cache_mark_dirty(struct qcow2_cache *c, void *table);
  * own dirty entries. */
 void qcow2_cache_set_dependency(struct qcow2_cache *c, struct qcow2_cache *dep);
 void qcow2_cache_set_barriers(struct qcow2_cache *c, bool barriers);
-/* Write back every dirty entry (after flushing a dependency). */
+/* Write back every dirty entry (after flushing a dependency), then
+ * fdatasync the cache's file when barriers are on. */
 int qcow2_cache_flush(struct qcow2_cache *c);
 /* Drop an entry without writing it (the cluster was freed). */
 void qcow2_cache_discard(struct qcow2_cache *c, uint64_t host_off);
+/* Before the next write-back of any dirty entry of @c, fdatasync @fd
+ * (with barriers): data written to @fd reaches the disk before the
+ * metadata that points at it.  At most two distinct fds are remembered. */
+void qcow2_cache_depends_on_flush(struct qcow2_cache *c, int fd);
+/* Write back every dirty entry (after the dependency), without a sync.
+ * Returns 0 or -errno (the first error; it keeps writing the others). */
+int qcow2_cache_write(struct qcow2_cache *c);
+bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
+/* Number of slots (max_bytes / entry_bytes, at least 2). */
+size_t qcow2_cache_entries(const struct qcow2_cache *c);
 
 /* ---- driver state -------------------------------------------------------- */
 
@@ -191,7 +205,13 @@ struct qcow2_state {
     uint32_t l2_entries;      /* entries per L2 table */
     uint32_t l2_entry_bytes;  /* 8, or 16 with extended L2 */
     uint32_t subcluster_bytes;
+    uint32_t l2_bits;         /* log2(l2_entries) */
     bool extended_l2;
+    bool has_data_file;       /* QCOW2_INCOMPAT_DATA_FILE */
+    bool data_file_raw;       /* QCOW2_AUTOCLEAR_DATA_FILE_RAW */
+    const char *name;         /* img->filename, for messages */
+    char *data_file_path;     /* resolved external data file name */
+    uint64_t data_file_size;
 
     uint64_t *l1;             /* host byte order, l1_size entries */
     uint64_t *reftable;       /* host byte order */
@@ -201,11 +221,22 @@ struct qcow2_state {
     struct qcow2_cache *l2_cache;
     struct qcow2_cache *refblock_cache;
 
+    struct qcow2_snapshot *snapshots; /* h.nb_snapshots entries */
+
+    /* qemu reports holes in the file under metadata-preallocated clusters
+     * as zero: decided once at open (see qcow2_block_status) */
+    bool metadata_prealloc;
+    bool metadata_prealloc_checked;
+
     /* write path */
     uint64_t free_cluster_hint; /* first host cluster index that may be free */
     bool dirty_bit_set;         /* we set QCOW2_INCOMPAT_DIRTY on disk */
 };
 
+/* Offset of the refcount block of reftable entry @reftable_index, checked
+ * (aligned, inside the file); 0 when unallocated or past the table. */
+int qcow2_refblock_offset(struct qcow2_state *s, uint64_t reftable_index,
+                          uint64_t *block_off, struct rb_error *err);
 /* Refcount of host cluster @cluster_index (0 for past the table).
  * Caller holds the lock.  Returns 0 or -errno. */
 int qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster_index,
@@ -221,5 +252,181 @@ int qcow2_decompress(uint8_t type, const void *src, size_t src_len, void *dst,
  * dst_len (store uncompressed), or -errno. */
 long qcow2_compress(uint8_t type, const void *src, size_t src_len, void *dst,
                     size_t dst_len);
+
+
+/* ---- index math (pure; unit-tested for every cluster size) ------------- */
+
+/* Entries per L2 table: cluster_bytes / 8, or / 16 with extended L2. */
+static inline uint32_t qcow2_l2_entries_for(uint32_t cluster_bits, bool extended_l2)
+{
+    return (uint32_t)1 << (cluster_bits - (extended_l2 ? 4 : 3));
+}
+
+/* L1 entries needed to map @size bytes (may exceed 32 bits: check!). */
+static inline uint64_t qcow2_l1_entries_for(uint64_t size, uint32_t cluster_bits,
+                                            bool extended_l2)
+{
+    unsigned shift = cluster_bits + (cluster_bits - (extended_l2 ? 4 : 3));
+
+    if (shift >= 64)
+        return size ? 1 : 0;
+    return (size >> shift) + ((size & ((1ull << shift) - 1)) != 0);
+}
+
+/* Compressed cluster descriptor (qcow2.txt "Compressed Clusters Descriptor"):
+ * x = 62 - (cluster_bits - 8); bits 0..x-1 host offset, x..61 the number
+ * of additional 512-byte sectors. */
+static inline void qcow2_compressed_parse(uint64_t l2e, uint32_t cluster_bits,
+                                          uint64_t *host_off, uint64_t *bytes)
+{
+    unsigned shift = 62 - (cluster_bits - 8);
+    uint64_t nb_sectors = ((l2e >> shift) & ((1ull << (cluster_bits - 8)) - 1)) + 1;
+
+    *host_off = l2e & ((1ull << shift) - 1);
+    *bytes = nb_sectors * 512 - (*host_off & 511);
+}
+
+/* ---- mapping (cluster.c) -------------------------------------------------- */
+
+/* The state of one (sub)cluster, as QEMU's QCow2SubclusterType. */
+enum qcow2_sc_type {
+    QCOW2_SC_UNALLOCATED_PLAIN, /* not allocated: read the backing */
+    QCOW2_SC_UNALLOCATED_ALLOC, /* host cluster allocated, subcluster not */
+    QCOW2_SC_ZERO_PLAIN,        /* reads zeros, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,        /* reads zeros, host cluster kept */
+    QCOW2_SC_NORMAL,            /* data at host_off */
+    QCOW2_SC_COMPRESSED,        /* compressed cluster */
+    QCOW2_SC_INVALID,           /* corrupt bitmap combination */
+};
+
+/* Classify entry (@l2e, @bitmap) for subcluster @sc (0 when not extended).
+ * @has_data_file: offset 0 with COPIED is a valid data file cluster. */
+enum qcow2_sc_type qcow2_sc_type_of(uint64_t l2e, uint64_t bitmap, unsigned sc,
+                                    bool extended_l2, bool has_data_file);
+
+struct qcow2_mapping {
+    enum qcow2_sc_type type;
+    uint64_t bytes;    /* length of the run from guest_off, same type, and
+                          host-contiguous for NORMAL/ZERO_ALLOC/UNALLOC_ALLOC */
+    uint64_t host_off; /* NORMAL, ZERO_ALLOC, UNALLOCATED_ALLOC: host offset
+                          of guest_off (in the data file) */
+    uint64_t l2_entry; /* COMPRESSED: the raw descriptor */
+};
+
+/* L2 entry @i of a cached (big-endian) table, in host byte order; and the
+ * subcluster bitmap (0 without extended L2). */
+uint64_t qcow2_l2_entry_get(const struct qcow2_state *s, const void *l2, uint32_t i);
+uint64_t qcow2_l2_bitmap_get(const struct qcow2_state *s, const void *l2, uint32_t i);
+void qcow2_l2_entry_set(const struct qcow2_state *s, void *l2, uint32_t i, uint64_t e);
+void qcow2_l2_bitmap_set(const struct qcow2_state *s, void *l2, uint32_t i, uint64_t b);
+
+/*
+ * Validate an L1 entry's L2 offset (aligned, inside the file) and return it
+ * (0 when the L1 entry is unallocated).  Caller holds the lock.
+ */
+int qcow2_l2_offset(struct qcow2_state *s, uint64_t l1_index, uint64_t *l2_off,
+                    struct rb_error *err);
+
+/*
+ * Get the L2 table covering @guest_off, pinned in s->l2_cache (release it
+ * with qcow2_cache_put).  *l2 is NULL when the L1 entry is unallocated (an
+ * allocating writer then makes one).  *l2_index is the slot of guest_off.
+ * Caller holds the lock.  Returns 0 or -errno with @err set.
+ */
+int qcow2_l2_get(struct qcow2_state *s, uint64_t guest_off, void **l2,
+                 uint32_t *l2_index, struct rb_error *err);
+
+/*
+ * Map the run starting at @guest_off, at most @max_bytes long and never
+ * crossing an L2 table.  Validates what it reads (alignment, offsets
+ * inside the file, reserved bitmap combinations): a corrupt entry is
+ * -EIO with a message naming the table and offset.  Caller holds the lock.
+ */
+int qcow2_get_mapping(struct qcow2_state *s, uint64_t guest_off, uint64_t max_bytes,
+                      struct qcow2_mapping *m, struct rb_error *err);
+
+/* The rb_image_ops read and block_status of qcow2 (take the lock). */
+int qcow2_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
+               struct rb_error *err);
+int qcow2_block_status(struct rb_image *img, uint64_t off, uint64_t len,
+                       struct rb_extent *ext, struct rb_error *err);
+
+/* Read the compressed cluster @l2e into @dst (cluster_bytes).  Takes no
+ * lock.  Returns 0 or -errno with @err set. */
+int qcow2_read_compressed(struct qcow2_state *s, uint64_t l2e, void *dst,
+                          struct rb_error *err);
+
+/* ---- refcount table (refcount.c) ----------------------------------------- */
+
+/* Load and validate the refcount table (s->reftable).  At open. */
+int qcow2_reftable_load(struct qcow2_state *s, struct rb_error *err);
+
+/* ---- snapshots (snapshot.c) ------------------------------------------------ */
+
+struct qcow2_snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id;
+    char *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size; /* the large field when present */
+    uint64_t disk_size;     /* virtual size at snapshot time (extra data) */
+    bool has_disk_size;
+    uint64_t icount;        /* -1 when absent */
+    uint32_t extra_data_size;
+};
+
+/* Read and validate the snapshot table (s->snapshots).  At open. */
+int qcow2_snapshots_load(struct qcow2_state *s, struct rb_error *err);
+void qcow2_snapshots_free(struct qcow2_state *s);
+
+/* ---- write path (write.c, alloc.c: provided by the write-path engineer) -- */
+
+/*
+ * qcow2.c puts these in its rb_image_ops table.  Until the real write path
+ * lands, lib/qcow2/write.c is a stub whose qcow2_write_open fails with
+ * "writing qcow2 not supported yet"; write.c replaces it whole.
+ *
+ * qcow2_write_open is called at the end of a read-write open (state fully
+ * loaded, lock not held); qcow2_write_close at close before the caches are
+ * freed (it flushes and clears the dirty bit).  The rest have the contract
+ * of struct rb_image_ops.
+ */
+int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_error *err);
+void qcow2_write_close(struct rb_image *img, struct qcow2_state *s);
+int qcow2_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
+                unsigned flags, struct rb_error *err);
+int qcow2_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len,
+                       unsigned flags, struct rb_error *err);
+int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error *err);
+int qcow2_flush(struct rb_image *img, struct rb_error *err);
+int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
+                           size_t len, struct rb_error *err);
+
+/* ---- inline index helpers -------------------------------------------------- */
+
+static inline uint64_t qcow2_l1_index(const struct qcow2_state *s, uint64_t guest_off)
+{
+    return guest_off >> (s->h.cluster_bits + s->l2_bits);
+}
+
+static inline uint32_t qcow2_l2_index(const struct qcow2_state *s, uint64_t guest_off)
+{
+    return (uint32_t)(guest_off >> s->h.cluster_bits) & (s->l2_entries - 1);
+}
+
+static inline unsigned qcow2_sc_index(const struct qcow2_state *s, uint64_t guest_off)
+{
+    return (unsigned)((guest_off & (s->cluster_bytes - 1)) / s->subcluster_bytes);
+}
+
+/* True when @img was opened by this driver (its priv is a qcow2_state). */
+bool qcow2_is_qcow2(const struct rb_image *img);
+
+static inline struct qcow2_state *qcow2_state_of(struct rb_image *img)
+{
+    return img->priv;
+}
 
 #endif

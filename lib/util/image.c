@@ -311,25 +311,32 @@ int rb_image_block_status(struct rb_image *img, uint64_t off, uint64_t len,
     ret = rb_image_block_status_top(img, off, len, ext, err);
     if (ret < 0)
         return ret;
-    /* Walk down while the range is not defined by the current layer; the
-     * extent only ever shrinks, so the answer holds for the whole range. */
-    while (!(ext->flags & RB_BS_ALLOCATED)) {
+    /*
+     * As qemu's bdrv_co_block_status + qemu-img map: a layer defines the
+     * range when it reports data or zeros.  Otherwise, without a backing
+     * file (or past the end of a shorter backing) the range reads as zeros
+     * and is reported at this layer's depth, not allocated, keeping a host
+     * offset the driver gave (an allocated cluster's unallocated
+     * subcluster).  Else ask the backing for the same range, which only
+     * ever shrinks, so the answer holds for the whole extent.
+     */
+    for (;;) {
+        struct rb_image *next = layer->backing;
         uint64_t n = ext->length;
 
-        layer = layer->backing;
-        depth++;
-        if (!layer || off >= layer->size) {
-            /* not present in any layer (or past a shorter backing) */
-            ext->flags = RB_BS_ZERO;
-            ext->depth = rb_image_chain_length(img);
-            ext->host_off = 0;
-            ext->length = n;
-            if (layer && off >= layer->size)
-                ext->depth = depth; /* qemu reports the layer it ran out at */
-            return 0;
+        if (ext->flags & (RB_BS_DATA | RB_BS_ZERO)) {
+            ext->flags |= RB_BS_ALLOCATED;
+            break;
         }
-        if (n > layer->size - off)
-            n = layer->size - off;
+        ext->flags &= ~(unsigned)RB_BS_ALLOCATED;
+        if (!next || off >= next->size) {
+            ext->flags |= RB_BS_ZERO;
+            break;
+        }
+        if (n > next->size - off)
+            n = next->size - off;
+        layer = next;
+        depth++;
         memset(ext, 0, sizeof(*ext));
         ret = layer->ops->block_status(layer, off, n, ext, err);
         if (ret < 0)
@@ -337,7 +344,9 @@ int rb_image_block_status(struct rb_image *img, uint64_t off, uint64_t len,
         if (ext->length == 0 || ext->length > n)
             return rb_error_set(err, EIO, "%s: driver returned a bad extent",
                                 layer->filename);
-        ext->depth = depth;
     }
+    ext->depth = depth;
+    if (!(ext->flags & RB_BS_OFFSET_VALID))
+        ext->host_off = 0;
     return 0;
 }

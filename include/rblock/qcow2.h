@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2.h - what the qcow2 driver tells about an open image beyond the
+ * rb_image interface: header, features, extensions, snapshots, the L1/L2
+ * structure, and the consistency check.  Used by `rblock info|map|check`
+ * and the JSON-RPC server.  Plain structs, no JSON library.
+ *
+ * Every function takes an image opened by rb_image_open; for one that is
+ * not qcow2 they fail with -EINVAL (rb_qcow2_is says beforehand).  They
+ * take the image's lock themselves, so they may run while other threads
+ * read the image.
+ */
+#ifndef RBLOCK_QCOW2_H
+#define RBLOCK_QCOW2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rblock/error.h"
+#include "rblock/image.h"
+
+/* True when @img (one layer) is a qcow2 image. */
+bool rb_qcow2_is(const struct rb_image *img);
+
+/* The file holding @img's guest data: the external data file of a qcow2
+ * image when it has one, else img->filename.  Never NULL. */
+const char *rb_qcow2_data_file_name(const struct rb_image *img);
+
+struct rb_qcow2_feature {
+    unsigned type;    /* 0 incompatible, 1 compatible, 2 autoclear */
+    unsigned bit;
+    const char *name; /* from the image's table or our own; never NULL */
+    bool set;         /* the bit is set in the header */
+};
+
+struct rb_qcow2_extension {
+    uint32_t type;
+    uint32_t length;
+    uint64_t offset;  /* of the data in the file */
+    const char *name; /* "backing format", ..., "unknown" */
+};
+
+struct rb_qcow2_snapshot {
+    const char *id;
+    const char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t disk_size;
+    uint64_t icount;  /* UINT64_MAX when absent */
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+};
+
+struct rb_qcow2_info {
+    /* header, as on disk (v2 images: the values the spec implies) */
+    uint32_t version;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible_features, compatible_features, autoclear_features;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+
+    /* derived */
+    uint32_t cluster_bytes;
+    uint32_t refcount_bits;
+    const char *compat;           /* "0.10" (v2) or "1.1" (v3) */
+    const char *compression_name; /* "zlib", "zstd" */
+    bool dirty, corrupt, lazy_refcounts, extended_l2, data_file_raw;
+    bool bitmaps_consistent;      /* autoclear bit 0 */
+    const char *backing_file;     /* NULL when none */
+    const char *backing_format;
+    const char *data_file;        /* as stored, NULL when none */
+    uint64_t file_size;
+
+    struct rb_qcow2_feature *features; /* every set bit plus named ones */
+    size_t nb_features;
+    struct rb_qcow2_extension *extensions;
+    size_t nb_extensions;
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_directory_offset, bitmap_directory_size;
+    struct rb_qcow2_snapshot *snapshots;
+
+    /* layout of the active L1/L2 tables and refcounts */
+    uint64_t l2_tables;           /* allocated L1 entries */
+    uint32_t l2_entries;          /* entries per L2 table */
+    uint64_t data_clusters;       /* standard clusters with data */
+    uint64_t zero_clusters;       /* zero flag / all-zero bitmaps */
+    uint64_t compressed_clusters;
+    uint64_t reftable_entries;
+    uint64_t refcount_blocks;     /* allocated refcount table entries */
+    uint32_t refblock_entries;    /* refcounts per block */
+};
+
+/*
+ * Fill @info for the qcow2 image @img (one layer).  Walks the active L2
+ * tables to count clusters (cost grows with the metadata, not the virtual
+ * size).  Strings point into @img: valid until it is closed.  Free with
+ * rb_qcow2_info_free.  Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_get_info(struct rb_image *img, struct rb_qcow2_info *info,
+                      struct rb_error *err);
+void rb_qcow2_info_free(struct rb_qcow2_info *info);
+
+/* One allocated L2 table of the active L1 table. */
+struct rb_qcow2_l2_summary {
+    uint64_t l1_index;
+    uint64_t l1_entry;     /* raw, flags included */
+    uint64_t l2_offset;
+    uint64_t guest_start;  /* first guest byte it maps */
+    uint64_t guest_bytes;  /* bytes it maps (the last may be shorter) */
+    uint32_t data, zero, compressed, unallocated; /* clusters by type */
+    uint32_t partial;      /* extended L2: clusters with mixed subclusters */
+};
+
+/*
+ * Call @fn for each allocated L2 table in L1 order; stops when it returns
+ * non-zero (returned as is).  Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_walk_l2(struct rb_image *img,
+                     int (*fn)(void *opaque, const struct rb_qcow2_l2_summary *l2),
+                     void *opaque, struct rb_error *err);
+
+/* ---- consistency check (check.c) --------------------------------------- */
+
+enum rb_qcow2_problem_kind {
+    RB_QCOW2_LEAK,       /* refcount higher than references: wasted space */
+    RB_QCOW2_CORRUPTION, /* refcount too low, bad offsets, overlaps...     */
+};
+
+struct rb_qcow2_problem {
+    enum rb_qcow2_problem_kind kind;
+    uint64_t host_off;   /* cluster concerned, UINT64_MAX when none */
+    char msg[200];       /* one line, names the cluster and what is wrong */
+};
+
+struct rb_qcow2_check {
+    uint64_t corruptions;
+    uint64_t leaks;
+    uint64_t check_errors;        /* things that could not be checked */
+    uint64_t image_end_offset;
+    uint64_t total_clusters;      /* guest clusters (virtual size) */
+    uint64_t allocated_clusters;  /* guest clusters allocated */
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    struct rb_qcow2_problem *problems; /* at most RB_QCOW2_MAX_PROBLEMS kept */
+    size_t nb_problems;
+    uint64_t problems_dropped;
+};
+
+#define RB_QCOW2_MAX_PROBLEMS 1000
+
+/*
+ * Check the qcow2 image @img (one layer): walks the active and snapshot
+ * L1/L2 tables, the refcount table and blocks, the header, L1, snapshot
+ * table and bitmap directory clusters, and compares the references with
+ * the stored refcounts.  Returns 0 when the check ran (the result may
+ * still report problems), -errno with @err set when it could not run.
+ * Free with rb_qcow2_check_free.  Memory: 4 bytes per cluster of the file
+ * (refused above RB_QCOW2_CHECK_MAX_CLUSTERS).
+ */
+int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res,
+                   struct rb_error *err);
+void rb_qcow2_check_free(struct rb_qcow2_check *res);
+
+#define RB_QCOW2_CHECK_MAX_CLUSTERS (1ull << 28)
+
+#endif
