@@ -15,6 +15,7 @@
 #include "core/export.h"
 #include "core/listen.h"
 #include "core/quit.h"
+#include "jsonrpc/jsonrpc.h"
 #include "nbd/nbd.h"
 
 #define MAX_ADDRS 32
@@ -22,13 +23,17 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: rblock serve [--nbd ADDR]... [--read-only] [--export-name NAME]\n"
+            "usage: rblock serve [--nbd ADDR]... [--rpc ADDR]... [--read-only]\n"
+            "                    [--export-name NAME]\n"
             "                    [--description TEXT] [--max-connections N]\n"
             "                    [--handshake-timeout SECONDS] [--run CMD] [-f FMT] IMAGE\n"
             "\n"
             "Serve IMAGE (raw, qcow2 or a qcow2 chain) over NBD.\n"
             "  --nbd ADDR             tcp:HOST:PORT or unix:PATH (repeatable); default\n"
             "                         tcp:127.0.0.1:10809 unless socket-activated\n"
+            "  --rpc ADDR             also serve JSON-RPC 2.0 (newline-delimited) on\n"
+            "                         tcp:HOST:PORT or unix:PATH (repeatable); --run\n"
+            "                         sets $rpc (and $rpc_unixsocket) to the first\n"
             "  -r, --read-only        refuse writes\n"
             "  -x, --export-name NAME export name (\"\" is always accepted)\n"
             "  -d, --description TEXT description shown to clients\n"
@@ -57,9 +62,10 @@ static int parse_count(const char *s, const char *what, unsigned max, unsigned *
 
 int cmd_serve(int argc, char **argv)
 {
-    enum { OPT_NBD = 256, OPT_RUN, OPT_HS_TIMEOUT };
+    enum { OPT_NBD = 256, OPT_RUN, OPT_HS_TIMEOUT, OPT_RPC };
     static const struct option longopts[] = {
         {"nbd", required_argument, NULL, OPT_NBD},
+        {"rpc", required_argument, NULL, OPT_RPC},
         {"read-only", no_argument, NULL, 'r'},
         {"export-name", required_argument, NULL, 'x'},
         {"description", required_argument, NULL, 'd'},
@@ -72,6 +78,8 @@ int cmd_serve(int argc, char **argv)
     };
     const char *nbd_addrs[MAX_ADDRS];
     size_t n_nbd = 0;
+    const char *rpc_addrs[MAX_ADDRS];
+    size_t n_rpc = 0;
     const char *run_cmd = NULL;
     struct rb_export_config cfg = {0};
     struct rb_server srv = {0};
@@ -88,6 +96,13 @@ int cmd_serve(int argc, char **argv)
                 return 1;
             }
             nbd_addrs[n_nbd++] = optarg;
+            break;
+        case OPT_RPC:
+            if (n_rpc == MAX_ADDRS) {
+                complain("at most %d --rpc addresses", MAX_ADDRS);
+                return 1;
+            }
+            rpc_addrs[n_rpc++] = optarg;
             break;
         case 'r': cfg.read_only = true; break;
         case 'x':
@@ -138,10 +153,16 @@ int cmd_serve(int argc, char **argv)
                     : rb_listener_add(&ls, "tcp:127.0.0.1:10809", &rb_nbd_protocol, &err) < 0)
             goto fail;
     }
+    /* JSON-RPC beside NBD (NBD's defaults above do not depend on it). */
+    for (size_t i = 0; i < n_rpc; i++)
+        if (rb_listener_add(&ls, rpc_addrs[i], &rb_jsonrpc_protocol, &err) < 0)
+            goto fail;
     srv.export = rb_export_open(&cfg, &err);
     if (!srv.export)
         goto fail;
     if (run_cmd && rb_listeners_export_env(&ls, &rb_nbd_protocol, cfg.name, &err) < 0)
+        goto fail;
+    if (run_cmd && rb_rpc_export_env(&ls, &err) < 0)
         goto fail;
     if (rb_quit_init() < 0 || rb_server_init(&srv) < 0) {
         rb_error_set(&err, errno ? errno : ENOMEM, "cannot start the server");

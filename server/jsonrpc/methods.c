@@ -438,7 +438,8 @@ static int m_block_status(struct call *c, json_t **result)
     return 0;
 }
 
-/* One entry of `qemu-img map --output=json`. */
+/* One entry of `qemu-img map --output=json` (merged as its
+ * entry_mergeable does). */
 struct map_entry {
     uint64_t start, length, offset;
     unsigned depth;
@@ -456,10 +457,11 @@ static bool map_mergeable(const struct map_entry *a, const struct map_entry *b)
 
 static json_t *map_json(const struct map_entry *e)
 {
-    json_t *o = json_pack("{s:I, s:I, s:i, s:b, s:b, s:b, s:b}", "start", (json_int_t)e->start,
+    /* The fields of qemu-img 7.2 and `rblock map`: "compressed" only
+     * splits extents, as there (block_status reports it). */
+    json_t *o = json_pack("{s:I, s:I, s:i, s:b, s:b, s:b}", "start", (json_int_t)e->start,
                           "length", (json_int_t)e->length, "depth", (int)e->depth, "present",
-                          e->present, "zero", e->zero, "data", e->data, "compressed",
-                          e->compressed);
+                          e->present, "zero", e->zero, "data", e->data);
 
     if (o && e->has_offset &&
         json_object_set_new(o, "offset", json_integer((json_int_t)e->offset)) != 0) {
@@ -500,11 +502,9 @@ static int m_map(struct call *c, json_t **result)
             .zero = ext.flags & RB_BS_ZERO,
             .data = ext.flags & RB_BS_DATA,
             .compressed = ext.flags & RB_BS_COMPRESSED,
-            .has_offset = (ext.flags & RB_BS_DATA) && (ext.flags & RB_BS_OFFSET_VALID),
+            .has_offset = ext.flags & RB_BS_OFFSET_VALID, /* as qemu-img */
             .offset = ext.host_off,
-            /* qemu-img reports where the lookup ended: the last layer. */
-            .depth = (ext.flags & RB_BS_ALLOCATED) || ext.depth == 0 ? ext.depth
-                                                                     : ext.depth - 1,
+            .depth = ext.depth, /* as qemu-img: the last layer asked */
         };
         off += ext.length;
         if (have && map_mergeable(&cur, &e)) {
