@@ -106,7 +106,7 @@ static int md_bs(void *o, uint64_t off, uint64_t len, struct rb_extent *ext,
         end += CHUNK;
     ext->length = end - off < len ? end - off : len;
     ext->flags = w ? RB_BS_DATA | RB_BS_ALLOCATED | RB_BS_OFFSET_VALID : RB_BS_ZERO;
-    ext->depth = w ? 0 : 1;
+    ext->depth = 0;
     ext->host_off = off + 0x50000;
     return 0;
 }

@@ -459,7 +459,8 @@ static void test_block_status_and_map(void **state)
     assert_int_equal(json_integer_value(json_object_get(e, "depth")), 0);
     e = json_array_get(a, 2);
     assert_true(json_is_true(json_object_get(e, "zero")));
-    assert_int_equal(json_integer_value(json_object_get(e, "depth")), 1);
+    assert_true(json_is_false(json_object_get(e, "allocated")));
+    assert_int_equal(json_integer_value(json_object_get(e, "depth")), 0);
     json_decref(r);
 
     /* map: qemu-img's fields, whole image by default, merged */
