@@ -222,6 +222,7 @@ struct qcow2_state {
     struct qcow2_cache *refblock_cache;
 
     struct qcow2_snapshot *snapshots; /* h.nb_snapshots entries */
+    uint64_t snapshots_bytes;         /* size of the snapshot table */
 
     /* qemu reports holes in the file under metadata-preallocated clusters
      * as zero: decided once at open (see qcow2_block_status) */

@@ -134,6 +134,7 @@ int qcow2_snapshots_load(struct qcow2_state *s, struct rb_error *err)
         if (ret < 0)
             return ret;
     }
+    s->snapshots_bytes = off - s->h.snapshots_offset;
     return 0;
 }
 
