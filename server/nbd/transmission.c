@@ -68,7 +68,7 @@ struct buf {
 
 static uint8_t *buf_get(struct buf *b, size_t len)
 {
-    if (len > b->cap) {
+    if (len > b->cap || !b->p) {
         free(b->p);
         b->p = malloc(len ? len : 1);
         b->cap = b->p ? len : 0;
