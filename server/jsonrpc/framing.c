@@ -226,10 +226,6 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
 
         /* Every complete line, answered in order. */
         for (;;) {
-            if (rb_rpc_out_pending(&out) > max_backlog) {
-                end = RB_RPC_END_BACKLOG;
-                goto done;
-            }
             ev = rb_rpc_in_next(&in, &line, &len);
             if (ev == RB_RPC_IN_NONE) {
                 if (!eof || in.len == 0 || in.skipping)
@@ -239,6 +235,11 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
                 line = in.buf + in.start;
                 len = in.len;
                 in.len = 0;
+            }
+            /* Another request while the replies pile up unread. */
+            if (rb_rpc_out_pending(&out) > max_backlog) {
+                end = RB_RPC_END_BACKLOG;
+                goto done;
             }
             bool was_idle = rb_rpc_out_pending(&out) == 0;
             if (handle(be, &out, ev, line, len, max_line) < 0) {

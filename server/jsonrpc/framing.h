@@ -10,9 +10,10 @@
  *   - input: at most max_line + RB_RPC_READ_CHUNK bytes buffered; a line
  *     longer than max_line is answered with one -32700 error and skipped
  *     up to its newline (the connection stays usable);
- *   - output: replies not yet taken by the client.  Before each request
- *     is handled, a backlog over max_backlog disconnects the client (it
- *     does not read its replies); pending output that makes no progress
+ *   - output: replies not yet taken by the client.  When another request
+ *     arrives while more than max_backlog bytes of replies wait unread,
+ *     the client is disconnected (it does not read its replies; one reply,
+ *     however large, is always let through); pending output that makes no progress
  *     for send_timeout_ms disconnects it too.  So memory stays under
  *     max_line + max_backlog + one reply, and a stuck client costs a
  *     thread for at most send_timeout_ms.
@@ -26,7 +27,7 @@
 #include "jsonrpc/rpc.h"
 
 #define RB_RPC_READ_CHUNK (64u << 10)
-#define RB_RPC_DEFAULT_MAX_BACKLOG (16u << 20)
+#define RB_RPC_DEFAULT_MAX_BACKLOG (32u << 20)
 #define RB_RPC_DEFAULT_SEND_TIMEOUT_MS 30000
 
 /* ---- input: bytes in, lines out ---------------------------------------- */
