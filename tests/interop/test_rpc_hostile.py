@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: MIT
+"""JSON-RPC under load and under attack: 32 clients at once, each with
+many requests, all answered correctly; a huge line, binary garbage, deep
+nesting and a client that never reads its replies are each dealt with
+while another client keeps being served (and NBD too)."""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+from rpc_harness import Client, Server
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def srv():
+    d = tempfile.mkdtemp(prefix="rblock-rpc-h-")
+    path = os.path.join(d, "disk.raw")
+    with open(path, "wb") as f:
+        f.truncate(128 * MiB)
+    s = Server(path, "-f", "raw")
+    yield s
+    status, err = s.stop()
+    subprocess.run(["rm", "-rf", d])
+    assert status == 0, err
+
+
+@pytest.fixture
+def good(srv):
+    """A well-behaved client that must keep being served."""
+    c = srv.client()
+    yield c
+    c.close()
+
+
+def still_served(srv, good):
+    assert good.result("get_version")["name"] == "rblock"
+    data = os.urandom(512)
+    good.write(100 * MiB, data)
+    assert good.read(100 * MiB, 512) == data
+    h = srv.nbd()
+    assert h.pread(512, 100 * MiB) == data
+    h.shutdown()
+
+
+def test_32_clients_many_requests(srv):
+    clients, requests = 32, 150
+    failures = []
+
+    def worker(n):
+        try:
+            c = srv.client()
+            base = n * MiB  # each client owns one MiB
+            mine = {}
+            for k in range(requests):
+                off = base + (k % 64) * 4096
+                if k % 3 == 0:
+                    data = os.urandom(4096)
+                    assert c.write(off, data) == {"length": 4096}
+                    mine[off] = data
+                elif k % 3 == 1 and mine:
+                    o = list(mine)[k % len(mine)]
+                    assert c.read(o, 4096) == mine[o]
+                else:
+                    r = c.call("get_version", rid="c%d-%d" % (n, k))
+                    assert r["result"]["name"] == "rblock"
+            # a pipelined burst: 50 requests sent at once, replies in order
+            burst = "".join(json.dumps({"method": "read", "id": i,
+                                        "params": {"offset": base, "length": 16}}) + "\n"
+                            for i in range(50))
+            c.send(burst)
+            for i in range(50):
+                r = json.loads(c.line())
+                assert r["id"] == i and "result" in r
+            for o, data in mine.items():
+                assert c.read(o, 4096) == data
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append("client %d: %r" % (n, e))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_huge_line_is_refused_and_skipped(srv, good):
+    c = srv.client()
+    # 8 MiB without a newline: more than the cap of 1 MiB + base64(4 MiB)
+    chunk = b'{"method":"write","params":{"data":"' + b"A" * (MiB - 40)
+    for _ in range(8):
+        c.send(chunk)
+        still_served(srv, good)
+    c.send(b'"}}\n')
+    r = json.loads(c.line())
+    assert r["error"]["code"] == -32700 and r["id"] is None
+    assert "line longer than" in r["error"]["message"]
+    # the same connection goes on after the newline
+    assert c.result("get_version")["name"] == "rblock"
+    c.close()
+
+
+def test_binary_garbage(srv, good):
+    c = srv.client()
+    junk = os.urandom(256 * 1024).replace(b"\n", b"x") + b"\n"
+    c.send(junk)
+    r = json.loads(c.line())
+    assert r["error"]["code"] == -32700 and r["id"] is None
+    c.send(b"\x00\x00\x00\x00\xff\xfe\n")
+    assert json.loads(c.line())["error"]["code"] == -32700
+    c.send(b'{"method": "get_\xc3\x28", "id": 1}\n')  # invalid UTF-8
+    assert json.loads(c.line())["error"]["code"] == -32700
+    assert c.result("get_version")["name"] == "rblock"
+    still_served(srv, good)
+    c.close()
+    # garbage and hang up mid-line
+    c = srv.client()
+    c.send(os.urandom(4096))
+    c.close()
+    still_served(srv, good)
+
+
+@pytest.mark.parametrize("opener,closer", [("[", "]"), ('{"a":', "}")])
+def test_deep_nesting(srv, good, opener, closer):
+    c = srv.client()
+    n = 200000
+    c.send((opener * n + "1" + closer * n + "\n").encode())
+    r = json.loads(c.line())
+    assert r["error"]["code"] == -32700 and "nesting deeper than" in r["error"]["message"]
+    # nesting within the limit is parsed (and then refused for what it is)
+    r = c.ask('{"method": "read", "params": {"offset": [[[[1]]]], "length": 1}, "id": 2}')
+    assert r["error"]["code"] == -32602
+    still_served(srv, good)
+    c.close()
+
+
+def test_client_that_never_reads_is_dropped(srv, good):
+    c = srv.client()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    req = (json.dumps({"method": "read", "params": {"offset": 0, "length": 4 * MiB}, "id": 1})
+           + "\n").encode()
+    dropped = False
+    # 5.6 MiB of reply per request; the server's backlog cap is 32 MiB:
+    # within a few dozen requests it must hang up on us
+    for _ in range(200):
+        try:
+            c.sock.sendall(req)
+        except (BrokenPipeError, ConnectionResetError):
+            dropped = True
+            break
+        if _ == 10:
+            still_served(srv, good)
+    assert dropped
+    still_served(srv, good)
+    c.close()
+
+
+def test_many_idle_and_half_open_clients(srv, good):
+    idle = [srv.client() for _ in range(40)]
+    for i, c in enumerate(idle[:20]):
+        c.send(b'{"method": "get_vers')  # half a request
+    still_served(srv, good)
+    for c in idle:
+        c.close()
+    still_served(srv, good)
