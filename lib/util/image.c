@@ -114,8 +114,17 @@ struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts
         opts = &defaults;
     max_depth = opts->max_depth ? opts->max_depth : RB_MAX_CHAIN;
     top = open_one(path, opts, true, err);
-    if (!top || opts->no_backing)
+    if (!top)
+        return NULL;
+    if (opts->no_backing) {
+        /* say where the backing file would be, without opening it */
+        if (top->backing_name && strncmp(top->backing_name, "json:", 5) != 0 &&
+            !(top->backing_path = resolve_backing(top->filename, top->backing_name))) {
+            rb_error_set(err, ENOMEM, "%s: out of memory", path);
+            goto fail;
+        }
         return top;
+    }
 
     for (cur = top; cur->backing_name; cur = cur->backing) {
         struct rb_open_opts bo = *opts;
