@@ -60,9 +60,9 @@ static int be_block_status(void *o, uint64_t off, uint64_t len, struct rb_extent
     return rb_export_block_status(ex(o), RB_PROTO_JSONRPC, off, len, ext, err);
 }
 
-static json_t *be_info(void *o, struct rb_error *err)
+static json_t *be_info(void *o, bool chain, struct rb_error *err)
 {
-    return rb_rpc_info_json(ex(o), err);
+    return rb_rpc_info_json(ex(o), chain, err);
 }
 
 static json_t *be_check(void *o, struct rb_error *err)
@@ -93,7 +93,10 @@ static json_t *be_stats(void *o, struct rb_error *err)
         rb_error_set(err, ENOMEM, "out of memory");
         return NULL;
     }
-    return json_pack("{s:I, s:o}", "uptime_ms", (json_int_t)(rb_export_uptime(e) * 1000),
+    return json_pack("{s:I, s:{s:s, s:s, s:I, s:b}, s:o}", "uptime_ms",
+                     (json_int_t)(rb_export_uptime(e) * 1000), "export", "name",
+                     rb_export_name(e), "format", rb_export_format(e), "size",
+                     (json_int_t)rb_export_size(e), "read-only", rb_export_read_only(e),
                      "protocols", protos);
 }
 

@@ -1,19 +1,27 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * inspect.c - the `info` and `check` methods: the live image described
- * with the field names of `qemu-img info --output=json` and `qemu-img
- * check --output=json`, through the qcow2 driver's public API
- * (include/rblock/qcow2.h), which takes the image's lock itself.
+ * exactly as `rblock info --output=json` and `rblock check --output=json`
+ * describe a file (qemu-img's keys plus rblock's own), built from the
+ * qcow2 driver's public API (include/rblock/qcow2.h), which takes the
+ * image's lock itself.  tests/interop/test_rpc.py compares the two.
+ *
+ * The builders mirror cmd/info.c and cmd/check.c, which print with
+ * static functions of their own; the day those move to a shared place,
+ * this file shrinks to calls.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/stat.h>
 
 #include "core/export.h"
 #include "jsonrpc/jsonrpc.h"
 #include "rblock/qcow2.h"
 
-/* Set @key to a new value; on failure drop @o (returns NULL). */
+/* Builds stay NULL-safe: any failed allocation poisons the object, which
+ * is then dropped whole (put returns NULL) and reported as ENOMEM. */
 static json_t *put(json_t *o, const char *key, json_t *v)
 {
     if (!o || !v || json_object_set_new(o, key, v) != 0) {
@@ -24,138 +32,249 @@ static json_t *put(json_t *o, const char *key, json_t *v)
     return o;
 }
 
-static json_t *str_or_null(const char *s)
+static json_t *push(json_t *a, json_t *v)
 {
-    return s ? json_string(s) : json_null();
+    if (!a || !v || json_array_append_new(a, v) != 0) {
+        json_decref(a);
+        json_decref(v);
+        return NULL;
+    }
+    return a;
 }
 
-static json_t *qcow2_specific(const struct rb_qcow2_info *q)
+static json_t *jint(uint64_t v)
+{
+    return json_integer((json_int_t)v);
+}
+
+static json_t *hex(uint64_t v)
+{
+    char buf[24];
+
+    snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
+    return json_string(buf);
+}
+
+static json_t *snapshots_json(const struct rb_qcow2_info *q)
+{
+    json_t *a = json_array();
+
+    for (uint32_t i = 0; a && i < q->nb_snapshots; i++) {
+        const struct rb_qcow2_snapshot *sn = &q->snapshots[i];
+        json_t *o = json_object();
+        if (sn->icount != UINT64_MAX)
+            o = put(o, "icount", jint(sn->icount));
+        o = put(o, "vm-clock-nsec", jint(sn->vm_clock_nsec % 1000000000));
+        o = put(o, "name", json_string(sn->name));
+        o = put(o, "date-sec", jint(sn->date_sec));
+        o = put(o, "date-nsec", jint(sn->date_nsec));
+        o = put(o, "vm-clock-sec", jint(sn->vm_clock_nsec / 1000000000));
+        o = put(o, "id", json_string(sn->id));
+        o = put(o, "vm-state-size", jint(sn->vm_state_size));
+        o = put(o, "rblock-disk-size", jint(sn->disk_size));
+        o = put(o, "rblock-l1-table-offset", jint(sn->l1_table_offset));
+        o = put(o, "rblock-l1-size", jint(sn->l1_size));
+        a = push(a, o);
+    }
+    return a;
+}
+
+static json_t *format_specific(const struct rb_qcow2_info *q)
 {
     json_t *d = json_object();
 
     d = put(d, "compat", json_string(q->compat));
-    if (q->version >= 3) {
-        d = put(d, "compression-type", json_string(q->compression_name));
+    d = put(d, "compression-type", json_string(q->compression_name));
+    if (q->version >= 3)
         d = put(d, "lazy-refcounts", json_boolean(q->lazy_refcounts));
+    d = put(d, "refcount-bits", jint(q->refcount_bits));
+    if (q->version >= 3) {
+        d = put(d, "corrupt", json_boolean(q->corrupt));
+        d = put(d, "extended-l2", json_boolean(q->extended_l2));
     }
-    d = put(d, "refcount-bits", json_integer(q->refcount_bits));
-    d = put(d, "corrupt", json_boolean(q->corrupt));
-    d = put(d, "extended-l2", json_boolean(q->extended_l2));
-    if (d && q->data_file) {
+    if (q->data_file) {
         d = put(d, "data-file", json_string(q->data_file));
         d = put(d, "data-file-raw", json_boolean(q->data_file_raw));
     }
-    /* rblock's own, beyond qemu-img's: the metadata at a glance */
-    d = put(d, "l1-size", json_integer(q->l1_size));
-    d = put(d, "l2-tables", json_integer((json_int_t)q->l2_tables));
-    d = put(d, "data-clusters", json_integer((json_int_t)q->data_clusters));
-    d = put(d, "zero-clusters", json_integer((json_int_t)q->zero_clusters));
-    d = put(d, "compressed-clusters", json_integer((json_int_t)q->compressed_clusters));
-    d = put(d, "snapshots", json_integer(q->nb_snapshots));
-    d = put(d, "bitmaps", json_integer(q->nb_bitmaps));
-    return put(json_pack("{s:s}", "type", "qcow2"), "data", d);
+    return put(put(json_object(), "type", json_string("qcow2")), "data", d);
 }
 
+static json_t *rblock_json(const struct rb_qcow2_info *q)
+{
+    static const char *const ftype[] = {"incompatible", "compatible", "autoclear"};
+    json_t *h = json_object(), *f = json_array(), *e = json_array();
+    json_t *l1 = json_object(), *cl = json_object(), *rt = json_object();
+    json_t *r = json_object();
+
+    h = put(h, "version", jint(q->version));
+    h = put(h, "backing-file-offset", hex(q->backing_file_offset));
+    h = put(h, "backing-file-size", jint(q->backing_file_size));
+    h = put(h, "cluster-bits", jint(q->cluster_bits));
+    h = put(h, "size", jint(q->size));
+    h = put(h, "crypt-method", jint(q->crypt_method));
+    h = put(h, "l1-size", jint(q->l1_size));
+    h = put(h, "l1-table-offset", hex(q->l1_table_offset));
+    h = put(h, "refcount-table-offset", hex(q->refcount_table_offset));
+    h = put(h, "refcount-table-clusters", jint(q->refcount_table_clusters));
+    h = put(h, "nb-snapshots", jint(q->nb_snapshots));
+    h = put(h, "snapshots-offset", hex(q->snapshots_offset));
+    h = put(h, "incompatible-features", hex(q->incompatible_features));
+    h = put(h, "compatible-features", hex(q->compatible_features));
+    h = put(h, "autoclear-features", hex(q->autoclear_features));
+    h = put(h, "refcount-order", jint(q->refcount_order));
+    h = put(h, "header-length", jint(q->header_length));
+    h = put(h, "compression-type", jint(q->compression_type));
+    r = put(r, "header", h);
+    for (size_t i = 0; i < q->nb_features; i++) {
+        json_t *o = json_object();
+        o = put(o, "type", json_string(ftype[q->features[i].type % 3]));
+        o = put(o, "bit", jint(q->features[i].bit));
+        o = put(o, "name", json_string(q->features[i].name));
+        o = put(o, "set", json_boolean(q->features[i].set));
+        f = push(f, o);
+    }
+    r = put(r, "features", f);
+    for (size_t i = 0; i < q->nb_extensions; i++) {
+        char t[16];
+        json_t *o = json_object();
+        snprintf(t, sizeof(t), "0x%08" PRIx32, q->extensions[i].type);
+        o = put(o, "type", json_string(t));
+        o = put(o, "name", json_string(q->extensions[i].name));
+        o = put(o, "length", jint(q->extensions[i].length));
+        o = put(o, "offset", hex(q->extensions[i].offset));
+        e = push(e, o);
+    }
+    r = put(r, "extensions", e);
+    if (q->nb_bitmaps) {
+        json_t *b = json_object();
+        b = put(b, "count", jint(q->nb_bitmaps));
+        b = put(b, "directory-offset", hex(q->bitmap_directory_offset));
+        b = put(b, "directory-size", jint(q->bitmap_directory_size));
+        r = put(r, "bitmaps", b);
+    }
+    l1 = put(l1, "offset", hex(q->l1_table_offset));
+    l1 = put(l1, "entries", jint(q->l1_size));
+    l1 = put(l1, "l2-tables", jint(q->l2_tables));
+    l1 = put(l1, "l2-entries", jint(q->l2_entries));
+    r = put(r, "l1", l1);
+    cl = put(cl, "allocated", jint(q->data_clusters));
+    cl = put(cl, "zero", jint(q->zero_clusters));
+    cl = put(cl, "compressed", jint(q->compressed_clusters));
+    r = put(r, "clusters", cl);
+    rt = put(rt, "offset", hex(q->refcount_table_offset));
+    rt = put(rt, "clusters", jint(q->refcount_table_clusters));
+    rt = put(rt, "entries", jint(q->reftable_entries));
+    rt = put(rt, "refcount-blocks", jint(q->refcount_blocks));
+    rt = put(rt, "refcounts-per-block", jint(q->refblock_entries));
+    r = put(r, "refcount-table", rt);
+    r = put(r, "file-size", jint(q->file_size));
+    return r;
+}
+
+/* One layer, as `rblock info --output=json` prints it. */
 static json_t *layer_json(struct rb_image *img, struct rb_error *err)
 {
+    struct rb_qcow2_info qi, *q = NULL;
     struct stat st;
     json_t *o = json_object();
 
-    o = put(o, "virtual-size", json_integer((json_int_t)img->size));
-    o = put(o, "filename", json_string(img->filename));
-    if (o && img->cluster_bytes)
-        o = put(o, "cluster-size", json_integer(img->cluster_bytes));
-    o = put(o, "format", json_string(img->ops->format));
-    if (o && stat(img->filename, &st) == 0)
-        o = put(o, "actual-size", json_integer((json_int_t)st.st_blocks * 512));
-    if (o && img->backing_name) {
-        o = put(o, "backing-filename", json_string(img->backing_name));
-        o = put(o, "full-backing-filename", str_or_null(img->backing_path));
-        if (o && img->backing_format)
-            o = put(o, "backing-filename-format", json_string(img->backing_format));
-    }
-    if (o && rb_qcow2_is(img)) {
-        struct rb_qcow2_info q = {0};
-        int ret = rb_qcow2_get_info(img, &q, err);
-        if (ret < 0) {
+    if (rb_qcow2_is(img)) {
+        if (rb_qcow2_get_info(img, &qi, err) < 0) {
             json_decref(o);
             return NULL;
         }
-        o = put(o, "format-specific", qcow2_specific(&q));
-        o = put(o, "dirty-flag", json_boolean(q.dirty));
-        rb_qcow2_info_free(&q);
+        q = &qi;
     }
+    if (q && q->nb_snapshots)
+        o = put(o, "snapshots", snapshots_json(q));
+    o = put(o, "virtual-size", jint(img->size));
+    o = put(o, "filename", json_string(img->filename));
+    if (q)
+        o = put(o, "cluster-size", jint(q->cluster_bytes));
+    o = put(o, "format", json_string(img->ops->format));
+    o = put(o, "actual-size",
+            jint(stat(img->filename, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0));
+    if (q)
+        o = put(o, "format-specific", format_specific(q));
+    if (img->backing_name) {
+        o = put(o, "backing-filename", json_string(img->backing_name));
+        if (img->backing_path)
+            o = put(o, "full-backing-filename", json_string(img->backing_path));
+        if (img->backing_format)
+            o = put(o, "backing-filename-format", json_string(img->backing_format));
+    }
+    o = put(o, "dirty-flag", json_boolean(q && q->dirty));
+    if (q) {
+        o = put(o, "rblock", rblock_json(q));
+        rb_qcow2_info_free(q);
+    }
+    if (!o)
+        rb_error_set(err, ENOMEM, "out of memory");
     return o;
 }
 
-json_t *rb_rpc_info_json(struct rb_export *e, struct rb_error *err)
+json_t *rb_rpc_info_json(struct rb_export *e, bool chain, struct rb_error *err)
 {
     struct rb_image *img = rb_export_image(e);
-    json_t *top = layer_json(img, err), *chain = json_array();
+    json_t *arr;
 
-    top = put(top, "read-only", json_boolean(rb_export_read_only(e)));
-    /* Every layer, as `qemu-img info --backing-chain` lists them. */
-    for (struct rb_image *l = img; top && chain && l; l = l->backing) {
-        json_t *j = layer_json(l, err);
-        if (!j || json_array_append_new(chain, j) != 0) {
-            json_decref(chain);
-            chain = NULL;
+    if (!chain)
+        return layer_json(img, err);
+    arr = json_array();
+    for (struct rb_image *l = img; l; l = l->backing) {
+        json_t *o = layer_json(l, err);
+        if (!o) {
+            json_decref(arr);
+            return NULL;
         }
+        arr = push(arr, o);
     }
-    top = put(top, "backing-chain", chain);
-    if (!top)
+    if (!arr)
         rb_error_set(err, ENOMEM, "out of memory");
-    return top;
+    return arr;
 }
 
 json_t *rb_rpc_check_json(struct rb_export *e, struct rb_error *err)
 {
     struct rb_image *img = rb_export_image(e);
     struct rb_qcow2_check r = {0};
-    json_t *o, *probs;
+    json_t *o = json_object(), *p = json_array();
 
     if (!rb_qcow2_is(img)) {
-        rb_error_set(err, ENOTSUP, "'%s': %s images have no metadata to check",
+        json_decref(o);
+        json_decref(p);
+        rb_error_set(err, ENOTSUP, "%s: format '%s' does not support checks",
                      img->filename, img->ops->format);
         return NULL;
     }
-#ifdef RB_HAVE_QCOW2_CHECK
-    if (rb_qcow2_check(img, &r, err) < 0)
+    if (rb_qcow2_check(img, &r, err) < 0) {
+        json_decref(o);
+        json_decref(p);
         return NULL;
-#else
-    /* lib/qcow2/check.c has not landed yet */
-    rb_error_set(err, ENOTSUP, "'%s': this build cannot check qcow2 images yet", img->filename);
-    return NULL;
-#endif
-    o = json_object();
-    o = put(o, "image-end-offset", json_integer((json_int_t)r.image_end_offset));
-    o = put(o, "total-clusters", json_integer((json_int_t)r.total_clusters));
-    o = put(o, "check-errors", json_integer((json_int_t)r.check_errors));
-    o = put(o, "allocated-clusters", json_integer((json_int_t)r.allocated_clusters));
+    }
+    o = put(o, "image-end-offset", jint(r.image_end_offset));
+    o = put(o, "total-clusters", jint(r.total_clusters));
+    o = put(o, "check-errors", jint(r.check_errors));
+    if (r.leaks)
+        o = put(o, "leaks", jint(r.leaks));
+    if (r.corruptions)
+        o = put(o, "corruptions", jint(r.corruptions));
+    o = put(o, "allocated-clusters", jint(r.allocated_clusters));
     o = put(o, "filename", json_string(img->filename));
     o = put(o, "format", json_string("qcow2"));
-    o = put(o, "fragmented-clusters", json_integer((json_int_t)r.fragmented_clusters));
-    o = put(o, "compressed-clusters", json_integer((json_int_t)r.compressed_clusters));
-    o = put(o, "corruptions", json_integer((json_int_t)r.corruptions));
-    o = put(o, "leaks", json_integer((json_int_t)r.leaks));
-    probs = json_array();
-    for (size_t i = 0; probs && i < r.nb_problems; i++) {
-        const struct rb_qcow2_problem *p = &r.problems[i];
-        json_t *j = json_pack("{s:s, s:s}", "kind",
-                              p->kind == RB_QCOW2_LEAK ? "leak" : "corruption", "message",
-                              p->msg);
-        if (j && p->host_off != UINT64_MAX)
-            j = put(j, "offset", json_integer((json_int_t)p->host_off));
-        if (!j || json_array_append_new(probs, j) != 0) {
-            json_decref(probs);
-            probs = NULL;
-        }
+    o = put(o, "fragmented-clusters", jint(r.fragmented_clusters));
+    o = put(o, "compressed-clusters", jint(r.compressed_clusters));
+    for (size_t i = 0; i < r.nb_problems; i++) {
+        json_t *x = json_object();
+        x = put(x, "kind",
+                json_string(r.problems[i].kind == RB_QCOW2_LEAK ? "leak" : "corruption"));
+        if (r.problems[i].host_off != UINT64_MAX)
+            x = put(x, "offset", jint(r.problems[i].host_off));
+        x = put(x, "message", json_string(r.problems[i].msg));
+        p = push(p, x);
     }
-    o = put(o, "problems", probs);
-    o = put(o, "problems-dropped", json_integer((json_int_t)r.problems_dropped));
-#ifdef RB_HAVE_QCOW2_CHECK
+    o = put(o, "rblock-problems", p);
     rb_qcow2_check_free(&r);
-#endif
     if (!o)
         rb_error_set(err, ENOMEM, "out of memory");
     return o;

@@ -19,9 +19,11 @@ extern const struct rb_protocol rb_jsonrpc_protocol;
  * under RB_PROTO_JSONRPC. */
 void rb_rpc_backend_for(struct rb_conn *c, struct rb_rpc_backend *be);
 
-/* `info` and `check` of the export's image (inspect.c): new references,
- * or NULL with @err set (ENOTSUP when the format has nothing to check). */
-json_t *rb_rpc_info_json(struct rb_export *e, struct rb_error *err);
+/* `info` and `check` of the export's image (inspect.c), exactly as
+ * `rblock info --output=json [--backing-chain]` and `rblock check
+ * --output=json` print them: new references, or NULL with @err set
+ * (ENOTSUP when the format has nothing to check). */
+json_t *rb_rpc_info_json(struct rb_export *e, bool backing_chain, struct rb_error *err);
 json_t *rb_rpc_check_json(struct rb_export *e, struct rb_error *err);
 
 /*

@@ -241,7 +241,7 @@ static int m_info(struct call *c, json_t **result)
 {
     struct rb_error err = {0};
 
-    *result = c->be->ops->info(c->be->opaque, &err);
+    *result = c->be->ops->info(c->be->opaque, c->a.b[0], &err);
     return *result ? 0 : io_fault(c, -(err.code ? err.code : EIO), &err);
 }
 
@@ -541,7 +541,8 @@ oom:
 static const struct method methods[] = {
     {"get_version", "program name and version", false, m_get_version, {{0}}},
     {"list_methods", "the methods and their parameters", false, m_list_methods, {{0}}},
-    {"info", "the image, as `rblock info --output=json`", false, m_info, {{0}}},
+    {"info", "the image, as `rblock info --output=json [--backing-chain]`", false, m_info,
+     {{"backing_chain", P_BOOL, false}}},
     {"map", "allocation map, as `rblock map --output=json`", false, m_map,
      {{"offset", P_INT, false}, {"length", P_INT, false}}},
     {"read", "read bytes, returned in base64", false, m_read,

@@ -85,8 +85,8 @@ struct rb_rpc_backend_ops {
     /* One extent at @off, at most @len long, through the chain. */
     int (*block_status)(void *opaque, uint64_t off, uint64_t len, struct rb_extent *ext,
                         struct rb_error *err);
-    /* As `rblock info --output=json`. */
-    json_t *(*info)(void *opaque, struct rb_error *err);
+    /* As `rblock info --output=json [--backing-chain]`. */
+    json_t *(*info)(void *opaque, bool backing_chain, struct rb_error *err);
     /* Read-only consistency check of the live image. */
     json_t *(*check)(void *opaque, struct rb_error *err);
     /* Connections, requests, bytes per protocol; uptime. */

@@ -111,8 +111,10 @@ static int md_bs(void *o, uint64_t off, uint64_t len, struct rb_extent *ext,
     return 0;
 }
 
-static json_t *md_info(void *o, struct rb_error *err)
+static json_t *md_info(void *o, bool chain, struct rb_error *err)
 {
+    if (chain)
+        return json_pack("[{s:s}]", "format", "mem");
     return json_pack("{s:s, s:I}", "format", "mem", "virtual-size", (json_int_t)DISK_BYTES);
 }
 

@@ -491,6 +491,9 @@ static void test_info_check_list(void **state)
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(r, "result"), "format")), "mem");
     json_decref(r);
+    r = ask("{\"method\":\"info\",\"params\":{\"backing_chain\":true},\"id\":1}");
+    assert_true(json_is_array(json_object_get(r, "result")));
+    json_decref(r);
     r = ask("{\"method\":\"check\",\"id\":1}");
     assert_non_null(json_object_get(r, "result"));
     json_decref(r);
