@@ -221,6 +221,8 @@ static int check_incompatible(const char *name, const struct qcow2_header *h,
 
         if (!(unknown & (1ull << bit)))
             continue;
+        if (n >= sizeof(list))
+            break; /* the list is full: list + n would point past it */
         fn = feature_name(h, 0, bit);
         if (fn && fn[0])
             n += (size_t)snprintf(list + n, n < sizeof(list) ? sizeof(list) - n : 0,
