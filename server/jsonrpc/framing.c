@@ -76,6 +76,8 @@ void rb_rpc_in_added(struct rb_rpc_in *in, size_t n)
 
 enum rb_rpc_in_event rb_rpc_in_next(struct rb_rpc_in *in, const char **line, size_t *len)
 {
+    if (!in->buf) /* nothing read yet (NULL + 0 is undefined in C) */
+        return RB_RPC_IN_NONE;
     for (;;) {
         char *base = in->buf + in->start;
         char *nl = in->len > in->scanned
