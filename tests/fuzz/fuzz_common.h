@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz_common.h - shared helpers of the libFuzzer targets (header-only:
+ * each target is one program).
+ *
+ * Inputs are written to a memfd and opened as "/proc/self/fd/N".  While a
+ * target runs, open() of any other path fails with ENOENT: a fuzzed qcow2
+ * header may name a backing or external data file, and fuzzing must never
+ * open host files (a FIFO would hang, a device would be read).
+ */
+#ifndef RBLOCK_FUZZ_COMMON_H
+#define RBLOCK_FUZZ_COMMON_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static bool fuzz_sandbox;          /* deny open() of other paths */
+static char fuzz_allowed[2][64];   /* "/proc/self/fd/N" of our memfds */
+
+/* Interposes libc's open() for the library code linked into the target. */
+int open(const char *path, int flags, ...)
+{
+    mode_t mode = 0;
+
+    if (flags & (O_CREAT | O_TMPFILE)) {
+        va_list ap;
+        va_start(ap, flags);
+        mode = (mode_t)va_arg(ap, int);
+        va_end(ap);
+    }
+    if (fuzz_sandbox && strcmp(path, fuzz_allowed[0]) != 0 &&
+        strcmp(path, fuzz_allowed[1]) != 0) {
+        errno = ENOENT;
+        return -1;
+    }
+    return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
+}
+
+/* A memfd holding @size bytes of @data (or a sparse file of @size bytes
+ * when @data is NULL); its path in *path.  Aborts on failure (harness
+ * trouble, not a finding). */
+static int fuzz_memfd(const char *name, const void *data, size_t size, unsigned slot,
+                      char path[64])
+{
+    int fd = memfd_create(name, MFD_CLOEXEC);
+
+    if (fd < 0) {
+        perror("memfd_create");
+        abort();
+    }
+    if (data) {
+        size_t done = 0;
+        while (done < size) {
+            ssize_t n = write(fd, (const char *)data + done, size - done);
+            if (n <= 0) {
+                perror("write memfd");
+                abort();
+            }
+            done += (size_t)n;
+        }
+    } else if (ftruncate(fd, (off_t)size) < 0) {
+        perror("ftruncate memfd");
+        abort();
+    }
+    snprintf(path, 64, "/proc/self/fd/%d", fd);
+    snprintf(fuzz_allowed[slot], sizeof(fuzz_allowed[slot]), "%s", path);
+    return fd;
+}
+
+#endif

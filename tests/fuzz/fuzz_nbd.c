@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz_nbd.c - libFuzzer target: the input is what a client sends to the
+ * NBD server, from the first byte of the handshake through transmission.
+ * It runs the real protocol handler (rb_nbd_protocol.serve) on one end of
+ * a socketpair over a 1 MiB raw export in a memfd; a thread writes the
+ * input to the other end and then closes it for writing, another drains
+ * the replies.  The input's first byte picks read-only or writable.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "fuzz_common.h"
+#include "core/conn.h"
+#include "core/export.h"
+#include "nbd/nbd.h"
+
+#define EXPORT_BYTES (1u << 20)
+
+struct feed {
+    int fd;
+    const uint8_t *data;
+    size_t size, done;
+};
+
+/* Send what fits without blocking; true when all of it went. */
+static bool feed_now(struct feed *f)
+{
+    while (f->done < f->size) {
+        ssize_t n = send(f->fd, f->data + f->done, f->size - f->done,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        f->done += (size_t)n;
+    }
+    shutdown(f->fd, SHUT_WR);
+    return true;
+}
+
+static void *writer(void *arg)
+{
+    struct feed *f = arg;
+    size_t done = f->done;
+
+    while (done < f->size) {
+        ssize_t n = send(f->fd, f->data + done, f->size - done, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* the server closed: it had enough */
+        done += (size_t)n;
+    }
+    shutdown(f->fd, SHUT_WR);
+    return NULL;
+}
+
+static void *drainer(void *arg)
+{
+    static __thread char buf[1 << 16];
+    int fd = *(int *)arg;
+
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+    }
+    return NULL;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct rb_export_config cfg = {.format = "raw", .name = "fuzz",
+                                   .description = "fuzzing"};
+    struct rb_server srv = {0};
+    struct rb_conn *c;
+    struct rb_error err = {0};
+    pthread_t wt, dt;
+    char path[64];
+    int sv[2], mfd;
+
+    if (size < 1)
+        return 0;
+    cfg.read_only = data[0] & 1;
+    data++;
+    size--;
+
+    mfd = fuzz_memfd("fuzz.raw", NULL, EXPORT_BYTES, 0, path);
+    /* some data in the export so reads and block status see extents */
+    if (pwrite(mfd, "rblock", 6, 65536) != 6)
+        abort();
+    cfg.path = path;
+    fuzz_sandbox = true;
+    srv.export = rb_export_open(&cfg, &err);
+    if (!srv.export) {
+        fprintf(stderr, "fuzz_nbd: %s\n", rb_error_msg(&err, -EIO));
+        abort();
+    }
+    srv.handshake_timeout_ms = 60000;
+    if (rb_server_init(&srv) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        abort();
+
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        abort();
+    c->fd = sv[0];
+    c->proto = &rb_nbd_protocol;
+    c->srv = &srv;
+    snprintf(c->peer, sizeof(c->peer), "fuzz");
+    pthread_mutex_init(&c->send_lock, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &c->deadline);
+    c->deadline.tv_sec += 60;
+    atomic_store(&c->in_handshake, true);
+
+    /* What fits the socket buffer goes in at once; a thread sends the rest. */
+    struct feed f = {sv[1], data, size, 0};
+    bool inline_write = feed_now(&f);
+    if ((!inline_write && pthread_create(&wt, NULL, writer, &f)) ||
+        pthread_create(&dt, NULL, drainer, &sv[1]))
+        abort();
+
+    c->proto->serve(c);
+
+    shutdown(sv[0], SHUT_RDWR);
+    if (!inline_write)
+        pthread_join(wt, NULL);
+    pthread_join(dt, NULL);
+    close(sv[0]);
+    close(sv[1]);
+    pthread_mutex_destroy(&c->send_lock);
+    free(c);
+    rb_server_destroy(&srv);
+    rb_export_close(srv.export, NULL);
+    fuzz_sandbox = false;
+    close(mfd);
+    return 0;
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""Write the NBD and JSON-RPC seed corpora (tests/fuzz/corpus/{nbd,jsonrpc}).
+
+Each NBD seed is what a client sends, prefixed with one byte for the
+harness (bit 0: serve read-only).  Run from anywhere; rewrites the seeds.
+The qcow2 seeds are small images made once with qemu-img/qemu-io (see
+tests/fuzz/README.md).
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IHAVEOPT = 0x49484156454F5054
+REQ = 0x25609513
+
+
+def opt(n, data=b""):
+    return struct.pack(">QII", IHAVEOPT, n, len(data)) + data
+
+
+def name(s):
+    b = s.encode()
+    return struct.pack(">I", len(b)) + b
+
+
+def go(export="", infos=(3,)):
+    return opt(7, name(export) + struct.pack(">H", len(infos)) +
+               b"".join(struct.pack(">H", i) for i in infos))
+
+
+def meta(n, export, *queries):
+    return opt(n, name(export) + struct.pack(">I", len(queries)) +
+               b"".join(name(q) for q in queries))
+
+
+def req(cmd, off=0, length=0, flags=0, handle=1, payload=b""):
+    return struct.pack(">IHHQQI", REQ, flags, cmd, handle, off, length) + payload
+
+
+CF = struct.pack(">I", 3)  # fixed newstyle + no zeroes
+
+nbd = {
+    "structured_rw": b"\0" + CF + opt(8) + meta(10, "", "base:allocation",
+                                              "qemu:allocation-depth") + go() +
+    req(0, 0, 4096) + req(1, 4096, 512, 1, 2, b"x" * 512) + req(7, 0, 1 << 20, 0, 3) +
+    req(7, 0, 1 << 20, 8, 4) + req(0, 65536, 8192, 4, 5) + req(6, 0, 65536, 2, 6) +
+    req(4, 131072, 4096, 0, 7) + req(5, 0, 4096, 0, 8) + req(3, handle=9) + req(2),
+    "simple_export_name": b"\0" + struct.pack(">I", 1) + opt(1, b"fuzz") +
+    req(0, 0, 512) + req(1, 512, 16, 0, 2, b"y" * 16) + req(3, handle=3) + req(2),
+    "read_only": b"\1" + CF + go("fuzz", (0, 1, 2, 3)) + req(1, 0, 4, 0, 1, b"abcd") +
+    req(0, 1 << 20, 1) + req(0, (1 << 64) - 512, 1024) + req(2),
+    "options": b"\0" + CF + opt(3) + opt(6, name("fuzz") + struct.pack(">H", 0)) +
+    meta(9, "", "base:", "qemu:") + opt(99, b"zz") + opt(5) + opt(4) + opt(2),
+    "bad_magic": b"\0" + CF + struct.pack(">QII", 0x1234, 7, 0) + go(),
+    "bad_lengths": b"\0" + CF + struct.pack(">QII", IHAVEOPT, 7, 0xFFFFFFFF) +
+    b"\0" * 64,
+    "oversize_read": b"\0" + CF + opt(8) + go() + req(0, 0, 64 << 20) +
+    req(1, 0, 0xFFFFFFFF) + req(9, 0, 0, 0xFFFF) + req(2),
+    "no_flags": b"\0" + struct.pack(">I", 0) + opt(1, b""),
+}
+
+rpc = {
+    "methods": b"\0" + b"\n".join([
+        b'{"jsonrpc":"2.0","id":1,"method":"get_version"}',
+        b'{"jsonrpc":"2.0","id":2,"method":"list_methods"}',
+        b'{"jsonrpc":"2.0","id":3,"method":"info"}',
+        b'{"jsonrpc":"2.0","id":4,"method":"read","params":{"offset":65536,"length":16}}',
+        b'{"jsonrpc":"2.0","id":5,"method":"write","params":{"offset":0,"data":"aGVsbG8=","fua":true}}',
+        b'{"jsonrpc":"2.0","id":6,"method":"write_zeroes","params":{"offset":0,"length":4096,"may_unmap":true}}',
+        b'{"jsonrpc":"2.0","id":7,"method":"trim","params":{"offset":4096,"length":4096}}',
+        b'{"jsonrpc":"2.0","id":8,"method":"flush"}',
+        b'{"jsonrpc":"2.0","id":9,"method":"block_status","params":{"offset":0,"length":1048576}}',
+        b'{"jsonrpc":"2.0","id":10,"method":"map"}',
+        b'{"jsonrpc":"2.0","id":11,"method":"check"}',
+        b'{"jsonrpc":"2.0","id":12,"method":"stats"}',
+    ]) + b"\n",
+    "batch": b"\1" + b'[{"jsonrpc":"2.0","id":1,"method":"read","params":[0,8]},'
+    b'{"jsonrpc":"2.0","method":"flush"},{"jsonrpc":"2.0","id":"x","method":"nope"},'
+    b'{"jsonrpc":"2.0","id":2,"method":"write","params":{"offset":0,"data":"AA=="}}]\n[]\n',
+    "errors": b"\0" + b"\n".join([
+        b'{', b'[1,2', b'{"jsonrpc":"1.0","id":1,"method":"info"}', b'null', b'"x"',
+        b'{"jsonrpc":"2.0","id":1.5,"method":"read","params":{"offset":-1,"length":1}}',
+        b'{"jsonrpc":"2.0","id":2,"method":"read","params":{"offset":18446744073709551615,"length":4294967296}}',
+        b'{"jsonrpc":"2.0","id":3,"method":"write","params":{"offset":0,"data":"!!!"}}',
+        b'[' * 40 + b']' * 40, b'', b'  ',
+    ]) + b"\n",
+}
+
+for sub, seeds in (("nbd", nbd), ("jsonrpc", rpc)):
+    d = os.path.join(HERE, "corpus", sub)
+    os.makedirs(d, exist_ok=True)
+    for k, v in seeds.items():
+        with open(os.path.join(d, k), "wb") as f:
+            f.write(v)
