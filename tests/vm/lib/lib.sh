@@ -317,3 +317,78 @@ vm_qemu_img_check() {
         vm_fail "qemu-img check $1 failed"
     }
 }
+
+# vm_serve_start IMAGE unix:PATH|tcp:127.0.0.1:PORT: start the NBD server
+# (`rblock serve`, or qemu-nbd when VM_REFERENCE=qemu) in the background and
+# wait until it listens (polls for the socket; no fixed sleeps).  Sets
+# VM_SERVE_PID.  Returns 2 when the port was taken (the caller picks
+# another), skips when rblock says a part it needs is not implemented yet.
+vm_serve_start() {
+    local image=$1 addr=$2 i
+    if [ "${VM_REFERENCE:-}" = qemu ]; then
+        case "$addr" in
+            unix:*) qemu-nbd --persistent -f qcow2 -k "${addr#unix:}" "$image" >serve.log 2>&1 & ;;
+            tcp:*) local hp=${addr#tcp:}
+                qemu-nbd --persistent -f qcow2 -b "${hp%:*}" -p "${hp##*:}" "$image" >serve.log 2>&1 & ;;
+        esac
+    else
+        "$RBLOCK" serve --nbd "$addr" "$image" >serve.log 2>&1 &
+    fi
+    VM_SERVE_PID=$!
+    VM_PIDS="$VM_PIDS $VM_SERVE_PID"
+    for ((i = 0; i < 600; i++)); do
+        if ! kill -0 "$VM_SERVE_PID" 2>/dev/null; then
+            wait "$VM_SERVE_PID"
+            cat serve.log >&2
+            grep -qiE 'address already in use' serve.log && return 2
+            if grep -qiE 'not (implemented|supported) yet' serve.log; then
+                vm_skip "rblock serve $image: $(grep -m1 -iE 'not (implemented|supported) yet' serve.log)"
+            fi
+            vm_fail "the NBD server exited before it listened on $addr"
+        fi
+        case "$addr" in
+            unix:*) [ -S "${addr#unix:}" ] && return 0 ;;
+            tcp:*) vm_port_listening "${addr##*:}" && return 0 ;;
+        esac
+        sleep 0.05   # polling for the listener, bounded to 30 s
+    done
+    vm_fail "the NBD server did not listen on $addr within 30 s"
+}
+
+# vm_serve_stop: SIGTERM (clean shutdown: flush, close the image) and wait.
+vm_serve_stop() {
+    local rc
+    kill -TERM "$VM_SERVE_PID" 2>/dev/null
+    wait "$VM_SERVE_PID"
+    rc=$?
+    VM_PIDS=${VM_PIDS/ $VM_SERVE_PID/}
+    case "$rc" in
+        0 | 143) ;;   # 143: terminated by the signal, as qemu-nbd may report
+        *) cat serve.log >&2; vm_fail "the NBD server exited with status $rc after SIGTERM" ;;
+    esac
+}
+
+vm_port_listening() {
+    if command -v ss >/dev/null 2>&1; then
+        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+# A free loopback TCP port (the server still checks: vm_serve_start returns 2
+# if someone took it meanwhile).
+vm_free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        vm_port_listening "$p" || { echo "$p"; return; }
+    done
+}
+
+# The overlay the NBD tests serve: new.raw's changes over base.raw, made
+# by QEMU's own recipe so that these tests depend on `rblock serve` only.
+vm_make_overlay() {
+    qemu-img convert -O qcow2 -B base.raw -F raw new.raw "$1" || vm_fail "qemu-img convert -B failed"
+    vm_qemu_img_check "$1"
+}
