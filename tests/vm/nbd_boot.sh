@@ -36,7 +36,7 @@ VM_APPEND=$(vm_append_for blk "$token") \
     -blockdev "driver=nbd,node-name=disk0,server.type=unix,server.path=$sock,cache.direct=off" \
     -device virtio-blk-pci,drive=disk0 ||
     { tail -n 40 console.log >&2; vm_fail "qemu failed or the guest hung"; }
-vm_serve_stop
+vm_serve_stop   # first: a server that died is a skip or a failure of its own
 vm_check_console console.log "$token" "$base_bin_sha"
 
 vm_qemu_img_check overlay.qcow2
