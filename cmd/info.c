@@ -84,6 +84,22 @@ static json_t *format_specific(const struct rb_qcow2_info *q)
     json_object_set_new(d, "compression-type", json_string(q->compression_name));
     if (q->version >= 3)
         json_object_set_new(d, "lazy-refcounts", json_boolean(q->lazy_refcounts));
+    if (q->nb_bitmaps) {
+        json_t *bm = json_array();
+        for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
+            json_t *b = json_object(), *fl = json_array();
+            if (q->bitmaps[i].in_use)
+                json_array_append_new(fl, json_string("in-use"));
+            if (q->bitmaps[i].autom)
+                json_array_append_new(fl, json_string("auto"));
+            json_object_set_new(b, "flags", fl);
+            json_object_set_new(b, "name", json_string(q->bitmaps[i].name));
+            json_object_set_new(b, "granularity",
+                                json_integer((json_int_t)q->bitmaps[i].granularity));
+            json_array_append_new(bm, b);
+        }
+        json_object_set_new(d, "bitmaps", bm);
+    }
     json_object_set_new(d, "refcount-bits", json_integer(q->refcount_bits));
     if (q->version >= 3) {
         json_object_set_new(d, "corrupt", json_boolean(q->corrupt));
@@ -242,6 +258,20 @@ static void print_human(struct rb_image *img, const struct rb_qcow2_info *q)
            q->compat, q->compression_name);
     if (q->version >= 3)
         printf("    lazy refcounts: %s\n", q->lazy_refcounts ? "true" : "false");
+    if (q->nb_bitmaps) {
+        printf("    bitmaps:\n");
+        for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
+            const struct rb_qcow2_bitmap *b = &q->bitmaps[i];
+            int k = 0;
+            printf("        [%" PRIu32 "]:\n            flags:\n", i);
+            if (b->in_use)
+                printf("                [%d]: in-use\n", k++);
+            if (b->autom)
+                printf("                [%d]: auto\n", k++);
+            printf("            name: %s\n            granularity: %" PRIu64 "\n", b->name,
+                   b->granularity);
+        }
+    }
     printf("    refcount bits: %" PRIu32 "\n", q->refcount_bits);
     if (q->version >= 3)
         printf("    corrupt: %s\n    extended l2: %s\n", q->corrupt ? "true" : "false",

@@ -53,6 +53,16 @@ struct rb_qcow2_snapshot {
     uint32_t l1_size;
 };
 
+struct rb_qcow2_bitmap {
+    char *name;           /* owned by the info */
+    uint64_t granularity; /* bytes per bit */
+    uint32_t flags;       /* raw: bit 0 in use, bit 1 auto */
+    bool in_use, autom;   /* flags decoded ("in-use", "auto" in qemu-img) */
+    uint8_t type;         /* 1: dirty tracking bitmap */
+    uint64_t table_offset;
+    uint32_t table_entries;
+};
+
 struct rb_qcow2_info {
     /* header, as on disk (v2 images: the values the spec implies) */
     uint32_t version;
@@ -90,6 +100,7 @@ struct rb_qcow2_info {
     size_t nb_extensions;
     uint32_t nb_bitmaps;
     uint64_t bitmap_directory_offset, bitmap_directory_size;
+    struct rb_qcow2_bitmap *bitmaps;   /* nb_bitmaps entries (directory read) */
     struct rb_qcow2_snapshot *snapshots;
 
     /* layout of the active L1/L2 tables and refcounts */

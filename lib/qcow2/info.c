@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "rblock/io.h"
 #include "rblock/qcow2.h"
 
 bool rb_qcow2_is(const struct rb_image *img)
@@ -97,9 +98,77 @@ static int list_features(struct rb_qcow2_info *info, const struct qcow2_header *
     return 0;
 }
 
-struct count {
-    struct rb_qcow2_info *info;
-};
+static uint64_t rd(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* spec "Bitmap directory": entries of 24 bytes + extra data + name,
+ * padded to 8.  header.c checked the directory lies inside the file and
+ * is at most 64 MiB. */
+static int read_bitmaps(struct qcow2_state *s, struct rb_qcow2_info *info,
+                        struct rb_error *err)
+{
+    uint64_t size = s->h.bitmap_directory_size, pos = 0;
+    uint8_t *dir;
+    int ret = 0;
+
+    if (!s->h.nb_bitmaps)
+        return 0;
+    info->bitmaps = calloc(s->h.nb_bitmaps, sizeof(*info->bitmaps));
+    dir = malloc(size ? size : 1);
+    if (!info->bitmaps || !dir) {
+        free(dir);
+        return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+    }
+    ret = rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset);
+    if (ret < 0) {
+        free(dir);
+        return rb_error_set(err, -ret, "%s: cannot read the bitmap directory: %s",
+                            s->name, strerror(-ret));
+    }
+    for (uint32_t i = 0; i < s->h.nb_bitmaps; i++) {
+        struct rb_qcow2_bitmap *b = &info->bitmaps[i];
+        uint64_t name_len, extra, gbits;
+
+        if (size - pos < 24) {
+            ret = -EINVAL;
+            break;
+        }
+        b->table_offset = rd(dir + pos, 8);
+        b->table_entries = (uint32_t)rd(dir + pos + 8, 4);
+        b->flags = (uint32_t)rd(dir + pos + 12, 4);
+        b->type = dir[pos + 16];
+        gbits = dir[pos + 17];
+        name_len = rd(dir + pos + 18, 2);
+        extra = rd(dir + pos + 20, 4);
+        if (gbits > 63 || 24 + extra + name_len > size - pos) {
+            ret = -EINVAL;
+            break;
+        }
+        b->granularity = 1ull << gbits;
+        b->in_use = b->flags & 1;
+        b->autom = b->flags & 2;
+        b->name = malloc(name_len + 1);
+        if (!b->name) {
+            free(dir);
+            return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+        }
+        memcpy(b->name, dir + pos + 24 + extra, name_len);
+        b->name[name_len] = '\0';
+        pos += (24 + extra + name_len + 7) & ~7ull;
+    }
+    free(dir);
+    if (ret < 0)
+        return rb_error_set(err, EINVAL, "%s: bitmap directory at 0x%" PRIx64 " is "
+                            "corrupt (%" PRIu64 " bytes for %" PRIu32 " bitmaps)", s->name,
+                            s->h.bitmap_directory_offset, size, s->h.nb_bitmaps);
+    return 0;
+}
 
 static int count_l2(void *opaque, const struct rb_qcow2_l2_summary *l2)
 {
@@ -192,7 +261,9 @@ int rb_qcow2_get_info(struct rb_image *img, struct rb_qcow2_info *info,
                 .l1_size = sn->l1_size};
         }
     }
-    ret = rb_qcow2_walk_l2(img, count_l2, info, err);
+    ret = read_bitmaps(s, info, err);
+    if (ret == 0)
+        ret = rb_qcow2_walk_l2(img, count_l2, info, err);
     if (ret < 0) {
         rb_qcow2_info_free(info);
         return ret;
@@ -210,6 +281,12 @@ void rb_qcow2_info_free(struct rb_qcow2_info *info)
     free(info->features);
     free(info->extensions);
     free(info->snapshots);
+    if (info->bitmaps) {
+        for (uint32_t i = 0; i < info->nb_bitmaps; i++)
+            free(info->bitmaps[i].name);
+        free(info->bitmaps);
+    }
+    info->bitmaps = NULL;
     info->features = NULL;
     info->extensions = NULL;
     info->snapshots = NULL;

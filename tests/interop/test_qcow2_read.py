@@ -61,7 +61,7 @@ def compare_all(path, cwd):
     if qi["format"] == "qcow2":
         qd, rd = qi["format-specific"]["data"], ri["format-specific"]["data"]
         for k in ("compat", "compression-type", "lazy-refcounts", "refcount-bits",
-                  "corrupt", "extended-l2", "data-file", "data-file-raw"):
+                  "corrupt", "extended-l2", "data-file", "data-file-raw", "bitmaps"):
             assert qd.get(k) == rd.get(k), f"info {k}: qemu {qd.get(k)} rblock {rd.get(k)}"
         qs = [(s["id"], s["name"], s["date-sec"]) for s in qi.get("snapshots", [])]
         rs = [(s["id"], s["name"], s["date-sec"]) for s in ri.get("snapshots", [])]
