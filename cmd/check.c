@@ -67,10 +67,13 @@ static void print_json(const char *filename, const struct rb_qcow2_check *r)
     json_object_set_new(o, "allocated-clusters", json_integer((json_int_t)r->allocated_clusters));
     json_object_set_new(o, "filename", json_string(filename));
     json_object_set_new(o, "format", json_string("qcow2"));
-    json_object_set_new(o, "fragmented-clusters",
-                        json_integer((json_int_t)r->fragmented_clusters));
-    json_object_set_new(o, "compressed-clusters",
-                        json_integer((json_int_t)r->compressed_clusters));
+    /* qemu-img leaves these out when zero */
+    if (r->fragmented_clusters)
+        json_object_set_new(o, "fragmented-clusters",
+                            json_integer((json_int_t)r->fragmented_clusters));
+    if (r->compressed_clusters)
+        json_object_set_new(o, "compressed-clusters",
+                            json_integer((json_int_t)r->compressed_clusters));
     for (size_t i = 0; i < r->nb_problems; i++) {
         json_t *e = json_object();
         json_object_set_new(e, "kind", json_string(r->problems[i].kind == RB_QCOW2_LEAK

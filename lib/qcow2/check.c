@@ -364,7 +364,7 @@ static void compare(struct ctx *c)
         uint64_t rc = refcount_of(c, i), refs = c->refs[i];
         uint64_t off = i * s->cluster_bytes;
 
-        if (rc) {
+        if (rc || refs) { /* as qemu: referenced or counted */
             highest = i;
             any = true;
         }

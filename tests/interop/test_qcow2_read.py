@@ -66,9 +66,18 @@ def compare_all(path, cwd):
         qs = [(s["id"], s["name"], s["date-sec"]) for s in qi.get("snapshots", [])]
         rs = [(s["id"], s["name"], s["date-sec"]) for s in ri.get("snapshots", [])]
         assert qs == rs
-        qc = run("qemu-img", "check", path, check=False, cwd=cwd).returncode
-        rc = run(RBLOCK, "check", path, check=False, cwd=cwd).returncode
-        assert qc == rc, f"check exit: qemu {qc} rblock {rc}"
+        compare_check(path, cwd)
+
+
+def compare_check(path, cwd):
+    """check: same exit code and the same counts as qemu-img check."""
+    q = run("qemu-img", "check", "--output=json", path, check=False, cwd=cwd)
+    r = run(RBLOCK, "check", "--output=json", path, check=False, cwd=cwd)
+    assert q.returncode == r.returncode, f"check exit: qemu {q.returncode} rblock {r.returncode}"
+    qj, rj = json.loads(q.stdout), json.loads(r.stdout)
+    for k in ("image-end-offset", "total-clusters", "check-errors", "allocated-clusters",
+              "fragmented-clusters", "compressed-clusters", "leaks", "corruptions"):
+        assert qj.get(k, 0) == rj.get(k, 0), f"check {k}: qemu {qj.get(k)} rblock {rj.get(k)}"
 
 
 @pytest.fixture
@@ -196,6 +205,18 @@ def test_one_tebibyte(tmp):
     assert info["virtual-size"] == 1 << 40
 
 
+def test_lazy_refcounts_dirty(tmp):
+    """qemu-io aborts after writing with lazy refcounts: dirty, refcounts
+    missing; qemu and rblock both count the same errors."""
+    img = os.path.join(tmp, "lz.qcow2")
+    create(img, "4M", "lazy_refcounts=on")
+    subprocess.run(["qemu-io", "-c", "write -P 1 0 1M", "-c", "abort", img],
+                   capture_output=True)
+    info = json.loads(run(RBLOCK, "info", "--output=json", img).stdout)
+    assert info["dirty-flag"] is True
+    compare_all("lz.qcow2", tmp)
+
+
 def refcount_block(path):
     """(cluster_size, refcount_order, offset of the first refcount block)"""
     with open(path, "rb") as f:
@@ -228,6 +249,7 @@ def test_check_leak_and_corruption(tmp):
     q = run("qemu-img", "check", img, check=False)
     r = run(RBLOCK, "check", img, check=False)
     assert q.returncode == 3 and r.returncode == 3, (q.returncode, r.returncode, r.stdout)
+    compare_check(img, tmp)
     assert "leaked cluster" in r.stdout
     rj = json.loads(run(RBLOCK, "check", "--output=json", img, check=False).stdout)
     assert rj["leaks"] == 1
@@ -242,6 +264,7 @@ def test_check_leak_and_corruption(tmp):
     r = run(RBLOCK, "check", img2, check=False)
     assert q.returncode == 2 and r.returncode == 2, (q.returncode, r.returncode, r.stdout)
     assert f"0x{data_off:x}" in r.stdout
+    compare_check(img2, tmp)
 
     img3 = os.path.join(tmp, "o.qcow2")  # two L2 entries share a cluster
     create(img3, "1M")
@@ -256,3 +279,4 @@ def test_check_leak_and_corruption(tmp):
     q = run("qemu-img", "check", img3, check=False)
     r = run(RBLOCK, "check", img3, check=False)
     assert q.returncode == r.returncode == 2, (q.returncode, r.returncode)
+    compare_check(img3, tmp)
