@@ -185,6 +185,6 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res,
                    struct rb_error *err);
 void rb_qcow2_check_free(struct rb_qcow2_check *res);
 
-#define RB_QCOW2_CHECK_MAX_CLUSTERS (1ull << 28)
+#define RB_QCOW2_CHECK_MAX_CLUSTERS (1ull << 26) /* 256 MiB of counters */
 
 #endif

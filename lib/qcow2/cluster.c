@@ -346,7 +346,15 @@ static void detect_metadata_prealloc(struct qcow2_state *s)
         threshold = real_clusters + 2;
     end_cluster = (s->file_size + s->cluster_bytes - 1) / s->cluster_bytes;
     for (uint64_t i = 0; i < end_cluster && count < threshold; i++) {
-        uint64_t rc;
+        uint64_t rc, ri = i / s->refblock_entries;
+
+        if (ri >= s->reftable_entries)
+            break;
+        if (!(s->reftable[ri] & QCOW2_REFT_OFFSET_MASK)) {
+            /* no refcount block: skip its clusters in one step */
+            i = (ri + 1) * (uint64_t)s->refblock_entries - 1;
+            continue;
+        }
         if (qcow2_refcount_get(s, i, &rc, NULL) < 0)
             return;
         count += rc != 0;

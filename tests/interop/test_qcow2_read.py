@@ -122,7 +122,9 @@ def test_extended_l2_subclusters(tmp):
     compare_all("t.qcow2", tmp)
 
 
-@pytest.mark.parametrize("ctype", ["zlib", "zstd"])
+@pytest.mark.parametrize("ctype", ["zlib", "zstd", "zlib,cluster_size=512",
+                                   "zstd,cluster_size=2M", "zlib,extended_l2=on",
+                                   "zstd,compat=0.10"])
 def test_compressed(tmp, ctype):
     src = os.path.join(tmp, "s.raw")
     run("qemu-img", "create", "-q", "-f", "raw", src, "5M")
@@ -131,6 +133,8 @@ def test_compressed(tmp, ctype):
     with open(src, "r+b") as f:  # incompressible data too
         f.seek(4 << 20)
         f.write(os.urandom(200000))
+    if "compat=0.10" in ctype:  # v2 has zlib only
+        ctype = "zlib,compat=0.10"
     run("qemu-img", "convert", "-c", "-O", "qcow2", "-o", f"compression_type={ctype}",
         src, os.path.join(tmp, "c.qcow2"))
     qio(os.path.join(tmp, "c.qcow2"), "write -P 7 512k 4k")
