@@ -87,6 +87,21 @@ static json_t *format_specific(const struct rb_qcow2_info *q)
     d = put(d, "compression-type", json_string(q->compression_name));
     if (q->version >= 3)
         d = put(d, "lazy-refcounts", json_boolean(q->lazy_refcounts));
+    if (q->nb_bitmaps) {
+        json_t *bm = json_array();
+        for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
+            json_t *b = json_object(), *fl = json_array();
+            if (q->bitmaps[i].in_use)
+                fl = push(fl, json_string("in-use"));
+            if (q->bitmaps[i].autom)
+                fl = push(fl, json_string("auto"));
+            b = put(b, "flags", fl);
+            b = put(b, "name", json_string(q->bitmaps[i].name));
+            b = put(b, "granularity", jint(q->bitmaps[i].granularity));
+            bm = push(bm, b);
+        }
+        d = put(d, "bitmaps", bm);
+    }
     d = put(d, "refcount-bits", jint(q->refcount_bits));
     if (q->version >= 3) {
         d = put(d, "corrupt", json_boolean(q->corrupt));
@@ -262,8 +277,11 @@ json_t *rb_rpc_check_json(struct rb_export *e, struct rb_error *err)
     o = put(o, "allocated-clusters", jint(r.allocated_clusters));
     o = put(o, "filename", json_string(img->filename));
     o = put(o, "format", json_string("qcow2"));
-    o = put(o, "fragmented-clusters", jint(r.fragmented_clusters));
-    o = put(o, "compressed-clusters", jint(r.compressed_clusters));
+    /* qemu-img leaves these out when zero */
+    if (r.fragmented_clusters)
+        o = put(o, "fragmented-clusters", jint(r.fragmented_clusters));
+    if (r.compressed_clusters)
+        o = put(o, "compressed-clusters", jint(r.compressed_clusters));
     for (size_t i = 0; i < r.nb_problems; i++) {
         json_t *x = json_object();
         x = put(x, "kind",

@@ -350,6 +350,9 @@ def chain(tmp):
                     top], check=True)
     subprocess.run(["qemu-io", "-c", "write -P 3 64k 64k", "-c", "write -z 1M 4k",
                     "-c", "write -P 4 5M 192k", top], check=True, capture_output=True)
+    # a snapshot and a bitmap, so that info's every section is compared
+    subprocess.run(["qemu-img", "snapshot", "-c", "snap1", top], check=True)
+    subprocess.run(["qemu-img", "bitmap", "--add", top, "bm0"], check=True)
     return top
 
 
