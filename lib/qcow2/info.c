@@ -232,8 +232,10 @@ int rb_qcow2_get_info(struct rb_image *img, struct rb_qcow2_info *info,
     info->l2_entries = s->l2_entries;
     info->reftable_entries = s->reftable_entries;
     info->refblock_entries = s->refblock_entries;
+    pthread_mutex_lock(&s->lock);
     for (uint64_t i = 0; i < s->reftable_entries; i++)
         info->refcount_blocks += (s->reftable[i] & QCOW2_REFT_OFFSET_MASK) != 0;
+    pthread_mutex_unlock(&s->lock);
 
     if (list_features(info, h) < 0)
         goto nomem;
@@ -348,9 +350,11 @@ int rb_qcow2_walk_l2(struct rb_image *img,
         void *l2;
         int ret;
 
-        if (!(s->l1[i] & QCOW2_L1E_OFFSET_MASK))
-            continue;
+        pthread_mutex_lock(&s->lock);
         sum.l1_entry = s->l1[i];
+        pthread_mutex_unlock(&s->lock);
+        if (!(sum.l1_entry & QCOW2_L1E_OFFSET_MASK))
+            continue;
         sum.guest_start = i * span;
         if (sum.guest_start >= s->h.size)
             sum.guest_bytes = 0;

@@ -47,6 +47,10 @@ def compare_all(path, cwd):
     r = run(RBLOCK, "map", "--output=json", path, cwd=cwd)
     assert r.stderr == ""
     assert r.stdout == q, f"map differs for {path}"
+    qh = run("qemu-img", "map", path, check=False, cwd=cwd)
+    if qh.returncode == 0:  # qemu refuses the table with compressed clusters
+        rh = run(RBLOCK, "map", path, cwd=cwd).stdout
+        assert rh.split("\n\n")[0] + "\n" == qh.stdout, f"human map differs for {path}"
     raw = os.path.join(cwd, "ref.raw")
     run("qemu-img", "convert", "-O", "raw", path, raw, cwd=cwd)
     d = run(RBLOCK, "diff", path, raw, check=False, cwd=cwd)
