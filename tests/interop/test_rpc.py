@@ -426,3 +426,52 @@ def test_qcow2_check(chain):
     finally:
         status, err = s.stop()
     assert status == 0, err
+
+
+# ---- shutdown, socket activation --------------------------------------------
+
+def test_clean_shutdown_with_clients_connected(raw_image):
+    s = Server(raw_image, "-f", "raw")
+    idle = s.client()
+    busy = s.client()
+    data = os.urandom(4096)
+    busy.write(50 * MiB, data)
+    # a pipelined burst still in flight when the server is told to stop
+    busy.send("".join(json.dumps({"method": "read", "id": i,
+                                  "params": {"offset": 50 * MiB, "length": 4096}}) + "\n"
+                      for i in range(20)))
+    status, err = s.stop()  # returns only when the server has exited
+    assert status == 0, err
+    got = 0
+    while True:
+        ln = busy.line()
+        if not ln:
+            break
+        r = json.loads(ln)
+        assert r["id"] == got and base64.b64decode(r["result"]["data"]) == data
+        got += 1
+    assert got == 20  # every request read before the stop was answered
+    assert idle.line() == b""  # idle clients see the end of the stream
+    idle.close()
+    busy.close()
+    with open(raw_image, "rb") as f:
+        f.seek(50 * MiB)
+        assert f.read(4096) == data
+
+
+def test_socket_activation_with_rpc_listener(raw_image, tmp):
+    import nbd
+    path = os.path.join(tmp, "activated.sock")
+    h = nbd.NBD()
+    h.connect_systemd_socket_activation([RBLOCK, "serve", "-f", "raw", "--rpc", "unix:" + path,
+                                         raw_image])
+    c = Client("unix:" + path)
+    data = os.urandom(1000)
+    c.write(60 * MiB, data)
+    assert h.pread(1000, 60 * MiB) == data
+    h.pwrite(data[::-1], 61 * MiB)
+    assert c.read(61 * MiB, 1000) == data[::-1]
+    c.close()
+    h.shutdown()
+    del h  # libnbd stops the server it started and waits for it
+    assert not os.path.exists(path)  # which removed its socket on the way out
