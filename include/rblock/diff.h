@@ -52,6 +52,8 @@ struct rb_diff_opts {
     size_t chunk_bytes;     /* read size; 0 = RB_DIFF_DEFAULT_CHUNK (rounded
                                to a multiple of the granule) */
     bool no_thread;         /* read and compare in one thread */
+    uint64_t limit_bytes;   /* compare only [0, limit); 0 = up to the end of
+                               the longer image */
     rb_diff_fn on_run;      /* may be NULL (only count) */
     void *opaque;
     /* Called now and then (from the calling thread) with the number of
@@ -64,7 +66,7 @@ struct rb_diff_opts {
 
 /* What the walk did (for tests, benchmarks and curious users). */
 struct rb_diff_stats {
-    uint64_t size_bytes;    /* max(size of A, size of B) */
+    uint64_t size_bytes;    /* bytes walked: max(size of A, size of B) or the limit */
     uint64_t diff_bytes;    /* total length of the reported runs */
     uint64_t read_a_bytes;  /* bytes read from A */
     uint64_t read_b_bytes;  /* bytes read from B */

@@ -368,6 +368,8 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
     c->a = (struct side){.img = a, .size = a->size};
     c->b = (struct side){.img = b, .size = b->size};
     c->end = a->size > b->size ? a->size : b->size;
+    if (opts->limit_bytes && opts->limit_bytes < c->end)
+        c->end = opts->limit_bytes;
     c->g = opts->granule_bytes;
     chunk = opts->chunk_bytes ? opts->chunk_bytes : RB_DIFF_DEFAULT_CHUNK;
     c->chunk = chunk > c->g ? chunk - chunk % c->g : c->g;
