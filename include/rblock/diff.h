@@ -13,10 +13,12 @@
  *     are equal without reading;
  *   - a range zero on one side reads only the other side and checks it
  *     for zeros;
- *   - the rest is read from both in large sequential chunks (by a reader
- *     thread, so that I/O overlaps the compare) and compared with memcmp
- *     on big blocks first, granule by granule only inside blocks that
- *     differ.
+ *   - the rest is read from both in large sequential chunks and compared
+ *     with memcmp on big blocks first, granule by granule only inside
+ *     blocks that differ.  Reading and comparing run in one thread by
+ *     default: the data is compared while it is still in the CPU cache,
+ *     and the kernel's readahead already overlaps disk I/O (a reader
+ *     thread measured slower, see docs/diff.md); reader_thread opts in.
  * Memory is a fixed number of chunk buffers whatever the image size.
  * The shorter image reads as zeros past its end (as qemu-img compare).
  */
@@ -51,7 +53,7 @@ struct rb_diff_opts {
     uint64_t granule_bytes; /* unit of difference, >= 1 and <= RB_DIFF_MAX_GRANULE */
     size_t chunk_bytes;     /* read size; 0 = RB_DIFF_DEFAULT_CHUNK (rounded
                                to a multiple of the granule) */
-    bool no_thread;         /* read and compare in one thread */
+    bool reader_thread;     /* read in a second thread, compare in this one */
     uint64_t limit_bytes;   /* compare only [0, limit); 0 = up to the end of
                                the longer image */
     rb_diff_fn on_run;      /* may be NULL (only count) */
@@ -93,7 +95,7 @@ struct rb_delta_opts {
                                  BASE's path relative to DELTA's folder */
     uint32_t cluster_bytes;   /* 0 = 64 KiB */
     const char *create_options; /* further "-o" options for the qcow2 (may be NULL) */
-    bool no_thread;
+    bool reader_thread;
     void (*on_progress)(void *opaque, uint64_t done_bytes);
     void *opaque;
 };

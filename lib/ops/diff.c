@@ -4,7 +4,7 @@
  * (contract in include/rblock/diff.h).
  *
  * Two stages joined by a small ring of chunk buffers:
- *   the reader (a thread, or inline with no_thread) walks both images'
+ *   the reader (inline, or a thread with reader_thread) walks both images'
  *   block status, decides for each granule-aligned step whether it can be
  *   skipped (zero on both sides, or the same layer file on both sides) or
  *   which sides must be read, and reads them;
@@ -374,7 +374,7 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
     chunk = opts->chunk_bytes ? opts->chunk_bytes : RB_DIFF_DEFAULT_CHUNK;
     c->chunk = chunk > c->g ? chunk - chunk % c->g : c->g;
     c->st.size_bytes = c->end;
-    c->nslots = opts->no_thread ? 1 : NSLOTS;
+    c->nslots = opts->reader_thread ? NSLOTS : 1;
     for (unsigned i = 0; i < c->nslots; i++) {
         c->slots[i].buf_a = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
         c->slots[i].buf_b = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
@@ -385,7 +385,7 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
     if (ret == 0) {
         pthread_mutex_init(&c->lock, NULL);
         pthread_cond_init(&c->cond, NULL);
-        ret = opts->no_thread ? run_inline(c, err) : run_threaded(c, err);
+        ret = opts->reader_thread ? run_threaded(c, err) : run_inline(c, err);
         if (ret > 0)
             ret = 0;
         pthread_cond_destroy(&c->cond);

@@ -226,12 +226,12 @@ static void expect_runs(const struct collect *c, uint64_t size)
 }
 
 static void diff_and_check(struct rb_image *a, struct rb_image *b, uint64_t g,
-                           size_t chunk, bool no_thread, struct rb_diff_stats *st)
+                           size_t chunk, bool thread, struct rb_diff_stats *st)
 {
     uint64_t size = a->size > b->size ? a->size : b->size;
     struct collect c = {.g = g};
     struct rb_diff_opts o = {
-        .granule_bytes = g, .chunk_bytes = chunk, .no_thread = no_thread,
+        .granule_bytes = g, .chunk_bytes = chunk, .reader_thread = thread,
         .on_run = on_run, .opaque = &c,
     };
     struct rb_error err = {0};
