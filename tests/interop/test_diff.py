@@ -253,7 +253,8 @@ def test_overlays_sharing_a_backing_file(tmp_path):
         out = check_diff(tmp_path / "o1.qcow2", tmp_path / "o2.qcow2", raws["o1"],
                          raws["o2"], ss)
         # only what the overlays hold is read; the shared base is not
-        assert out["bytes-skipped-shared"] >= 12 * MiB
+        assert out["bytes-skipped-shared"] >= 11 * MiB
+        assert out["bytes-skipped-shared"] + out["bytes-skipped-zero"] >= 15 * MiB
         assert out["bytes-read-a"] <= 2 * MiB and out["bytes-read-b"] <= 2 * MiB
         # an overlay against its own base
         out = check_diff(tmp_path / "o1.qcow2", base, raws["o1"], base, ss)
