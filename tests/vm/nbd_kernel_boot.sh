@@ -23,8 +23,8 @@ fi
 [ -x /usr/sbin/nbd-client ] || vm_skip "no /usr/sbin/nbd-client (install nbd-client)"
 command -v socat >/dev/null 2>&1 || vm_skip "socat not installed (QEMU runs it per guest connection)"
 vm_setup
-grep -qx 'nbd.ko' <(basename -a $(vm_resolve_modules)) 2>/dev/null ||
-    vm_skip "the guest kernel $VM_KVER has no nbd module"
+vm_resolve_modules $VM_MODULES_NBD >/dev/null ||
+    vm_skip "the guest kernel $VM_KVER lacks a module of: $VM_MODULES_NBD"
 vm_tmpdir
 cd "$VM_TMP" || vm_fail "cd $VM_TMP"
 

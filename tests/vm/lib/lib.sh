@@ -18,7 +18,8 @@
 #
 # Environment: BUILDDIR (meson's build dir: the boot files are cached in
 # $BUILDDIR/vm-cache), VM_TIMEOUT (seconds for one boot, default 300),
-# VM_KVER (force a kernel version), VM_KEEP (keep the scratch folder).
+# VM_KVER (force a kernel version), VM_KEEP (keep the scratch folder),
+# VM_WRAP (a command put before qemu, e.g. "/usr/bin/time -f %U+%S").
 
 VM_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -86,15 +87,20 @@ vm_extract_elf() {
     return 1
 }
 
-# Modules to load in the guest, dependencies first, from modules.dep.
-VM_MODULES="virtio_pci virtio_mmio virtio_blk crc32c_generic ext4 nbd virtio_net"
+# Modules each guest mode loads (/etc/modules.MODE in the initramfs);
+# crc32c_generic because ext4 and jbd2 ask the crypto API for crc32c.
+VM_MODULES_BLK="virtio_pci virtio_blk crc32c_generic ext4"
+VM_MODULES_NBD="virtio_pci virtio_net nbd crc32c_generic ext4"
+
+# vm_resolve_modules NAME...: their paths under /lib/modules/$VM_KVER,
+# dependencies first (from modules.dep), each once.
 vm_resolve_modules() {
-    local dep=/lib/modules/$VM_KVER/modules.dep m
-    declare -A seen=()
+    local dep=/lib/modules/$VM_KVER/modules.dep m p
+    local -A seen=()
     local order=()
     _vm_visit() {
-        local path=$1 line d deps i
-        [ -n "${seen[$path]:-}" ] && return
+        local path=$1 line deps i
+        [ -n "${seen[$path]:-}" ] && return 0
         seen[$path]=1
         line=$(grep -m1 -E "^${path//./\\.}:" "$dep") || return 1
         read -r -a deps <<<"${line#*:}"
@@ -104,8 +110,7 @@ vm_resolve_modules() {
         done
         order+=("$path")
     }
-    for m in $VM_MODULES; do
-        local p
+    for m in "$@"; do
         p=$(grep -m1 -oE "^[^:]*/${m}\.ko(\.xz|\.zst|\.gz)?:" "$dep") || { vm_log "module $m not found for $VM_KVER"; return 1; }
         _vm_visit "${p%:}" || return 1
     done
@@ -116,13 +121,14 @@ vm_resolve_modules() {
 # its shared libraries, and tests/vm/lib/init.  Cached by a key over everything
 # that goes in, so only the first run of a build dir pays for it.
 vm_build_initramfs() {
-    local out=$1 root mods m src dst lib key
-    mods=$(vm_resolve_modules) || vm_skip "kernel modules missing for $VM_KVER"
+    local out=$1 root blk nbd m src dst lib key mode
+    blk=$(vm_resolve_modules $VM_MODULES_BLK) || vm_skip "kernel modules missing for $VM_KVER"
+    nbd=$(vm_resolve_modules $VM_MODULES_NBD) || nbd=""
     key=$( {
         echo "$VM_KVER"
         cat "$VM_LIB_DIR/init" "$VM_LIB_DIR/lib.sh"
         ls -l --time-style=+%s "$(command -v busybox)" /usr/sbin/nbd-client 2>/dev/null
-        echo "$mods"
+        echo "$blk $nbd"
     } | sha256sum | cut -c1-16)
     VM_INITRD=$out-$key.cpio
     [ -s "$VM_INITRD" ] && return 0
@@ -136,19 +142,24 @@ vm_build_initramfs() {
     done
     cp "$VM_LIB_DIR/init" "$root/init"
     chmod 755 "$root/init"
-    : >"$root/etc/modules"
-    for m in $mods; do
-        src=/lib/modules/$VM_KVER/$m
-        dst=$root/lib/modules/$(basename "${m%.xz}")
-        dst=${dst%.zst}
-        dst=${dst%.gz}
-        case "$m" in
-            *.xz) xz -dc "$src" >"$dst" ;;
-            *.zst) zstd -dcq "$src" >"$dst" ;;
-            *.gz) gzip -dc "$src" >"$dst" ;;
-            *) cp "$src" "$dst" ;;
-        esac
-        basename "$dst" >>"$root/etc/modules"
+    for mode in blk nbd; do
+        [ "$mode" = nbd ] && [ -z "$nbd" ] && continue
+        : >"$root/etc/modules.$mode"
+        for m in $([ "$mode" = blk ] && echo "$blk" || echo "$nbd"); do
+            src=/lib/modules/$VM_KVER/$m
+            dst=$root/lib/modules/$(basename "${m%.xz}")
+            dst=${dst%.zst}
+            dst=${dst%.gz}
+            if [ ! -f "$dst" ]; then
+                case "$m" in
+                    *.xz) xz -dc "$src" >"$dst" ;;
+                    *.zst) zstd -dcq "$src" >"$dst" ;;
+                    *.gz) gzip -dc "$src" >"$dst" ;;
+                    *) cp "$src" "$dst" ;;
+                esac
+            fi
+            basename "$dst" >>"$root/etc/modules.$mode"
+        done
     done
     # Debian's nbd-client, dynamically linked: bring its libraries along.
     if [ -x /usr/sbin/nbd-client ]; then
@@ -187,18 +198,23 @@ vm_setup() {
     vm_build_initramfs "$VM_CACHE/initramfs-$VM_KVER"
 }
 
+# Kernel flags that make a TCG boot faster (docs/vm.md has the figures):
+# no crypto self-tests, no zeroing of every allocation, no speculation
+# mitigations, no PS/2 probing.  The guest is a throw-away test VM.
+VM_KERNEL_FLAGS="cryptomgr.notests init_on_alloc=0 mitigations=off i8042.noaux i8042.nokbd i8042.nopnp"
+
 # vm_run LOG [qemu args...]: one boot; returns QEMU's status (124 when the
 # guest hung past VM_TIMEOUT).  The guest powers off when /init ends.
 vm_run() {
     local log=$1 rc t0 t1
     shift
     t0=$(date +%s.%N)
-    timeout -k 10 "${VM_TIMEOUT:-300}" qemu-system-x86_64 \
+    ${VM_WRAP:-} timeout -k 10 "${VM_TIMEOUT:-300}" qemu-system-x86_64 \
         -M pc -cpu max -accel tcg -m 256 -smp 1 \
         -nodefaults -no-user-config -display none -no-reboot \
         -serial "file:$log" \
         -kernel "$VM_KERNEL" -initrd "$VM_INITRD" \
-        -append "console=ttyS0 quiet panic=-1 i8042.noaux i8042.nokbd i8042.nopnp ${VM_APPEND:-}" \
+        -append "console=ttyS0 quiet panic=-1 $VM_KERNEL_FLAGS ${VM_APPEND:-}" \
         "$@" </dev/null
     rc=$?
     t1=$(date +%s.%N)
