@@ -28,9 +28,13 @@ struct ctx {
     struct rb_qcow2_check *res;
     uint32_t *refs;     /* references per host cluster */
     uint64_t nb;        /* clusters in refs */
-    uint8_t *buf;       /* one cluster */
+    uint64_t l2_visits; /* L2 entries walked, capped: a crafted image (many
+                           snapshots sharing huge L1 tables) must not hang us */
+    bool capped;
     int err;            /* first fatal error (ENOMEM) */
 };
+
+#define MAX_L2_VISITS (1ull << 32)
 
 static void problem(struct ctx *c, enum rb_qcow2_problem_kind kind, uint64_t host_off,
                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -132,6 +136,13 @@ static void check_l2(struct ctx *c, uint64_t l2_off, bool active, const char *l1
     uint64_t next_contiguous = 0;
     void *l2;
 
+    c->l2_visits += s->l2_entries;
+    if (c->l2_visits > MAX_L2_VISITS) {
+        if (!c->capped)
+            c->res->check_errors++;
+        c->capped = true;
+        return;
+    }
     if (qcow2_cache_get(s->l2_cache, l2_off, &l2) < 0) {
         c->res->check_errors++;
         return;
@@ -420,6 +431,8 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
         inc_refs(&c, s->h.snapshots_offset, s->snapshots_bytes, "snapshot table");
     check_bitmaps(&c);
     check_reftable(&c);
+    if (c.capped && !c.err)
+        c.err = EFBIG;
     if (!c.err) {
         compare(&c);
         check_copied(&c);
@@ -432,6 +445,10 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
     free(c.refs);
     if (c.err) {
         rb_qcow2_check_free(res);
+        if (c.capped)
+            return rb_error_set(err, c.err, "%s: cannot check: the L1 tables reference "
+                                "more than %llu L2 entries", img->filename,
+                                MAX_L2_VISITS);
         return rb_error_set(err, c.err, "%s: out of memory while checking",
                             img->filename);
     }
