@@ -100,7 +100,12 @@ struct rb_open_opts {
     bool no_backing;         /* do not open the backing chain */
     bool unsafe_no_barriers; /* no fdatasync between metadata steps (convert
                                 output that is deleted on failure) */
-    bool lock;               /* take an fcntl OFD lock (writer exclusive) */
+    bool lock;               /* lock the top layer's file (fcntl OFD locks on
+                                QEMU's lock bytes): with write (which locks
+                                anyway), refused while another process reads
+                                or writes it; without, while one writes it.
+                                Fails with EAGAIN, "image is locked by
+                                another process" */
     unsigned max_depth;      /* cap on the backing chain; 0 = RB_MAX_CHAIN */
     size_t cache_bytes;      /* metadata cache cap; 0 = default */
 };
