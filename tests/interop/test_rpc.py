@@ -318,8 +318,10 @@ def test_read_only_refuses_writes(raw_image):
 
 
 def test_tcp_and_several_listeners(raw_image, tmp):
+    # read-only: the module's server already has this image open for writing,
+    # and a second writer is refused (image locking)
     sock = os.path.join(tmp, "second.sock")
-    s = Server(raw_image, "-f", "raw", rpc=["tcp:127.0.0.1:0", "unix:" + sock])
+    s = Server(raw_image, "-f", "raw", "--read-only", rpc=["tcp:127.0.0.1:0", "unix:" + sock])
     try:
         assert s.rpc.startswith("tcp:127.0.0.1:") and not s.rpc.endswith(":0")
         for addr in (s.rpc, "unix:" + sock):
