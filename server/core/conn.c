@@ -98,19 +98,19 @@ static void *conn_thread(void *arg)
 
     c->proto->serve(c);
 
-    pthread_mutex_lock(&srv->lock);
-    unlink_conn(srv, c);
-    pthread_mutex_unlock(&srv->lock);
     if (c->tr && c->tr->close)
         c->tr->close(c->tr_ctx);
-    close(c->fd);
     rb_export_count_connection(srv->export, c->proto->id, -1);
-    pthread_mutex_destroy(&c->send_lock);
-    free(c);
-    /* Last: once signalled, the main thread may close the export. */
+    /* Last use of srv: once nconns drops to 0 under the lock, the main
+     * thread may close the export and free srv (rb_conn_wait_all), so the
+     * unlink, the close and the signal go together. */
     pthread_mutex_lock(&srv->lock);
+    unlink_conn(srv, c);
+    close(c->fd);
     pthread_cond_broadcast(&srv->gone);
     pthread_mutex_unlock(&srv->lock);
+    pthread_mutex_destroy(&c->send_lock);
+    free(c);
     return NULL;
 }
 
