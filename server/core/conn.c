@@ -170,6 +170,8 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
             c->deadline.tv_nsec -= 1000000000L;
         }
         atomic_store(&c->in_handshake, true);
+    } else if (proto->evictable_until_done) {
+        atomic_store(&c->in_handshake, true); /* evictable, no deadline */
     }
 
     pthread_mutex_lock(&srv->lock);
@@ -240,7 +242,7 @@ static int time_left_ms(struct rb_conn *c)
     struct timespec now;
     long long ms;
 
-    if (!atomic_load(&c->in_handshake))
+    if (!atomic_load(&c->in_handshake) || !c->proto->handshake_deadline)
         return -1;
     clock_gettime(CLOCK_MONOTONIC, &now);
     ms = (long long)(c->deadline.tv_sec - now.tv_sec) * 1000 +

@@ -39,6 +39,11 @@ struct rb_protocol {
      * reads fail with -ETIMEDOUT once it passes, until the protocol calls
      * rb_conn_handshake_done. */
     bool handshake_deadline;
+    /* True when a new connection starts evictable (as one in its
+     * handshake) but without a deadline, until rb_conn_handshake_done:
+     * for protocols without a handshake (JSON-RPC: until the first real
+     * request).  rb_conn_recv applies no deadline to it. */
+    bool evictable_until_done;
     /* Run the connection; the core closes the socket afterwards.  Must
      * return when rb_conn_recv fails (the core shuts the socket down at
      * quit, so reads fail). */

@@ -100,6 +100,17 @@ static json_t *be_stats(void *o, struct rb_error *err)
                      "protocols", protos);
 }
 
+/* Like NBD's handshake: until its first real request, a connection may be
+ * dropped to make room when --max-connections are open, so that idle or
+ * half-open clients cannot starve real ones (server/core/conn.c). */
+static void be_spoke(void *o)
+{
+    struct rb_conn *c = o;
+
+    if (atomic_load(&c->in_handshake))
+        rb_conn_handshake_done(c);
+}
+
 static const struct rb_rpc_backend_ops export_ops = {
     .size = be_size,
     .read_only = be_read_only,
@@ -112,6 +123,7 @@ static const struct rb_rpc_backend_ops export_ops = {
     .info = be_info,
     .check = be_check,
     .stats = be_stats,
+    .spoke = be_spoke,
 };
 
 void rb_rpc_backend_for(struct rb_conn *c, struct rb_rpc_backend *be)
@@ -135,8 +147,10 @@ static void rpc_serve(struct rb_conn *c)
 const struct rb_protocol rb_jsonrpc_protocol = {
     .name = "jsonrpc",
     .id = RB_PROTO_JSONRPC,
-    /* No deadline: a person typing into socat is a fine client. */
+    /* Evictable until it speaks (be_spoke), but without NBD's handshake
+     * deadline: a person typing into socat is a fine client. */
     .handshake_deadline = false,
+    .evictable_until_done = true,
     .serve = rpc_serve,
 };
 

@@ -618,6 +618,8 @@ int rb_rpc_call(const struct rb_rpc_backend *be, const char *name, json_t *param
                                 json_pack("{s:s}", "method", name),
                                 "method '%s' not found (list_methods lists them)", shown);
     }
+    if (be->ops->spoke)
+        be->ops->spoke(be->opaque);
     if (c.m->writes && be->ops->read_only(be->opaque))
         return rb_rpc_fault_set(f, RB_RPC_READ_ONLY, NULL,
                                 "%s: the image is served read-only", c.m->name);

@@ -172,3 +172,52 @@ def test_many_idle_and_half_open_clients(srv, good):
     for c in idle:
         c.close()
     still_served(srv, good)
+
+
+def ended(c):
+    """True when the server closed the connection (EOF, or a reset when it
+    closed with our request unread)."""
+    try:
+        return c.line() == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_silent_clients_make_room_for_real_ones():
+    d = tempfile.mkdtemp(prefix="rblock-rpc-h-")
+    path = os.path.join(d, "disk.raw")
+    with open(path, "wb") as f:
+        f.truncate(MiB)
+    s = Server(path, "-f", "raw", "--max-connections", "4")
+    try:
+        # four clients that never say anything fill every slot ...
+        silent = [s.client() for _ in range(4)]
+        # ... yet a real client gets in, pushing the oldest silent one out
+        for _ in range(3):
+            c = s.client()
+            assert c.result("get_version")["name"] == "rblock"
+            c.close()
+        assert ended(silent[0])
+        h = s.nbd()  # NBD too
+        assert h.pread(512, 0) == bytes(512)
+        h.shutdown()
+        for c in silent:
+            c.close()
+        # clients that did speak keep their slot: the fifth is turned away
+        talking = [s.client() for _ in range(4)]
+        for c in talking:
+            assert c.result("get_version")["name"] == "rblock"
+        late = s.client()
+        try:
+            late.send(b'{"method": "get_version", "id": 1}\n')
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed even before we asked
+        assert ended(late)
+        late.close()
+        for c in talking:
+            assert c.result("get_version")["name"] == "rblock"
+            c.close()
+    finally:
+        status, err = s.stop()
+        subprocess.run(["rm", "-rf", d])
+    assert status == 0, err
