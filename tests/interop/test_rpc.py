@@ -432,7 +432,17 @@ def test_qcow2_check(chain):
 
 # ---- shutdown, socket activation --------------------------------------------
 
-def test_clean_shutdown_with_clients_connected(raw_image):
+def own_image(tmp, name):
+    """A raw image of its own: a second writer on the module's image would
+    be refused (images are locked against two writers)."""
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    return path
+
+
+def test_clean_shutdown_with_clients_connected(tmp):
+    raw_image = own_image(tmp, "shutdown.raw")
     s = Server(raw_image, "-f", "raw")
     idle = s.client()
     busy = s.client()
@@ -461,8 +471,9 @@ def test_clean_shutdown_with_clients_connected(raw_image):
         assert f.read(4096) == data
 
 
-def test_socket_activation_with_rpc_listener(raw_image, tmp):
+def test_socket_activation_with_rpc_listener(tmp):
     import nbd
+    raw_image = own_image(tmp, "activated.raw")
     path = os.path.join(tmp, "activated.sock")
     h = nbd.NBD()
     h.connect_systemd_socket_activation([RBLOCK, "serve", "-f", "raw", "--rpc", "unix:" + path,
