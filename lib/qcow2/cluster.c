@@ -307,9 +307,27 @@ int qcow2_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
                 ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
                 break;
             }
+            /* small sequential reads (NBD) hit the last decompressed
+             * cluster instead of inflating it again */
+            pthread_mutex_lock(&s->lock);
+            if (s->zcache && s->zcache_entry == m.l2_entry) {
+                memcpy(p, s->zcache + in, n);
+                pthread_mutex_unlock(&s->lock);
+                break;
+            }
+            pthread_mutex_unlock(&s->lock);
             ret = qcow2_read_compressed(s, m.l2_entry, cbuf, err);
-            if (ret == 0)
-                memcpy(p, cbuf + in, n);
+            if (ret < 0)
+                break;
+            memcpy(p, cbuf + in, n);
+            pthread_mutex_lock(&s->lock);
+            if (!s->zcache)
+                s->zcache = malloc(s->cluster_bytes);
+            if (s->zcache) {
+                memcpy(s->zcache, cbuf, s->cluster_bytes);
+                s->zcache_entry = m.l2_entry;
+            }
+            pthread_mutex_unlock(&s->lock);
             break;
         }
         default:

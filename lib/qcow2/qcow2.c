@@ -217,6 +217,7 @@ static void qcow2_close(struct rb_image *img)
     free(s->l1);
     free(s->reftable);
     free(s->data_file_path);
+    free(s->zcache);
     if (s->data_fd != s->fd)
         close(s->data_fd);
     close(s->fd);

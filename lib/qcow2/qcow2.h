@@ -229,6 +229,12 @@ struct qcow2_state {
     bool metadata_prealloc;
     bool metadata_prealloc_checked;
 
+    /* the last compressed cluster read, decompressed (NULL until one is
+     * read); keyed by its L2 descriptor.  A writer that rewrites or frees
+     * a compressed cluster must reset zcache_entry to 0. */
+    uint8_t *zcache;
+    uint64_t zcache_entry;
+
     /* write path */
     uint64_t free_cluster_hint; /* first host cluster index that may be free */
     bool dirty_bit_set;         /* we set QCOW2_INCOMPAT_DIRTY on disk */
