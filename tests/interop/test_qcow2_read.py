@@ -288,3 +288,27 @@ def test_check_leak_and_corruption(tmp):
     r = run(RBLOCK, "check", img3, check=False)
     assert q.returncode == r.returncode == 2, (q.returncode, r.returncode)
     compare_check(img3, tmp)
+
+
+def test_cli_shapes(tmp):
+    img = os.path.join(tmp, "x.qcow2")
+    create(img, "1M")
+    assert run(RBLOCK, "--inspect", img).stdout == run(RBLOCK, "info", img).stdout
+    for cmd in ("info", "map", "check"):
+        assert run(RBLOCK, cmd, "--help").returncode == 0
+        assert run(RBLOCK, cmd, "--output=xml", img, check=False).returncode == 1
+        assert run(RBLOCK, cmd, "--bogus", img, check=False).returncode == 1
+        assert run(RBLOCK, cmd, check=False).returncode == 1
+        assert run(RBLOCK, cmd, "-f", "qcow2", img).returncode == 0
+        p = run(RBLOCK, cmd, os.path.join(tmp, "missing.qcow2"), check=False)
+        assert p.returncode == 1 and p.stderr.count("\n") == 1 and "missing" in p.stderr
+    # a raw file: info and map work, check is not supported (as qemu-img: 63)
+    raw = os.path.join(tmp, "x.raw")
+    open(raw, "wb").write(b"\1" * 4096)
+    assert json.loads(run(RBLOCK, "info", "--output=json", raw).stdout)["format"] == "raw"
+    assert run(RBLOCK, "check", raw, check=False).returncode == 63
+    assert run("qemu-img", "check", "-f", "raw", raw, check=False).returncode == 63
+    # human map of a qcow2 shows its L1/L2 tables
+    qio(img, "write -P 1 0 64k")
+    out = run(RBLOCK, "map", img).stdout
+    assert "L1 table at 0x" in out and "L1[0]" in out
