@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cmd.h"
+#include "rblock/io.h"
 
 struct command {
     const char *name;
@@ -33,6 +35,10 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    struct rb_io_fault_plan plan; /* crash tests (tests/crash): see io.h */
+    const char *fault = getenv("RBLOCK_FAULT");
+    if (fault && (rb_io_fault_parse(fault, &plan) < 0 || rb_io_fault_set(&plan) < 0))
+        return complain("RBLOCK_FAULT: cannot use plan '%s'", fault), 1;
     if (argc < 2) {
         usage(stderr);
         return 1;

@@ -55,6 +55,77 @@ int rb_io_punch(int fd, uint64_t off, uint64_t len);
  * keeps the allocation.  Returns 0 or -errno. */
 int rb_io_zero(int fd, uint64_t off, uint64_t len, bool may_unmap);
 
+/* Set the size of a regular file (ftruncate).  Counted as a write by the
+ * fault layer below.  Returns 0 or -errno. */
+int rb_io_truncate(int fd, uint64_t size);
+
+/*
+ * Fault injection (crash tests, SQLite's way).  Every rb_io_pwrite,
+ * rb_io_zero, rb_io_punch and rb_io_truncate is one "write" and every
+ * rb_io_sync one "sync"; both are counted from 1 in call order, process-
+ * wide, once a plan is set.  Without a plan the cost is one predictable
+ * branch per call.  The library never reads the environment: cmd/main.c
+ * turns $RBLOCK_FAULT into a plan (see rb_io_fault_parse).
+ *
+ *   FAIL_WRITE/FAIL_SYNC: the Nth write (sync) returns -EIO without doing
+ *     anything, and so does every later one (a disk that died), or only
+ *     the Nth when @once is set (a transient error).
+ *   POWER_WRITE/POWER_SYNC: at the Nth write (sync), before it happens,
+ *     the machine "loses power": every write since the last successful
+ *     rb_io_sync of its file is undone (old bytes restored from an undo
+ *     log, newest first; a file that grew is cut back to its synced size),
+ *     the files are fsync'ed and the process ends at once with _exit(99)
+ *     (no atexit, no cleanup).  With @seed != 0, each unsynced write is
+ *     instead kept or dropped at random (a disk that reorders its cache),
+ *     the kept ones replayed in their order.
+ *   COUNT: only count.
+ *
+ * The undo log keeps the old and new bytes of each unsynced write in an
+ * unlinked temporary file; a sync of a file (any fd of it: files are known
+ * by device and inode) clears that file's entries.  Writes through an
+ * O_SYNC/O_DSYNC fd are durable at once and not logged.  The log is capped
+ * (RB_IO_FAULT_LOG_MAX bytes, RB_IO_FAULT_ENTRIES_MAX entries): past it,
+ * logging stops and a power loss keeps the unlogged writes (like a kill -9
+ * there); rb_io_fault_counts() then reports @overflowed.
+ *
+ * While a plan is set, writes and syncs are serialised by one mutex.
+ */
+#define RB_IO_FAULT_LOG_MAX (1ull << 30)
+#define RB_IO_FAULT_ENTRIES_MAX (1u << 20)
+#define RB_IO_FAULT_EXIT 99
+
+enum rb_io_fault_mode {
+    RB_IO_FAULT_OFF = 0,
+    RB_IO_FAULT_COUNT,
+    RB_IO_FAULT_FAIL_WRITE,
+    RB_IO_FAULT_FAIL_SYNC,
+    RB_IO_FAULT_POWER_WRITE,
+    RB_IO_FAULT_POWER_SYNC,
+};
+
+struct rb_io_fault_plan {
+    enum rb_io_fault_mode mode;
+    uint64_t n;          /* 1-based index of the faulting write or sync */
+    bool once;           /* FAIL_*: only the Nth fails */
+    uint64_t seed;       /* POWER_*: 0 drops all unsynced writes */
+    bool report_at_exit; /* write "rblock-fault: writes=W syncs=S" to fd 2 at exit */
+};
+
+/* Install @plan (NULL or mode OFF: none) and reset the counters and the
+ * undo log.  Call before any I/O, from one thread.  Returns 0 or -errno
+ * (-EINVAL for a bad plan, or the error creating the undo log file). */
+int rb_io_fault_set(const struct rb_io_fault_plan *plan);
+
+/* Parse "count", "fail-write:N", "fail-sync:N" (":once" may follow),
+ * "power-write:N" or "power-sync:N" (":SEED" may follow, a number > 0).
+ * Every plan parsed from a string reports its counts at exit.  Returns 0
+ * or -EINVAL. */
+int rb_io_fault_parse(const char *spec, struct rb_io_fault_plan *plan);
+
+/* Writes and syncs counted so far; @overflowed (may be NULL) is true once
+ * the undo log hit its cap. */
+void rb_io_fault_counts(uint64_t *writes, uint64_t *syncs, bool *overflowed);
+
 /* True when all @len bytes of @buf are zero.  Runs at memory speed. */
 bool rb_is_zero(const void *buf, size_t len);
 
