@@ -378,15 +378,26 @@ vm_serve_skip_missing() {
     fi
 }
 
-# vm_serve_stop: SIGTERM (clean shutdown: flush, close the image) and wait.
+# vm_serve_stop: SIGTERM (clean shutdown: flush, close the image) and wait;
+# rblock must then exit 0 (issue 5: clean shutdown on SIGINT/SIGTERM).
 vm_serve_stop() {
-    local rc
+    local rc i
     kill -TERM "$VM_SERVE_PID" 2>/dev/null
+    for ((i = 0; i < 1200; i++)); do   # bounded: 60 s to finish and flush
+        kill -0 "$VM_SERVE_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$VM_SERVE_PID" 2>/dev/null; then
+        kill -KILL "$VM_SERVE_PID"
+        wait "$VM_SERVE_PID"
+        vm_fail "the NBD server did not stop within 60 s of SIGTERM"
+    fi
     wait "$VM_SERVE_PID"
     rc=$?
     VM_PIDS=${VM_PIDS/ $VM_SERVE_PID/}
+    [ "$rc" = 143 ] && [ "${VM_REFERENCE:-}" = qemu ] && rc=0   # qemu-nbd may die by the signal
     case "$rc" in
-        0 | 143) ;;   # 143: terminated by the signal, as qemu-nbd may report
+        0) ;;
         *) cat serve.log >&2
             vm_serve_skip_missing
             vm_fail "the NBD server exited with status $rc after SIGTERM" ;;
