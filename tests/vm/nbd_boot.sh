@@ -34,9 +34,10 @@ token=$(vm_token)
 VM_APPEND=$(vm_append_for blk "$token") \
     vm_run console.log \
     -blockdev "driver=nbd,node-name=disk0,server.type=unix,server.path=$sock,cache.direct=off" \
-    -device virtio-blk-pci,drive=disk0 ||
-    { tail -n 40 console.log >&2; vm_fail "qemu failed or the guest hung"; }
+    -device virtio-blk-pci,drive=disk0
+qemu_rc=$?
 vm_serve_stop   # first: a server that died is a skip or a failure of its own
+[ "$qemu_rc" = 0 ] || { tail -n 40 console.log >&2; vm_fail "qemu failed or the guest hung (status $qemu_rc)"; }
 vm_check_console console.log "$token" "$base_bin_sha"
 
 vm_qemu_img_check overlay.qcow2

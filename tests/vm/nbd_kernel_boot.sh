@@ -47,9 +47,10 @@ token=$(vm_token)
 VM_APPEND="$(vm_append_for nbd "$token") rb.nbd=10.0.2.100:10809" \
     vm_run console.log \
     -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat STDIO TCP:127.0.0.1:$port" \
-    -device virtio-net-pci,netdev=n0,romfile= ||
-    { tail -n 40 console.log >&2; vm_fail "qemu failed or the guest hung"; }
+    -device virtio-net-pci,netdev=n0,romfile=
+qemu_rc=$?
 vm_serve_stop   # first: a server that died is a skip or a failure of its own
+[ "$qemu_rc" = 0 ] || { tail -n 40 console.log >&2; vm_fail "qemu failed or the guest hung (status $qemu_rc)"; }
 vm_expect console.log '^RB-NBD: connected, 131072 sectors$'
 vm_check_console console.log "$token" "$base_bin_sha"
 vm_expect console.log '^RB-NBD: disconnected$'

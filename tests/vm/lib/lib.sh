@@ -360,9 +360,13 @@ vm_serve_start() {
             vm_serve_skip_missing
             vm_fail "the NBD server exited before it listened on $addr"
         fi
+        # Ready means it answers an NBD handshake (rblock binds its
+        # listeners before it opens the image, which may still fail).
         case "$addr" in
-            unix:*) [ -S "${addr#unix:}" ] && return 0 ;;
-            tcp:*) vm_port_listening "${addr##*:}" && return 0 ;;
+            unix:*) [ -S "${addr#unix:}" ] &&
+                qemu-img info "nbd+unix:///?socket=${addr#unix:}" >/dev/null 2>&1 && return 0 ;;
+            tcp:*) vm_port_listening "${addr##*:}" &&
+                qemu-img info "nbd://${addr#tcp:}" >/dev/null 2>&1 && return 0 ;;
         esac
         sleep 0.05   # polling for the listener, bounded to 30 s
     done
