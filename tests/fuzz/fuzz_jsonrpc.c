@@ -49,7 +49,7 @@ static int b_bs(void *o, uint64_t off, uint64_t len, struct rb_extent *ext,
 {
     return rb_export_block_status(o, RB_PROTO_JSONRPC, off, len, ext, err);
 }
-static json_t *b_info(void *o, struct rb_error *err)
+static json_t *b_info(void *o, bool chain, struct rb_error *err)
 {
     return json_pack("{s:s, s:I}", "format", rb_export_format(o), "virtual-size",
                      (json_int_t)rb_export_size(o));
