@@ -21,8 +21,8 @@ for o in o1 o2; do
     qemu-io -f qcow2 -c "write -P 0x5a 100M 4M" -c "write -P 0x${o#o}1 1G 1M" "$W/$o.qcow2" >/dev/null
 done
 
-size=$(stat -c %s "$W/a.img")
-data=$(du -k "$W/a.img" | cut -f1)
+size=$(stat -L -c %s "$W/a.img")
+data=$(du -kL "$W/a.img" | cut -f1)
 printf '\nrblock diff vs qemu-img compare vs cmp: disk %d MiB, %d MiB allocated\n' \
     $(( size >> 20 )) $(( data >> 10 ))
 printf '%-34s %10s %10s %10s %9s %9s %11s\n' case "rblock s" "qemu-img s" "cmp s" \

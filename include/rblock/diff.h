@@ -13,12 +13,9 @@
  *     are equal without reading;
  *   - a range zero on one side reads only the other side and checks it
  *     for zeros;
- *   - the rest is read from both in large sequential chunks and compared
- *     with memcmp on big blocks first, granule by granule only inside
- *     blocks that differ.  Reading and comparing run in one thread by
- *     default: the data is compared while it is still in the CPU cache,
- *     and the kernel's readahead already overlaps disk I/O (a reader
- *     thread measured slower, see docs/diff.md); reader_thread opts in.
+ *   - the rest is read from both in large sequential chunks (A and B at
+ *     the same time, B by a helper thread) and compared with memcmp on
+ *     big blocks first, granule by granule only inside blocks that differ.
  * Memory is a fixed number of chunk buffers whatever the image size.
  * The shorter image reads as zeros past its end (as qemu-img compare).
  */
@@ -53,7 +50,7 @@ struct rb_diff_opts {
     uint64_t granule_bytes; /* unit of difference, >= 1 and <= RB_DIFF_MAX_GRANULE */
     size_t chunk_bytes;     /* read size; 0 = RB_DIFF_DEFAULT_CHUNK (rounded
                                to a multiple of the granule) */
-    bool reader_thread;     /* read in a second thread, compare in this one */
+    bool serial_reads;      /* read A then B in this thread (no helper thread) */
     uint64_t limit_bytes;   /* compare only [0, limit); 0 = up to the end of
                                the longer image */
     rb_diff_fn on_run;      /* may be NULL (only count) */
@@ -95,7 +92,7 @@ struct rb_delta_opts {
                                  BASE's path relative to DELTA's folder */
     uint32_t cluster_bytes;   /* 0 = 64 KiB */
     const char *create_options; /* further "-o" options for the qcow2 (may be NULL) */
-    bool reader_thread;
+    bool serial_reads;
     void (*on_progress)(void *opaque, uint64_t done_bytes);
     void *opaque;
 };

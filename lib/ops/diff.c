@@ -3,13 +3,13 @@
  * diff.c - walk two images side by side and report where they differ
  * (contract in include/rblock/diff.h).
  *
- * Two stages joined by a small ring of chunk buffers:
- *   the reader (inline, or a thread with reader_thread) walks both images'
- *   block status, decides for each granule-aligned step whether it can be
- *   skipped (zero on both sides, or the same layer file on both sides) or
- *   which sides must be read, and reads them;
- *   the comparer (the caller's thread) compares the buffers and calls
- *   on_run for each run of differing granules, in order.
+ * The walk plans granule-aligned steps from both images' block status:
+ * a step is skipped (zero on both sides, or the same layer file on both
+ * sides), or read from the side(s) that are not zero and compared.  When
+ * both sides are read, a helper thread reads B while this thread reads A
+ * (two copies out of the page cache or two disk streams at once), then
+ * this thread compares while both buffers are still in the CPU cache and
+ * calls on_run for each run of differing granules, in order.
  * Every step starts on a granule boundary, so each run handed to on_run
  * holds whole granules (a delta writes whole clusters from it).
  */
@@ -22,11 +22,12 @@
 #include "rblock/diff.h"
 #include "rblock/io.h"
 
-#define NSLOTS 4
+#define PARALLEL_MIN_BYTES ((uint64_t)64 << 10) /* smaller reads: one thread */
 #define BLOCK_BYTES ((uint64_t)64 << 10) /* first-level compare unit */
 #define SKIP_FLUSH_BYTES ((uint64_t)1 << 30) /* report progress over long skips */
 
 enum task_kind { T_SKIP, T_READ, T_END, T_ERROR };
+
 
 struct task {
     enum task_kind kind;
@@ -45,22 +46,32 @@ struct side {
     struct rb_image *layer; /* layer defining the extent, NULL when none */
 };
 
+/* Reads side B of a step while the walking thread reads side A. */
+struct helper {
+    pthread_t tid;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool has_job, done, quit;
+    struct side *s;
+    uint8_t *buf;
+    uint64_t off, len;
+    int ret;
+    struct rb_error err;
+};
+
 struct ctx {
     struct side a, b;
-    uint64_t end;   /* max of the sizes */
+    uint64_t end;   /* max of the sizes, or the limit */
     uint64_t g;     /* granule */
     uint64_t chunk; /* multiple of g */
-    uint64_t pos;   /* reader's position */
+    uint64_t pos;   /* walk position */
     uint64_t skip_len; /* pending skip ending at pos */
     const struct rb_diff_opts *opts;
     struct rb_diff_stats st;
-
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    struct task slots[NSLOTS];
-    unsigned nslots, head, count;
-    bool stop;
-    struct rb_error rerr; /* the reader's error */
+    struct task task;
+    struct helper h;
+    struct rb_error rerr; /* the reading side's error */
 };
 
 static uint64_t min_u64(uint64_t x, uint64_t y)
@@ -170,53 +181,97 @@ static int plan(struct ctx *c, struct task *t, struct rb_error *err)
     return 0;
 }
 
+static void *helper_main(void *arg)
+{
+    struct helper *h = arg;
+
+    pthread_mutex_lock(&h->lock);
+    for (;;) {
+        while (!h->has_job && !h->quit)
+            pthread_cond_wait(&h->cond, &h->lock);
+        if (h->quit)
+            break;
+        h->has_job = false;
+        pthread_mutex_unlock(&h->lock);
+        int ret = read_side(h->s, h->buf, h->off, h->len, &h->err);
+        pthread_mutex_lock(&h->lock);
+        h->ret = ret;
+        h->done = true;
+        pthread_cond_broadcast(&h->cond);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+static void helper_start(struct helper *h)
+{
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->cond, NULL);
+    h->started = pthread_create(&h->tid, NULL, helper_main, h) == 0;
+}
+
+static void helper_stop(struct helper *h)
+{
+    if (h->started) {
+        pthread_mutex_lock(&h->lock);
+        h->quit = true;
+        pthread_cond_broadcast(&h->cond);
+        pthread_mutex_unlock(&h->lock);
+        pthread_join(h->tid, NULL);
+    }
+    pthread_cond_destroy(&h->cond);
+    pthread_mutex_destroy(&h->lock);
+}
+
+/* Read both sides of a step: B in the helper, A here, at the same time. */
+static int read_both(struct ctx *c, struct task *t)
+{
+    struct helper *h = &c->h;
+    int ret;
+
+    pthread_mutex_lock(&h->lock);
+    h->s = &c->b;
+    h->buf = t->buf_b;
+    h->off = t->off;
+    h->len = t->len;
+    h->done = false;
+    h->has_job = true;
+    pthread_cond_broadcast(&h->cond);
+    pthread_mutex_unlock(&h->lock);
+
+    ret = read_side(&c->a, t->buf_a, t->off, t->len, &c->rerr);
+
+    pthread_mutex_lock(&h->lock);
+    while (!h->done)
+        pthread_cond_wait(&h->cond, &h->lock);
+    pthread_mutex_unlock(&h->lock);
+    if (ret == 0 && h->ret < 0) {
+        ret = h->ret;
+        rb_error_set(&c->rerr, h->err.code, "%s", h->err.msg);
+    }
+    return ret;
+}
+
 static void produce(struct ctx *c, struct task *t)
 {
     int ret = plan(c, t, &c->rerr);
 
-    if (ret == 0 && t->kind == T_READ && t->read_a) {
-        ret = read_side(&c->a, t->buf_a, t->off, t->len, &c->rerr);
-        c->st.read_a_bytes += t->len;
-    }
-    if (ret == 0 && t->kind == T_READ && t->read_b) {
-        ret = read_side(&c->b, t->buf_b, t->off, t->len, &c->rerr);
-        c->st.read_b_bytes += t->len;
+    if (ret == 0 && t->kind == T_READ) {
+        c->st.read_a_bytes += t->read_a ? t->len : 0;
+        c->st.read_b_bytes += t->read_b ? t->len : 0;
+        if (t->read_a && t->read_b && c->h.started && t->len >= PARALLEL_MIN_BYTES) {
+            ret = read_both(c, t);
+        } else {
+            if (t->read_a)
+                ret = read_side(&c->a, t->buf_a, t->off, t->len, &c->rerr);
+            if (ret == 0 && t->read_b)
+                ret = read_side(&c->b, t->buf_b, t->off, t->len, &c->rerr);
+        }
     }
     if (ret < 0) {
         if (!c->rerr.msg[0])
             rb_error_set(&c->rerr, -ret, "read failed: %s", strerror(-ret));
         t->kind = T_ERROR;
-    }
-}
-
-static void *reader_thread(void *arg)
-{
-    struct ctx *c = arg;
-
-    for (;;) {
-        struct task *t;
-        bool last;
-
-        pthread_mutex_lock(&c->lock);
-        while (c->count == c->nslots && !c->stop)
-            pthread_cond_wait(&c->cond, &c->lock);
-        if (c->stop) {
-            pthread_mutex_unlock(&c->lock);
-            return NULL;
-        }
-        /* The slot after the queued ones is the reader's until count++. */
-        t = &c->slots[(c->head + c->count) % c->nslots];
-        pthread_mutex_unlock(&c->lock);
-
-        produce(c, t);
-        last = t->kind == T_END || t->kind == T_ERROR;
-
-        pthread_mutex_lock(&c->lock);
-        c->count++;
-        pthread_cond_broadcast(&c->cond);
-        pthread_mutex_unlock(&c->lock);
-        if (last)
-            return NULL;
     }
 }
 
@@ -308,46 +363,15 @@ static int handle(struct ctx *c, const struct task *t, struct rb_error *err)
     return ret;
 }
 
-static int run_inline(struct ctx *c, struct rb_error *err)
+static int walk(struct ctx *c, struct rb_error *err)
 {
     int ret;
 
     do {
-        produce(c, &c->slots[0]);
-        ret = handle(c, &c->slots[0], err);
+        produce(c, &c->task);
+        ret = handle(c, &c->task, err);
     } while (ret == 0);
-    return ret;
-}
-
-static int run_threaded(struct ctx *c, struct rb_error *err)
-{
-    pthread_t tid;
-    int ret;
-
-    ret = pthread_create(&tid, NULL, reader_thread, c);
-    if (ret != 0)
-        return run_inline(c, err);
-    do {
-        struct task *t;
-
-        pthread_mutex_lock(&c->lock);
-        while (c->count == 0)
-            pthread_cond_wait(&c->cond, &c->lock);
-        t = &c->slots[c->head];
-        pthread_mutex_unlock(&c->lock);
-
-        ret = handle(c, t, err);
-
-        pthread_mutex_lock(&c->lock);
-        c->head = (c->head + 1) % c->nslots;
-        c->count--;
-        if (ret != 0)
-            c->stop = true;
-        pthread_cond_broadcast(&c->cond);
-        pthread_mutex_unlock(&c->lock);
-    } while (ret == 0);
-    pthread_join(tid, NULL);
-    return ret;
+    return ret > 0 ? 0 : ret;
 }
 
 int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *opts,
@@ -374,29 +398,22 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
     chunk = opts->chunk_bytes ? opts->chunk_bytes : RB_DIFF_DEFAULT_CHUNK;
     c->chunk = chunk > c->g ? chunk - chunk % c->g : c->g;
     c->st.size_bytes = c->end;
-    c->nslots = opts->reader_thread ? NSLOTS : 1;
-    for (unsigned i = 0; i < c->nslots; i++) {
-        c->slots[i].buf_a = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
-        c->slots[i].buf_b = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
-        if (!c->slots[i].buf_a || !c->slots[i].buf_b)
-            ret = rb_error_set(err, ENOMEM, "out of memory for %" PRIu64
-                               "-byte compare buffers", c->chunk);
-    }
-    if (ret == 0) {
-        pthread_mutex_init(&c->lock, NULL);
-        pthread_cond_init(&c->cond, NULL);
-        ret = opts->reader_thread ? run_threaded(c, err) : run_inline(c, err);
-        if (ret > 0)
-            ret = 0;
-        pthread_cond_destroy(&c->cond);
-        pthread_mutex_destroy(&c->lock);
+    c->task.buf_a = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
+    c->task.buf_b = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
+    if (!c->task.buf_a || !c->task.buf_b) {
+        ret = rb_error_set(err, ENOMEM, "out of memory for %" PRIu64
+                           "-byte compare buffers", c->chunk);
+    } else {
+        if (!opts->serial_reads)
+            helper_start(&c->h);
+        ret = walk(c, err);
+        if (!opts->serial_reads)
+            helper_stop(&c->h);
     }
     if (stats)
         *stats = c->st;
-    for (unsigned i = 0; i < c->nslots; i++) {
-        free(c->slots[i].buf_a);
-        free(c->slots[i].buf_b);
-    }
+    free(c->task.buf_a);
+    free(c->task.buf_b);
     free(c);
     return ret;
 }

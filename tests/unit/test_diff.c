@@ -131,7 +131,8 @@ static struct rb_image *fake_new(uint64_t size, const struct fake *similar, ino_
         }
     }
     while (pos < size && f->nsegs < MAX_SEGS - 1) {
-        uint64_t len = 1 + rnd() % (rnd() % 2 ? 700 : 40000);
+        static const uint64_t spans[] = {700, 40000, 40000, 300000};
+        uint64_t len = 1 + rnd() % spans[rnd() % 4];
         pos = pos + len > size ? size : pos + len;
         f->seg_end[f->nsegs] = pos;
         f->kind[f->nsegs++] = (enum seg_kind)(rnd() % 3);
@@ -231,7 +232,7 @@ static void diff_and_check(struct rb_image *a, struct rb_image *b, uint64_t g,
     uint64_t size = a->size > b->size ? a->size : b->size;
     struct collect c = {.g = g};
     struct rb_diff_opts o = {
-        .granule_bytes = g, .chunk_bytes = chunk, .reader_thread = thread,
+        .granule_bytes = g, .chunk_bytes = chunk, .serial_reads = !thread,
         .on_run = on_run, .opaque = &c,
     };
     struct rb_error err = {0};
