@@ -1,11 +1,157 @@
 /* SPDX-License-Identifier: MIT */
-/* Placeholder: replaced by the real 'create' command. */
+/*
+ * create.c - rblock create -f qcow2 [-o OPTIONS] [-b BACKING [-F FMT]] FILE [SIZE]
+ *
+ * As qemu-img create: the size defaults to the backing file's, and the
+ * backing format is always recorded (probed when -F is not given).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include "cmd.h"
+#include "rblock/qcow2-create.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: rblock create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-q] "
+               "FILE [SIZE]\n\n"
+               "options (-o key=value,...): compat=0.10|1.1, cluster_size, refcount_bits,\n"
+               "  lazy_refcounts=on|off, extended_l2=on|off, compression_type=zlib|zstd,\n"
+               "  preallocation=off|metadata, backing_file, backing_fmt, size\n");
+}
+
+/* The backing name as the new image will resolve it: relative to the
+ * folder of @file. */
+static char *backing_path(const char *file, const char *name)
+{
+    const char *slash = strrchr(file, '/');
+    size_t dir;
+    char *out;
+
+    if (name[0] == '/' || !slash)
+        return strdup(name);
+    dir = (size_t)(slash - file) + 1;
+    out = malloc(dir + strlen(name) + 1);
+    if (out) {
+        memcpy(out, file, dir);
+        strcpy(out + dir, name);
+    }
+    return out;
+}
+
+/* Open the backing file to learn its size and format. */
+static int probe_backing(const char *file, struct rb_qcow2_create_opts *o,
+                         char **fmt_out)
+{
+    char *path = backing_path(file, o->backing_file);
+    struct rb_image *b;
+
+    if (!path) {
+        complain("out of memory");
+        return -ENOMEM;
+    }
+    if (o->size_set && o->backing_format) {
+        /* nothing to learn from it: only make sure it is there */
+        int ok = access(path, R_OK);
+        if (ok < 0)
+            complain("%s: cannot open backing file '%s': %s", file, o->backing_file,
+                     strerror(errno));
+        free(path);
+        return ok < 0 ? -EINVAL : 0;
+    }
+    b = open_image(path, o->backing_format, false);
+    free(path);
+    if (!b) {
+        complain("%s: cannot open backing file '%s'", file, o->backing_file);
+        return -EINVAL;
+    }
+    if (!o->size_set) {
+        o->size = b->size;
+        o->size_set = true;
+    }
+    if (!o->backing_format) {
+        *fmt_out = strdup(b->ops->format);
+        o->backing_format = *fmt_out;
+    }
+    rb_image_close(b);
+    return 0;
+}
 
 int cmd_create(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    complain("'create' is not implemented yet");
-    return 1;
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct rb_qcow2_create_opts o;
+    struct rb_error err = {0};
+    char *fmt_probed = NULL, *optstr = NULL;
+    const char *file;
+    bool quiet = false;
+    int c, ret = 1;
+
+    rb_qcow2_create_opts_init(&o);
+    while ((c = getopt_long(argc, argv, "f:o:b:F:qh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            if (strcmp(optarg, "qcow2") != 0) {
+                complain("create: format '%s' is not supported (only qcow2)", optarg);
+                goto out;
+            }
+            break;
+        case 'o':
+            free(optstr);
+            optstr = strdup(optarg);
+            if (!optstr || rb_qcow2_parse_options(optstr, &o, &err) < 0) {
+                complain("create: %s", rb_error_msg(&err, -ENOMEM));
+                goto out;
+            }
+            break;
+        case 'b': o.backing_file = optarg; break;
+        case 'F': o.backing_format = optarg; break;
+        case 'q': quiet = true; break;
+        case 'h': usage(stdout); ret = 0; goto out;
+        default: usage(stderr); goto out;
+        }
+    }
+    if (optind >= argc || argc - optind > 2) {
+        usage(stderr);
+        goto out;
+    }
+    file = argv[optind];
+    if (argc - optind == 2) {
+        if (parse_size(argv[optind + 1], &o.size) < 0) {
+            complain("create: invalid size '%s'", argv[optind + 1]);
+            goto out;
+        }
+        o.size_set = true;
+    }
+    if (o.backing_format && !o.backing_file) {
+        complain("create: -F needs a backing file (-b)");
+        goto out;
+    }
+    if (o.backing_file && probe_backing(file, &o, &fmt_probed) < 0)
+        goto out;
+    if (!o.size_set) {
+        complain("create: %s: size is required without a backing file", file);
+        goto out;
+    }
+    if (rb_qcow2_create(file, &o, &err) < 0) {
+        complain("create: %s", rb_error_msg(&err, -EIO));
+        goto out;
+    }
+    if (!quiet)
+        printf("Formatting '%s', fmt=qcow2 size=%llu%s%s%s%s\n", file,
+               (unsigned long long)o.size, o.backing_file ? " backing_file=" : "",
+               o.backing_file ? o.backing_file : "", o.backing_format ? " backing_fmt=" : "",
+               o.backing_format ? o.backing_format : "");
+    ret = 0;
+out:
+    free(fmt_probed);
+    free(optstr);
+    return ret;
 }

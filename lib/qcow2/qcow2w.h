@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2w.h - write-side internals shared by create.c, stream.c, alloc.c
+ * and write.c (not installed).  Big-endian helpers, refcount entries at
+ * every width, and the header image builder.
+ */
+#ifndef RBLOCK_QCOW2W_H
+#define RBLOCK_QCOW2W_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rblock/error.h"
+#include "rblock/qcow2-create.h"
+
+static inline void qcow2w_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void qcow2w_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static inline void qcow2w_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static inline uint64_t qcow2w_get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/*
+ * Refcount entry @i of a refcount block whose entries are 2^order bits
+ * wide (qcow2.txt: "refcount_block_entries = cluster_size * 8 /
+ * refcount_bits"; entries narrower than a byte are packed starting at the
+ * least significant bit, wider ones are big-endian).
+ */
+static inline uint64_t qcow2w_ref_get(const void *block, unsigned order, uint64_t i)
+{
+    const uint8_t *b = block;
+    unsigned bits = 1u << order;
+
+    if (bits < 8) {
+        unsigned shift = (unsigned)(i * bits % 8);
+        return (uint64_t)(b[i * bits / 8] >> shift) & ((1u << bits) - 1);
+    }
+    uint64_t v = 0;
+    for (unsigned k = 0; k < bits / 8; k++)
+        v = v << 8 | b[i * (bits / 8) + k];
+    return v;
+}
+
+static inline void qcow2w_ref_set(void *block, unsigned order, uint64_t i, uint64_t value)
+{
+    uint8_t *b = block;
+    unsigned bits = 1u << order;
+
+    if (bits < 8) {
+        unsigned shift = (unsigned)(i * bits % 8);
+        uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
+        b[i * bits / 8] = (uint8_t)((b[i * bits / 8] & ~mask) | ((value << shift) & mask));
+        return;
+    }
+    for (unsigned k = bits / 8; k-- > 0;) {
+        b[i * (bits / 8) + k] = (uint8_t)value;
+        value >>= 8;
+    }
+}
+
+/* Largest refcount at width 2^order bits. */
+static inline uint64_t qcow2w_ref_max(unsigned order)
+{
+    return order >= 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
+}
+
+static inline unsigned qcow2w_log2(uint64_t v)
+{
+    return 63u - (unsigned)__builtin_clzll(v);
+}
+
+/* Where create.c puts the tables of an image it starts. */
+struct qcow2w_layout {
+    unsigned cluster_bits;
+    uint64_t l1_entries;
+    uint64_t l1_off;
+    uint64_t reftable_off;
+    uint32_t reftable_clusters;
+};
+
+/*
+ * Build the header cluster of a new image into @buf (@cluster_bytes long,
+ * zeroed here): header fields, backing format and (when it fits, as QEMU
+ * does) feature-name extensions, end marker, backing file name.  Extra
+ * incompatible bits (e.g. QCOW2_INCOMPAT_DIRTY) are or'ed in.
+ * Returns 0 or -EINVAL when the header does not fit in a cluster.
+ */
+int qcow2w_build_header(const struct rb_qcow2_create_opts *o,
+                        const struct qcow2w_layout *l, uint64_t extra_incompat,
+                        uint8_t *buf, size_t cluster_bytes, struct rb_error *err);
+
+/* Entries per L2 table and L1 entries for @o (validated options). */
+uint64_t qcow2w_l2_entries(const struct rb_qcow2_create_opts *o);
+uint64_t qcow2w_l1_entries(const struct rb_qcow2_create_opts *o);
+
+#endif

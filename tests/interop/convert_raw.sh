@@ -1,0 +1,86 @@
+#!/bin/bash
+# rblock convert from raw sources (plain, sparse, all-zero, 1 TiB mostly
+# empty, odd size) to raw and to qcow2 with every option: the output
+# checks clean, compares identical, is no larger than qemu-img convert's,
+# holes stay holes, QEMU can write it; failures remove the partial output.
+set -eu
+R=${RBLOCK:?}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# sources
+truncate -s 64M sparse.raw
+for off in 0 3 17 200 511 1000; do      # scattered 64 KiB of real bytes
+    head -c 65536 "$R" | dd of=sparse.raw bs=64k seek=$off conv=notrunc status=none
+done
+dd if=/dev/zero of=sparse.raw bs=64k seek=300 count=20 conv=notrunc status=none  # written zeros
+head -c 3000 /dev/urandom | dd of=sparse.raw bs=1 seek=40000000 conv=notrunc status=none
+truncate -s 16M zero.raw
+dd if=/dev/zero of=zero.raw bs=1M count=8 conv=notrunc status=none
+head -c 5000000 "$R" > odd.raw; head -c 1234567 /dev/urandom >> odd.raw   # not sector-aligned
+truncate -s 1T huge.raw
+printf 'hello' | dd of=huge.raw bs=1 seek=$((512 << 30)) conv=notrunc status=none
+head -c 1M /dev/urandom | dd of=huge.raw bs=1M seek=$(((1 << 20) - 1)) conv=notrunc status=none
+
+# raw -> raw keeps size and holes
+for s in sparse zero odd huge; do
+    $R convert $s.raw out.raw || fail "convert $s -O raw"
+    [ "$(stat -c %s out.raw)" = "$(stat -c %s $s.raw)" ] || fail "$s: size"
+    qemu-img compare -q -f raw -F raw $s.raw out.raw || fail "$s: contents"
+    [ "$(du -k out.raw | cut -f1)" -le "$(( $(du -k $s.raw | cut -f1) + 64 ))" ] || fail "$s: not sparse"
+done
+[ "$(du -k out.raw | cut -f1)" -lt 4096 ] || fail "1 TiB output is not sparse"
+
+# raw -> qcow2, every option, compressed or not
+opts=("" compat=0.10 cluster_size=512 cluster_size=4k cluster_size=2M refcount_bits=1
+      refcount_bits=2 refcount_bits=4 refcount_bits=8 refcount_bits=32 refcount_bits=64
+      lazy_refcounts=on extended_l2=on compression_type=zstd
+      cluster_size=2M,refcount_bits=64,extended_l2=on,compression_type=zstd
+      cluster_size=512,refcount_bits=1)
+for s in sparse zero odd; do
+    for o in "${opts[@]}"; do
+        for c in "" -c; do
+            what="$s ${o:-default} $c"
+            $R convert -O qcow2 $c ${o:+-o $o} $s.raw out.qcow2 || fail "convert $what"
+            qemu-img check -q out.qcow2 || fail "check $what"
+            qemu-img compare -q -f raw -F qcow2 $s.raw out.qcow2 || fail "compare $what"
+            qemu-img convert -O qcow2 $c ${o:+-o $o} $s.raw q.qcow2
+            a=$(stat -c %s out.qcow2); b=$(stat -c %s q.qcow2)
+            # tiny clusters: the refcount table is sized up front from the
+            # data extents (written zeros included), qemu grows it lazily
+            case "$o" in *cluster_size=512*) b=$((b + 1024));; esac
+            [ "$a" -le "$b" ] || fail "$what: $a bytes, qemu-img $b"
+        done
+    done
+done
+# 1 TiB: fast path, tiny output, QEMU reads and writes it
+$R convert -O qcow2 huge.raw huge.qcow2 || fail "convert 1 TiB"
+qemu-img check -q huge.qcow2 || fail "check 1 TiB"
+qemu-img compare -q -f raw -F qcow2 huge.raw huge.qcow2 || fail "compare 1 TiB"
+[ "$(stat -c %s huge.qcow2)" -lt $((4 << 20)) ] || fail "1 TiB output too large"
+qemu-io -c 'write -P 0xab 0 64k' -c 'write -P 0xcd 100G 1M' huge.qcow2 >/dev/null
+qemu-img check -q huge.qcow2 || fail "check 1 TiB after qemu-io"
+qemu-io -c 'read -P 0xab 0 64k' -c 'read -P 0xcd 100G 1M' huge.qcow2 | \
+    grep -q 'verification failed' && fail "qemu-io reads back"
+$R convert -O qcow2 -c -o compression_type=zstd sparse.raw z.qcow2
+qemu-io -c 'write -P 0xab 4096 8k' z.qcow2 >/dev/null
+qemu-img check -q z.qcow2 || fail "check compressed after qemu-io"
+
+# failures: clear message, exit 1, no partial output left behind
+out=$($R convert missing.raw o.raw 2>&1) && fail "missing source"
+echo "$out" | grep -q 'missing.raw' || fail "missing source message: $out"
+mkdir ro; chmod 555 ro
+if ! touch ro/probe 2>/dev/null; then
+    out=$($R convert sparse.raw ro/o.qcow2 -O qcow2 2>&1) && fail "unwritable destination"
+    echo "$out" | grep -q 'ro/o.qcow2' || fail "unwritable message: $out"
+fi
+rm -f ro/probe
+(trap '' XFSZ; ulimit -f 256; $R convert -O qcow2 odd.raw big.qcow2 2>err.txt) && fail "file size limit"
+grep -q 'partial output removed' err.txt || fail "limit message: $(cat err.txt)"
+[ ! -e big.qcow2 ] || fail "partial qcow2 output left behind"
+(trap '' XFSZ; ulimit -f 256; $R convert odd.raw big.raw 2>err.txt) && fail "file size limit raw"
+[ ! -e big.raw ] || fail "partial raw output left behind"
+$R convert -O vmdk sparse.raw o.vmdk 2>/dev/null && fail "unknown output format"
+echo "convert_raw: ok"
