@@ -238,6 +238,7 @@ struct qcow2_state {
     /* write path */
     uint64_t free_cluster_hint; /* first host cluster index that may be free */
     bool dirty_bit_set;         /* we set QCOW2_INCOMPAT_DIRTY on disk */
+    struct qcow2_wstate *w;     /* write.c's private state (NULL read-only) */
 };
 
 /* Offset of the refcount block of reftable entry @reftable_index, checked

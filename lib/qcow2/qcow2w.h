@@ -114,4 +114,37 @@ int qcow2w_build_header(const struct rb_qcow2_create_opts *o,
 uint64_t qcow2w_l2_entries(const struct rb_qcow2_create_opts *o);
 uint64_t qcow2w_l1_entries(const struct rb_qcow2_create_opts *o);
 
+/* ---- allocation and refcount updates (alloc.c) ------------------------- */
+
+struct qcow2_state;
+
+/*
+ * Set the refcount of host cluster @idx to @value (checked against the
+ * width's maximum).  The refcount block must exist unless @value is 0.
+ * Marks the block dirty in s->refblock_cache (written back before any L2
+ * table: the cache dependency).  Caller holds the lock.  0 or -errno.
+ */
+int qcow2_refcount_set(struct qcow2_state *s, uint64_t idx, uint64_t value,
+                       struct rb_error *err);
+/* Add @delta to the refcount of @idx; going below 0 or above the maximum
+ * is -EIO (corruption) / -ERANGE.  A cluster that drops to 0 lowers the
+ * free-cluster hint.  Caller holds the lock. */
+int qcow2_refcount_add(struct qcow2_state *s, uint64_t idx, int64_t delta,
+                       struct rb_error *err);
+
+/*
+ * Allocate one host cluster (the first free one from s->free_cluster_hint)
+ * with refcount 1 and return its offset.  Creates the refcount block that
+ * must count it (self-describing: placed inside the range it covers) and
+ * grows the refcount table when the image outgrows it, each step durable
+ * before the structure that points at it.  s->file_size grows to cover the
+ * cluster.  Caller holds the lock.  0 or -errno with @err set.
+ */
+int qcow2_alloc_cluster(struct qcow2_state *s, uint64_t *host_off, struct rb_error *err);
+
+/* Write @len bytes of header at @off (a field update) and, with barriers,
+ * fdatasync.  0 or -errno with @err set. */
+int qcow2_header_update(struct qcow2_state *s, uint64_t off, const void *buf, size_t len,
+                        struct rb_error *err);
+
 #endif

@@ -1,54 +1,536 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * write.c - PLACEHOLDER for the qcow2 write path.  The write-path engineer
- * replaces this whole file (see "write path" in qcow2.h for the contract).
- * Until then a read-write open of a qcow2 image fails clearly.
+ * write.c - the qcow2 write path: guest writes, zeroes, discard,
+ * compressed clusters, flush; the dirty bit and autoclear bits.
+ *
+ * Concurrency: writers (write, write_zeroes, trim, write_compressed,
+ * flush) are serialized by w->wlock for their whole duration; metadata is
+ * touched only under s->lock, which readers take too.  Guest data of a
+ * cluster no L2 entry points at yet is written outside s->lock (no reader
+ * can reach it), and so is data written in place into a cluster that is
+ * already ours.  Correctness over cleverness: one writer at a time.
+ *
+ * Write ordering (DESIGN.md section 4), every point marked ORDER below:
+ *  1. refcount of a new cluster before the L2 entry that references it:
+ *     the L2 cache depends on the refcount block cache (set at open);
+ *  2. guest data before the L2 entry that points at it:
+ *     qcow2_cache_depends_on_flush(l2_cache, data_fd) before the entry;
+ *  3. a new L2 table on disk before the L1 entry that points at it;
+ *  4. new refcount blocks / tables before what points at them (alloc.c);
+ *  5. free in reverse: the L2 change is durable before the refcount drops;
+ *  6. the header last: the dirty bit is set before the first change and
+ *     cleared only after a full flush at close.
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "qcow2/qcow2w.h"
+#include "rblock/io.h"
+
+#define ALL_ALLOC 0xffffffffull
+#define ALL_ZERO 0xffffffff00000000ull
+
+struct qcow2_wstate {
+    pthread_mutex_t wlock; /* one writer at a time */
+    uint8_t *cbuf;         /* a cluster: read-modify-write, compression */
+    uint8_t *zbuf;         /* a cluster of zeros */
+    bool header_done;      /* dirty bit / autoclear handled */
+};
+
+static int io_fail(struct qcow2_state *s, int ret, const char *what, uint64_t off,
+                   struct rb_error *err)
+{
+    return rb_error_set(err, -ret, "%s: %s at 0x%" PRIx64 ": %s", s->name, what, off,
+                        strerror(-ret));
+}
 
 int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_error *err)
 {
-    (void)s;
-    return rb_error_set(err, ENOTSUP, "%s: writing qcow2 not supported yet",
-                        img->filename);
+    struct qcow2_wstate *w;
+
+    if (s->has_data_file)
+        return rb_error_set(err, ENOTSUP, "%s: writing images with an external data "
+                            "file is not supported", s->name);
+    if (s->h.nb_snapshots)
+        return rb_error_set(err, ENOTSUP, "%s: writing images with internal snapshots "
+                            "is not supported (%" PRIu32 " snapshots)", s->name,
+                            s->h.nb_snapshots);
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+        return rb_error_set(err, EINVAL, "%s: image was not closed cleanly (dirty bit "
+                            "set, lazy refcounts): repair it with 'qemu-img check -r "
+                            "all' first", s->name);
+    if (s->h.crypt_method)
+        return rb_error_set(err, ENOTSUP, "%s: writing encrypted images is not "
+                            "supported", s->name);
+    w = calloc(1, sizeof(*w));
+    if (w) {
+        w->cbuf = malloc(s->cluster_bytes);
+        w->zbuf = calloc(1, s->cluster_bytes);
+    }
+    if (!w || !w->cbuf || !w->zbuf) {
+        if (w) {
+            free(w->cbuf);
+            free(w->zbuf);
+        }
+        free(w);
+        return rb_error_set(err, ENOMEM, "%s: out of memory", img->filename);
+    }
+    pthread_mutex_init(&w->wlock, NULL);
+    s->w = w;
+    s->free_cluster_hint = 0;
+    return 0;
 }
 
-void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
+/* Before the first change (lock held): with lazy refcounts set the dirty
+ * bit; clear autoclear bits, since nothing here keeps bitmaps (bit 0) or
+ * unknown extensions up to date (qcow2.txt "autoclear_features"). */
+static int first_write(struct qcow2_state *s, struct rb_error *err)
 {
-    (void)img;
-    (void)s;
+    uint64_t incompat = s->h.incompatible_features;
+    uint8_t be[8];
+    int ret;
+
+    if (s->w->header_done)
+        return 0;
+    if (s->h.version >= 3) {
+        if (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)
+            incompat |= QCOW2_INCOMPAT_DIRTY;
+        if (s->h.autoclear_features) {
+            qcow2w_be64(be, 0);
+            ret = qcow2_header_update(s, 88, be, 8, err);
+            if (ret < 0)
+                return ret;
+            s->h.autoclear_features = 0;
+        }
+        if (incompat != s->h.incompatible_features) {
+            /* ORDER: the dirty bit is durable before any change */
+            qcow2w_be64(be, incompat);
+            ret = qcow2_header_update(s, 72, be, 8, err);
+            if (ret < 0)
+                return ret;
+            s->h.incompatible_features = incompat;
+            s->dirty_bit_set = true;
+        }
+    }
+    s->w->header_done = true;
+    return 0;
+}
+
+/* The L2 entry and bitmap of the cluster at @guest_off (0 when there is
+ * no L2 table).  Lock held. */
+static int entry_of(struct qcow2_state *s, uint64_t guest_off, uint64_t *l2e,
+                    uint64_t *bitmap, struct rb_error *err)
+{
+    uint32_t i;
+    void *l2;
+    int ret = qcow2_l2_get(s, guest_off, &l2, &i, err);
+
+    *l2e = *bitmap = 0;
+    if (ret < 0 || !l2)
+        return ret;
+    *l2e = qcow2_l2_entry_get(s, l2, i);
+    *bitmap = qcow2_l2_bitmap_get(s, l2, i);
+    qcow2_cache_put(s->l2_cache, l2);
+    return 0;
+}
+
+/* Allocate an empty L2 table for L1 index @l1i; returns it pinned. */
+static int new_l2_table(struct qcow2_state *s, uint64_t l1i, void **l2,
+                        struct rb_error *err)
+{
+    uint64_t off;
+    uint8_t be[8];
+    int ret = qcow2_alloc_cluster(s, &off, err);
+
+    if (ret < 0)
+        return ret;
+    ret = qcow2_cache_get_empty(s->l2_cache, off, l2);
+    if (ret < 0)
+        return rb_error_set(err, -ret, "%s: L2 cache: %s", s->name, strerror(-ret));
+    qcow2_cache_mark_dirty(s->l2_cache, *l2);
+    /* ORDER: the new table (and the refcount that owns it, through the
+     * cache dependency) is on disk before the L1 entry points at it */
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret < 0) {
+        qcow2_cache_put(s->l2_cache, *l2);
+        return io_fail(s, ret, "cannot write L2 table", off, err);
+    }
+    s->l1[l1i] = off | QCOW2_OFLAG_COPIED;
+    qcow2w_be64(be, s->l1[l1i]);
+    ret = rb_io_pwrite(s->fd, be, 8, s->h.l1_table_offset + l1i * 8);
+    if (ret < 0) {
+        qcow2_cache_put(s->l2_cache, *l2);
+        return io_fail(s, ret, "cannot write L1 entry", s->h.l1_table_offset + l1i * 8,
+                       err);
+    }
+    return 0;
+}
+
+/* Set the L2 entry of the cluster at @guest_off, making its table when
+ * needed.  Lock held. */
+static int set_entry(struct qcow2_state *s, uint64_t guest_off, uint64_t l2e,
+                     uint64_t bitmap, struct rb_error *err)
+{
+    uint32_t i;
+    void *l2;
+    int ret = qcow2_l2_get(s, guest_off, &l2, &i, err);
+
+    if (ret == 0 && !l2)
+        ret = new_l2_table(s, qcow2_l1_index(s, guest_off), &l2, err);
+    if (ret < 0)
+        return ret;
+    qcow2_l2_entry_set(s, l2, i, l2e);
+    qcow2_l2_bitmap_set(s, l2, i, bitmap);
+    qcow2_cache_mark_dirty(s->l2_cache, l2);
+    qcow2_cache_put(s->l2_cache, l2);
+    return 0;
+}
+
+/* Drop the references an old L2 entry held.  ORDER: free in reverse: the
+ * L2 change is made durable first, then the refcounts drop (a crash in
+ * between leaks, never double-owns).  Lock held. */
+static int release(struct qcow2_state *s, uint64_t old, struct rb_error *err)
+{
+    uint64_t host, bytes;
+    int ret;
+
+    if (old & QCOW2_OFLAG_COMPRESSED) {
+        qcow2_compressed_parse(old, s->h.cluster_bits, &host, &bytes);
+    } else {
+        host = old & QCOW2_L2E_OFFSET_MASK;
+        bytes = 1;
+    }
+    if (!host)
+        return 0;
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret < 0)
+        return io_fail(s, ret, "cannot write L2 tables", 0, err);
+    for (uint64_t c = host / s->cluster_bytes; c <= (host + bytes - 1) / s->cluster_bytes;
+         c++) {
+        ret = qcow2_refcount_add(s, c, -1, err);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+/* True when new data may go straight into the cluster of @l2e: ours alone
+ * (COPIED), normal, every subcluster allocated. */
+static bool in_place(const struct qcow2_state *s, uint64_t l2e, uint64_t bitmap)
+{
+    if (!(l2e & QCOW2_L2E_OFFSET_MASK) || !(l2e & QCOW2_OFLAG_COPIED) ||
+        (l2e & QCOW2_OFLAG_COMPRESSED))
+        return false;
+    if (s->extended_l2)
+        return (bitmap & ALL_ALLOC) == ALL_ALLOC && !(bitmap & ALL_ZERO);
+    return !(l2e & QCOW2_OFLAG_ZERO);
+}
+
+/*
+ * Write @n bytes at @off, inside one cluster.  Wlock held, s->lock not.
+ * An owned normal cluster is written in place; anything else (unallocated,
+ * backing, zero, compressed, shared, partly allocated subclusters) gets
+ * the whole cluster rewritten: its current guest contents (copy-on-write
+ * from the backing, or zeros) merged with the new bytes, into the same
+ * cluster when it is ours, or a new one.
+ */
+static int write_cluster(struct rb_image *img, struct qcow2_state *s, const uint8_t *data,
+                         uint64_t off, size_t n, struct rb_error *err)
+{
+    uint64_t c = s->cluster_bytes, start = off - off % c, l2e, bitmap, host;
+    const uint8_t *content = data;
+    bool reuse;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = entry_of(s, start, &l2e, &bitmap, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return ret;
+    if (in_place(s, l2e, bitmap)) {
+        host = (l2e & QCOW2_L2E_OFFSET_MASK) + off % c;
+        ret = rb_io_pwrite(s->data_fd, data, n, host);
+        return ret < 0 ? io_fail(s, ret, "write error", host, err) : 0;
+    }
+    if (n < c) {
+        uint64_t in = img->size - start < c ? img->size - start : c;
+        /* the cluster as the guest sees it now (COW source) */
+        ret = qcow2_read(img, s->w->cbuf, start, (size_t)in, err);
+        if (ret < 0)
+            return ret;
+        memset(s->w->cbuf + in, 0, (size_t)(c - in));
+        memcpy(s->w->cbuf + off % c, data, n);
+        content = s->w->cbuf;
+    }
+    reuse = (l2e & QCOW2_L2E_OFFSET_MASK) && (l2e & QCOW2_OFLAG_COPIED) &&
+            !(l2e & QCOW2_OFLAG_COMPRESSED);
+    host = l2e & QCOW2_L2E_OFFSET_MASK;
+    if (!reuse) {
+        pthread_mutex_lock(&s->lock);
+        ret = qcow2_alloc_cluster(s, &host, err);
+        pthread_mutex_unlock(&s->lock);
+        if (ret < 0)
+            return ret;
+    }
+    /* nothing points at a new cluster yet: written without s->lock */
+    ret = rb_io_pwrite(s->data_fd, content, (size_t)c, host);
+    if (ret < 0)
+        return io_fail(s, ret, "write error", host, err);
+    pthread_mutex_lock(&s->lock);
+    /* ORDER: the data is durable before the L2 entry that points at it */
+    qcow2_cache_depends_on_flush(s->l2_cache, s->data_fd);
+    ret = set_entry(s, start, host | QCOW2_OFLAG_COPIED, s->extended_l2 ? ALL_ALLOC : 0,
+                    err);
+    if (ret == 0 && !reuse)
+        ret = release(s, l2e, err);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int do_flush(struct qcow2_state *s, struct rb_error *err)
+{
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    /* refcount blocks first, then L2 tables (the cache does both in that
+     * order), then everything on the file: L1, tables, data */
+    ret = qcow2_cache_write(s->refblock_cache);
+    if (ret == 0)
+        ret = qcow2_cache_write(s->l2_cache);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return io_fail(s, ret, "cannot write metadata", 0, err);
+    if (s->data_fd != s->fd && (ret = rb_io_sync(s->data_fd)) < 0)
+        return io_fail(s, ret, "sync failed", 0, err);
+    if ((ret = rb_io_sync(s->fd)) < 0)
+        return io_fail(s, ret, "sync failed", 0, err);
+    return 0;
+}
+
+/* Run @fn under the writer lock after the first-write header update. */
+static int begin(struct qcow2_state *s, struct rb_error *err)
+{
+    int ret;
+
+    pthread_mutex_lock(&s->w->wlock);
+    pthread_mutex_lock(&s->lock);
+    ret = first_write(s, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        pthread_mutex_unlock(&s->w->wlock);
+    return ret;
+}
+
+static int end(struct qcow2_state *s, int ret, unsigned flags, struct rb_error *err)
+{
+    if (ret == 0 && (flags & RB_WRITE_FUA))
+        ret = do_flush(s, err);
+    pthread_mutex_unlock(&s->w->wlock);
+    return ret;
 }
 
 int qcow2_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
                 unsigned flags, struct rb_error *err)
 {
-    return rb_error_set(err, ENOTSUP, "%s: writing qcow2 not supported yet",
-                        img->filename);
+    struct qcow2_state *s = qcow2_state_of(img);
+    const uint8_t *p = buf;
+    int ret = begin(s, err);
+
+    if (ret < 0)
+        return ret;
+    while (ret == 0 && len > 0) {
+        size_t n = s->cluster_bytes - off % s->cluster_bytes;
+        if (n > len)
+            n = len;
+        ret = write_cluster(img, s, p, off, n, err);
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return end(s, ret, flags, err);
+}
+
+/* Make the whole cluster at @start read as zeros without writing data:
+ * the v3 zero flag (or, with extended L2, all subcluster zero bits),
+ * keeping an owned allocation unless @unmap.  Wlock held. */
+static int zero_cluster(struct rb_image *img, struct qcow2_state *s, uint64_t start,
+                        bool unmap, struct rb_error *err)
+{
+    uint64_t l2e, bitmap, entry;
+    bool keep;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    ret = entry_of(s, start, &l2e, &bitmap, err);
+    if (ret < 0 || (l2e == 0 && bitmap == 0 && !img->backing))
+        goto out; /* unallocated without a backing file: reads zeros */
+    keep = !unmap && (l2e & QCOW2_L2E_OFFSET_MASK) && (l2e & QCOW2_OFLAG_COPIED) &&
+           !(l2e & QCOW2_OFLAG_COMPRESSED);
+    entry = keep ? (l2e & QCOW2_L2E_OFFSET_MASK) | QCOW2_OFLAG_COPIED : 0;
+    if (!s->extended_l2)
+        entry |= QCOW2_OFLAG_ZERO;
+    ret = set_entry(s, start, entry, s->extended_l2 ? ALL_ZERO : 0, err);
+    if (ret == 0 && !keep)
+        ret = release(s, l2e, err);
+out:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
 }
 
 int qcow2_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len, unsigned flags,
                        struct rb_error *err)
 {
-    return rb_error_set(err, ENOTSUP, "%s: writing qcow2 not supported yet",
-                        img->filename);
+    struct qcow2_state *s = qcow2_state_of(img);
+    uint64_t c = s->cluster_bytes;
+    bool v3 = s->h.version >= 3;
+    int ret;
+
+    if (!v3 && (flags & RB_ZERO_FAST))
+        return -ENOTSUP; /* v2 has no zero flag: zeroing writes data */
+    ret = begin(s, err);
+    if (ret < 0)
+        return ret;
+    while (ret == 0 && len > 0) {
+        uint64_t n = c - off % c;
+        if (n > len)
+            n = len;
+        /* a whole cluster (or the image's last, partial one) */
+        bool whole = off % c == 0 && (n == c || off + n == img->size);
+        if (v3 && whole) {
+            ret = zero_cluster(img, s, off, flags & RB_ZERO_MAY_UNMAP, err);
+        } else {
+            uint64_t l2e = 0, bitmap = 0;
+            if (whole && !img->backing) { /* v2: nothing to do if unallocated */
+                pthread_mutex_lock(&s->lock);
+                ret = entry_of(s, off, &l2e, &bitmap, err);
+                pthread_mutex_unlock(&s->lock);
+            }
+            if (ret == 0 && (!whole || img->backing || l2e || bitmap))
+                ret = write_cluster(img, s, s->w->zbuf, off, (size_t)n, err);
+        }
+        off += n;
+        len -= n;
+    }
+    return end(s, ret, flags, err);
 }
 
 int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error *err)
 {
-    return rb_error_set(err, ENOTSUP, "%s: writing qcow2 not supported yet",
-                        img->filename);
+    struct qcow2_state *s = qcow2_state_of(img);
+    uint64_t c = s->cluster_bytes;
+    int ret = begin(s, err);
+
+    if (ret < 0)
+        return ret;
+    /* whole clusters only (discard is advisory); afterwards the range
+     * reads as the backing file, or zeros */
+    for (uint64_t pos = (off + c - 1) / c * c; ret == 0 && pos < off + len; pos += c) {
+        uint64_t l2e, bitmap;
+        if (pos + c > off + len && off + len != img->size)
+            break;
+        pthread_mutex_lock(&s->lock);
+        ret = entry_of(s, pos, &l2e, &bitmap, err);
+        if (ret == 0 && (l2e || bitmap)) {
+            ret = set_entry(s, pos, 0, 0, err);
+            if (ret == 0)
+                ret = release(s, l2e, err);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return end(s, ret, 0, err);
 }
 
 int qcow2_flush(struct rb_image *img, struct rb_error *err)
 {
-    return 0;
+    struct qcow2_state *s = qcow2_state_of(img);
+    int ret;
+
+    pthread_mutex_lock(&s->w->wlock);
+    ret = do_flush(s, err);
+    pthread_mutex_unlock(&s->w->wlock);
+    return ret;
 }
 
 int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
                            size_t len, struct rb_error *err)
 {
-    return rb_error_set(err, ENOTSUP, "%s: writing qcow2 not supported yet",
-                        img->filename);
+    struct qcow2_state *s = qcow2_state_of(img);
+    uint64_t c = s->cluster_bytes, l2e, bitmap, host, nb, entry;
+    const uint8_t *src = buf;
+    long clen;
+    int ret;
+
+    if (off % c || len > c || (len < c && off + len != img->size))
+        return rb_error_set(err, EINVAL, "%s: compressed write at %" PRIu64 " of %zu "
+                            "bytes is not one cluster", s->name, off, len);
+    ret = begin(s, err);
+    if (ret < 0)
+        return ret;
+    pthread_mutex_lock(&s->lock);
+    ret = entry_of(s, off, &l2e, &bitmap, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret == 0 && len < c) {
+        memcpy(s->w->cbuf, buf, len);
+        memset(s->w->cbuf + len, 0, c - len);
+        src = s->w->cbuf;
+    }
+    clen = 0;
+    if (ret == 0 && l2e == 0 && bitmap == 0) {
+        uint8_t *out = malloc(c);
+        if (!out) {
+            ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+        } else {
+            clen = qcow2_compress(s->h.compression_type, src, c, out, c - 1);
+            if (clen > 0) {
+                pthread_mutex_lock(&s->lock);
+                ret = qcow2_alloc_cluster(s, &host, err);
+                pthread_mutex_unlock(&s->lock);
+                if (ret == 0 && (ret = rb_io_pwrite(s->fd, out, (size_t)clen, host)) < 0)
+                    ret = io_fail(s, ret, "write error", host, err);
+                if (ret == 0) {
+                    /* qcow2.txt "Compressed Clusters Descriptor" */
+                    nb = (host + (uint64_t)clen - 1) / 512 - host / 512;
+                    entry = QCOW2_OFLAG_COMPRESSED |
+                            nb << (62 - (s->h.cluster_bits - 8)) | host;
+                    pthread_mutex_lock(&s->lock);
+                    /* ORDER: data before the L2 entry */
+                    qcow2_cache_depends_on_flush(s->l2_cache, s->fd);
+                    ret = set_entry(s, off, entry, 0, err);
+                    pthread_mutex_unlock(&s->lock);
+                }
+            } else if (clen < 0) {
+                ret = rb_error_set(err, (int)-clen, "%s: compression failed", s->name);
+            }
+            free(out);
+        }
+    }
+    /* allocated already, or does not shrink: a plain write */
+    if (ret == 0 && clen == 0)
+        ret = write_cluster(img, s, buf, off, len, err);
+    return end(s, ret, 0, err);
+}
+
+void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
+{
+    struct qcow2_wstate *w = s->w;
+    uint8_t be[8];
+
+    if (!w)
+        return;
+    /* ORDER: the dirty bit is cleared only once everything is durable */
+    if (s->w->header_done && do_flush(s, NULL) == 0 && s->dirty_bit_set) {
+        qcow2w_be64(be, s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
+        if (qcow2_header_update(s, 72, be, 8, NULL) == 0 && rb_io_sync(s->fd) == 0) {
+            s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+            s->dirty_bit_set = false;
+        }
+    }
+    pthread_mutex_destroy(&w->wlock);
+    free(w->cbuf);
+    free(w->zbuf);
+    free(w);
+    s->w = NULL;
 }
