@@ -488,3 +488,52 @@ def test_socket_activation_with_rpc_listener(tmp):
     h.shutdown()
     del h  # libnbd stops the server it started and waits for it
     assert not os.path.exists(path)  # which removed its socket on the way out
+
+
+def test_qcow2_overlay_written_through_both_protocols(tmp):
+    base = os.path.join(tmp, "wbase.qcow2")
+    top = os.path.join(tmp, "wtop.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "8M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x11 0 2M", base], check=True,
+                   capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "wbase.qcow2", "-F",
+                    "qcow2", top], check=True)
+    with open(base, "rb") as f:
+        base_bytes = f.read()
+    try:
+        s = Server(top)
+    except RuntimeError as e:
+        if "not supported yet" in str(e):
+            pytest.skip("the qcow2 write path has not landed: " + str(e).strip())
+        raise
+    want = bytearray(b"\x11" * 2 * MiB + bytes(6 * MiB))
+    try:
+        c = s.client()
+        h = s.nbd()
+        a = os.urandom(70000)
+        c.write(65536 - 100, a)               # across clusters, partly over the backing
+        want[65536 - 100:65536 - 100 + len(a)] = a
+        assert h.pread(len(a) + 200, 65536 - 200) == bytes(want[65536 - 200:65536 + len(a)])
+        b = os.urandom(4096)
+        h.pwrite(b, 3 * MiB + 512)            # where the backing has nothing
+        want[3 * MiB + 512:3 * MiB + 512 + 4096] = b
+        assert c.read(3 * MiB, 8192) == bytes(want[3 * MiB:3 * MiB + 8192])
+        c.result("write_zeroes", {"offset": MiB, "length": 128 * 1024})
+        want[MiB:MiB + 128 * 1024] = bytes(128 * 1024)
+        assert h.pread(256 * 1024, MiB - 64 * 1024) == bytes(want[MiB - 64 * 1024:MiB + 192 * 1024])
+        c.result("trim", {"offset": 3 * MiB, "length": 65536})  # back to the backing: zeros
+        want[3 * MiB:3 * MiB + 65536] = bytes(65536)
+        assert c.read(3 * MiB, 65536 + 4096) == bytes(want[3 * MiB:3 * MiB + 65536 + 4096])
+        assert c.result("flush") == {}
+        assert c.result("check")["check-errors"] == 0
+        c.close()
+        h.shutdown()
+    finally:
+        status, err = s.stop()
+    assert status == 0, err
+    subprocess.run(["qemu-img", "check", top], check=True, capture_output=True)
+    out = subprocess.run(["qemu-img", "convert", "-O", "raw", top, top + ".raw"], check=True)
+    with open(top + ".raw", "rb") as f:
+        assert f.read() == bytes(want)
+    with open(base, "rb") as f:
+        assert f.read() == base_bytes  # the backing file is never written
