@@ -27,7 +27,7 @@
 #include "jsonrpc/rpc.h"
 
 #define RB_RPC_READ_CHUNK (64u << 10)
-#define RB_RPC_DEFAULT_MAX_BACKLOG (32u << 20)
+#define RB_RPC_DEFAULT_MAX_BACKLOG (8u << 20)
 #define RB_RPC_DEFAULT_SEND_TIMEOUT_MS 30000
 
 /* ---- input: bytes in, lines out ---------------------------------------- */

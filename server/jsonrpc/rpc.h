@@ -37,7 +37,7 @@
 #define RB_RPC_MAX_BATCH 1024
 /* Most disk data one batch may read: later reads of that batch get
  * RB_RPC_TOO_LARGE, so a reply stays bounded whatever the batch. */
-#define RB_RPC_MAX_BATCH_DATA (16u << 20)
+#define RB_RPC_MAX_BATCH_DATA (8u << 20)
 /* Most extents in one block_status or map reply; the reply then covers
  * less than asked, and the client asks again from where it ends. */
 #define RB_RPC_MAX_EXTENTS 16384

@@ -149,7 +149,7 @@ def test_client_that_never_reads_is_dropped(srv, good):
     req = (json.dumps({"method": "read", "params": {"offset": 0, "length": 4 * MiB}, "id": 1})
            + "\n").encode()
     dropped = False
-    # 5.6 MiB of reply per request; the server's backlog cap is 32 MiB:
+    # 5.6 MiB of reply per request; the server's backlog cap is 8 MiB:
     # within a few dozen requests it must hang up on us
     for _ in range(200):
         try:
