@@ -84,7 +84,8 @@ static json_t *be_stats(void *o, struct rb_error *err)
                               (json_int_t)s.requests, "errors", (json_int_t)s.errors,
                               "bytes_read", (json_int_t)s.bytes_read, "bytes_written",
                               (json_int_t)s.bytes_written);
-        if (!j || json_object_set_new(protos, rb_proto_name((enum rb_proto_id)p), j) != 0) {
+        if (!j ||
+            json_object_set_new(protos, rb_proto_name((enum rb_proto_id)p), j) != 0) {
             json_decref(protos);
             protos = NULL;
         }
@@ -166,8 +167,9 @@ int rb_rpc_export_env(const struct rb_listeners *ls, struct rb_error *err)
             if (setenv("rpc_unixsocket", l->unix_path, 1) < 0)
                 return rb_error_set(err, errno, "cannot set $rpc_unixsocket");
         } else if (l->host) {
-            snprintf(addr, sizeof(addr), strchr(l->host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u",
-                     l->host, l->port);
+            snprintf(addr, sizeof(addr),
+                     strchr(l->host, ':') ? "tcp:[%s]:%u" : "tcp:%s:%u", l->host,
+                     l->port);
         } else {
             snprintf(addr, sizeof(addr), "%s", l->addr);
         }

@@ -153,7 +153,8 @@ struct fast_reply {
  * a `read` may instead leave its reply in *fast (and return NULL).
  */
 static json_t *handle_one(const struct rb_rpc_backend *be, json_t *req,
-                          struct rb_rpc_budget *budget, bool *oom, struct fast_reply *fast)
+                          struct rb_rpc_budget *budget, bool *oom,
+                          struct fast_reply *fast)
 {
     json_t *id, *ver, *method, *params, *result = NULL, *resp;
     struct rb_rpc_fault f = {0};
@@ -168,11 +169,14 @@ static json_t *handle_one(const struct rb_rpc_backend *be, json_t *req,
     /* The id first, so that later errors can echo it when it is valid. */
     id = json_object_get(req, "id");
     if (id && !json_is_string(id) && !json_is_number(id) && !json_is_null(id)) {
-        resp = invalid(NULL, "invalid request: member 'id' must be a string, a number or "
-                             "null, not %s", rb_rpc_type_name(id));
+        resp = invalid(NULL,
+                       "invalid request: member 'id' must be a string, a number or "
+                       "null, not %s",
+                       rb_rpc_type_name(id));
         goto out;
     }
-    json_object_foreach(req, key, val) {
+    json_object_foreach(req, key, val)
+    {
         size_t i;
         for (i = 0; i < sizeof(request_members) / sizeof(request_members[0]); i++)
             if (strcmp(key, request_members[i]) == 0)
@@ -181,8 +185,10 @@ static json_t *handle_one(const struct rb_rpc_backend *be, json_t *req,
             char shown[64];
             snprintf(shown, sizeof(shown), "%s", key);
             printable(shown);
-            resp = invalid(id, "invalid request: unknown member '%s' (a request has "
-                               "jsonrpc, method, params and id)", shown);
+            resp = invalid(id,
+                           "invalid request: unknown member '%s' (a request has "
+                           "jsonrpc, method, params and id)",
+                           shown);
             goto out;
         }
     }
@@ -203,8 +209,10 @@ static json_t *handle_one(const struct rb_rpc_backend *be, json_t *req,
     }
     params = json_object_get(req, "params");
     if (params && !json_is_object(params) && !json_is_array(params)) {
-        resp = invalid(id, "invalid request: member 'params' must be an object or an "
-                           "array, not %s", rb_rpc_type_name(params));
+        resp = invalid(id,
+                       "invalid request: member 'params' must be an object or an "
+                       "array, not %s",
+                       rb_rpc_type_name(params));
         goto out;
     }
 
@@ -303,8 +311,8 @@ static int emit(json_t *resp, char **out, size_t *out_len)
     return 0;
 }
 
-int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len, char **out,
-                  size_t *out_len)
+int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len,
+                  char **out, size_t *out_len)
 {
     struct rb_rpc_budget budget = {RB_RPC_MAX_BATCH_DATA};
     json_error_t jerr;
@@ -320,7 +328,8 @@ int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len,
     deep = too_deep(line, len);
     if (deep >= 0) {
         char msg[128];
-        snprintf(msg, sizeof(msg), "parse error: nesting deeper than %d levels at byte %ld",
+        snprintf(msg, sizeof(msg),
+                 "parse error: nesting deeper than %d levels at byte %ld",
                  RB_RPC_MAX_DEPTH, deep);
         resp = error_response(NULL, RB_RPC_PARSE_ERROR, msg, NULL);
         return resp ? emit(resp, out, out_len) : -ENOMEM;
@@ -330,7 +339,8 @@ int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len,
     if (!req) {
         char msg[RB_ERROR_MSG_MAX];
         printable(jerr.text);
-        snprintf(msg, sizeof(msg), "parse error: %s at byte %d", jerr.text, jerr.position);
+        snprintf(msg, sizeof(msg), "parse error: %s at byte %d", jerr.text,
+                 jerr.position);
         resp = error_response(NULL, RB_RPC_PARSE_ERROR, msg, NULL);
         return resp ? emit(resp, out, out_len) : -ENOMEM;
     }
@@ -352,8 +362,10 @@ int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len,
         if (n == 0)
             resp = invalid(NULL, "invalid request: empty batch");
         else
-            resp = invalid(NULL, "invalid request: batch of %zu requests is over the "
-                                 "limit of %d", n, RB_RPC_MAX_BATCH);
+            resp = invalid(NULL,
+                           "invalid request: batch of %zu requests is over the "
+                           "limit of %d",
+                           n, RB_RPC_MAX_BATCH);
         json_decref(req);
         return resp ? emit(resp, out, out_len) : -ENOMEM;
     }

@@ -183,11 +183,12 @@ static int handle(const struct rb_rpc_backend *be, struct rb_rpc_out *out,
 
     if (ev == RB_RPC_IN_TOO_LONG) {
         char msg[256];
-        int k = snprintf(msg, sizeof(msg),
-                         "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":%d,\"message\":\"parse "
-                         "error: line longer than %zu bytes; skipped up to its newline\"},"
-                         "\"id\":null}\n",
-                         RB_RPC_PARSE_ERROR, max_line);
+        int k =
+            snprintf(msg, sizeof(msg),
+                     "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":%d,\"message\":\"parse "
+                     "error: line longer than %zu bytes; skipped up to its newline\"},"
+                     "\"id\":null}\n",
+                     RB_RPC_PARSE_ERROR, max_line);
         return rb_rpc_out_append(out, msg, (size_t)k);
     }
     ret = rb_rpc_handle(be, line, len, &resp, &n);
@@ -204,8 +205,8 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
                                 const struct rb_rpc_limits *lim)
 {
     size_t max_line = lim && lim->max_line ? lim->max_line : RB_RPC_MAX_LINE;
-    size_t max_backlog = lim && lim->max_backlog ? lim->max_backlog
-                                                 : RB_RPC_DEFAULT_MAX_BACKLOG;
+    size_t max_backlog =
+        lim && lim->max_backlog ? lim->max_backlog : RB_RPC_DEFAULT_MAX_BACKLOG;
     unsigned timeout_ms = lim && lim->send_timeout_ms ? lim->send_timeout_ms
                                                       : RB_RPC_DEFAULT_SEND_TIMEOUT_MS;
     enum rb_rpc_end end = RB_RPC_END_EOF;

@@ -96,11 +96,11 @@ struct rb_rpc_limits {
 
 /* Why a connection ended. */
 enum rb_rpc_end {
-    RB_RPC_END_EOF,      /* the client closed (or the server shut it down) */
-    RB_RPC_END_ERROR,    /* a socket error */
-    RB_RPC_END_BACKLOG,  /* replies piled up unread past max_backlog */
-    RB_RPC_END_TIMEOUT,  /* pending replies made no progress in time */
-    RB_RPC_END_NOMEM,    /* out of memory */
+    RB_RPC_END_EOF,     /* the client closed (or the server shut it down) */
+    RB_RPC_END_ERROR,   /* a socket error */
+    RB_RPC_END_BACKLOG, /* replies piled up unread past max_backlog */
+    RB_RPC_END_TIMEOUT, /* pending replies made no progress in time */
+    RB_RPC_END_NOMEM,   /* out of memory */
 };
 
 /*

@@ -112,8 +112,8 @@ struct rb_rpc_backend {
  * -ENOMEM when even the error response could not be built (the caller
  * drops the connection).  Never fails on what the client sent.
  */
-int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len, char **out,
-                  size_t *out_len);
+int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len,
+                  char **out, size_t *out_len);
 
 /* ---- the methods (envelope <-> methods.c) ------------------------------ */
 

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * extents.c - block_status (the chain's extents with their flags and
+ * depth) and map (merged as `qemu-img map --output=json` and `rblock map`
+ * merge them).  Replies are bounded in extents; a reply that ends early
+ * is continued by asking again from where it ends.
+ */
+#include <errno.h>
+
+#include "jsonrpc/methods.h"
+
+/* Bytes one extent costs in a reply, charged to the batch's budget. */
+#define EXTENT_COST 128
+
+/* How many extents this call may still return (at least one). */
+static size_t extent_allowance(struct rpc_call *c)
+{
+    uint64_t n = c->budget->data_bytes / EXTENT_COST;
+
+    if (n > RB_RPC_MAX_EXTENTS)
+        n = RB_RPC_MAX_EXTENTS;
+    return n ? (size_t)n : 1;
+}
+
+static void charge_extents(struct rpc_call *c, size_t n)
+{
+    uint64_t cost = (uint64_t)n * EXTENT_COST;
+
+    c->budget->data_bytes =
+        cost > c->budget->data_bytes ? 0 : c->budget->data_bytes - cost;
+}
+
+int rpc_m_block_status(struct rpc_call *c, json_t **result)
+{
+    uint64_t off = c->a.u[0], len = c->a.u[1], end = off + len;
+    size_t max = extent_allowance(c), n = 0;
+    json_t *arr;
+
+    if (len == 0)
+        return rpc_param_fault(c, "parameter 'length' must be at least 1");
+    if (rpc_check_range(c, off, len) < 0)
+        return -1;
+    arr = json_array();
+    while (arr && off < end && n < max) {
+        struct rb_extent ext = {0};
+        struct rb_error err = {0};
+        int ret = c->be->ops->block_status(c->be->opaque, off, end - off, &ext, &err);
+        if (ret < 0) {
+            json_decref(arr);
+            return rpc_io_fault(c, ret, &err);
+        }
+        if (ext.length == 0 || ext.length > end - off)
+            ext.length = end - off; /* a driver bug must not loop forever */
+        json_t *e = json_pack(
+            "{s:I, s:I, s:b, s:b, s:b, s:b, s:i}", "offset", (json_int_t)off, "length",
+            (json_int_t)ext.length, "data", !!(ext.flags & RB_BS_DATA), "zero",
+            !!(ext.flags & RB_BS_ZERO), "allocated", !!(ext.flags & RB_BS_ALLOCATED),
+            "compressed", !!(ext.flags & RB_BS_COMPRESSED), "depth", (int)ext.depth);
+        if (!e || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            return rpc_io_fault(c, -ENOMEM, NULL);
+        }
+        off += ext.length;
+        n++;
+    }
+    charge_extents(c, n);
+    *result = arr;
+    return 0;
+}
+
+/* One entry of `qemu-img map --output=json` (merged as its
+ * entry_mergeable does). */
+struct map_entry {
+    uint64_t start, length, offset;
+    unsigned depth;
+    bool present, zero, data, compressed, has_offset;
+};
+
+static bool map_mergeable(const struct map_entry *a, const struct map_entry *b)
+{
+    if (a->depth != b->depth || a->present != b->present || a->zero != b->zero ||
+        a->data != b->data || a->compressed != b->compressed ||
+        a->has_offset != b->has_offset)
+        return false;
+    return !a->has_offset || a->offset + a->length == b->offset;
+}
+
+static json_t *map_json(const struct map_entry *e)
+{
+    /* The fields of qemu-img 7.2 and `rblock map`: "compressed" only
+     * splits extents, as there (block_status reports it). */
+    json_t *o = json_pack("{s:I, s:I, s:i, s:b, s:b, s:b}", "start", (json_int_t)e->start,
+                          "length", (json_int_t)e->length, "depth", (int)e->depth,
+                          "present", e->present, "zero", e->zero, "data", e->data);
+
+    if (o && e->has_offset &&
+        json_object_set_new(o, "offset", json_integer((json_int_t)e->offset)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int rpc_m_map(struct rpc_call *c, json_t **result)
+{
+    uint64_t size = c->be->ops->size(c->be->opaque);
+    uint64_t off = c->a.present[0] ? c->a.u[0] : 0;
+    uint64_t len = c->a.present[1] ? c->a.u[1] : (off <= size ? size - off : 0), end;
+    size_t max = extent_allowance(c), n = 0;
+    struct map_entry cur = {0};
+    bool have = false;
+    json_t *arr;
+
+    if (rpc_check_range(c, off, len) < 0)
+        return -1;
+    end = off + len;
+    arr = json_array();
+    while (arr && off < end) {
+        struct rb_extent ext = {0};
+        struct rb_error err = {0};
+        int ret = c->be->ops->block_status(c->be->opaque, off, end - off, &ext, &err);
+        if (ret < 0) {
+            json_decref(arr);
+            return rpc_io_fault(c, ret, &err);
+        }
+        if (ext.length == 0 || ext.length > end - off)
+            ext.length = end - off;
+        struct map_entry e = {
+            .start = off,
+            .length = ext.length,
+            .present = ext.flags & RB_BS_ALLOCATED,
+            .zero = ext.flags & RB_BS_ZERO,
+            .data = ext.flags & RB_BS_DATA,
+            .compressed = ext.flags & RB_BS_COMPRESSED,
+            .has_offset = ext.flags & RB_BS_OFFSET_VALID, /* as qemu-img */
+            .offset = ext.host_off,
+            .depth = ext.depth, /* as qemu-img: the last layer asked */
+        };
+        off += ext.length;
+        if (have && map_mergeable(&cur, &e)) {
+            cur.length += e.length;
+            continue;
+        }
+        if (have) {
+            if (n == max)
+                break; /* the reply ends before @end: the client asks again */
+            json_t *j = map_json(&cur);
+            if (!j || json_array_append_new(arr, j) != 0)
+                goto oom;
+            n++;
+        }
+        cur = e;
+        have = true;
+    }
+    if (arr && have && n < max) {
+        json_t *j = map_json(&cur);
+        if (!j || json_array_append_new(arr, j) != 0)
+            goto oom;
+        n++;
+    }
+    if (!arr)
+        return rpc_io_fault(c, -ENOMEM, NULL);
+    charge_extents(c, n);
+    *result = arr;
+    return 0;
+oom:
+    json_decref(arr);
+    return rpc_io_fault(c, -ENOMEM, NULL);
+}
