@@ -41,10 +41,12 @@ static void flush_range(struct out *o)
 {
     if (!o->pend_count)
         return;
-    if (o->json) {
+    if (o->count_only) {
+        /* the total only */
+    } else if (o->json) {
         fprintf(o->f, "%s\n    {\"start\": %" PRIu64 ", \"count\": %" PRIu64 "}",
                 o->ranges ? "," : "", o->pend_start, o->pend_count);
-    } else if (!o->count_only) {
+    } else {
         uint64_t first = o->pend_start * o->ss;
         uint64_t last = (o->pend_start + o->pend_count) * o->ss - 1;
 

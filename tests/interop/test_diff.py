@@ -304,6 +304,11 @@ def test_human_and_count(tmp_path):
     assert (r.returncode, r.stdout) == (1, f"{total}\n")
     r = run(RBLOCK, "diff", "--count", "--sector-size", "4096", a, a, check=False)
     assert (r.returncode, r.stdout) == (0, "0\n")
+    r = run(RBLOCK, "diff", "--count", "--output=json", a, b, check=False)
+    assert r.returncode == 1
+    assert json.loads(r.stdout) == {"sector-size": 512, "size-a": os.path.getsize(a),
+                                    "size-b": os.path.getsize(b),
+                                    "differing-sectors": total}
     # sizes differ: the note says so
     a, b = case_b_longer(tmp_path)
     r = run(RBLOCK, "diff", a, b, check=False)
