@@ -140,8 +140,13 @@ int cmd_serve(int argc, char **argv)
     cfg.path = argv[optind];
     srv.handshake_timeout_ms = hs_seconds * 1000;
 
-    /* Listeners first (socket activation needs our pid unchanged and no
-     * threads yet), then the image, then --run's environment. */
+    /* Signals first: a SIGTERM during start-up still means a clean stop
+     * (the loop sees the flag at once).  Then listeners (socket activation
+     * needs no threads yet), the image, and --run's environment. */
+    if (rb_quit_init() < 0) {
+        complain("cannot install signal handlers: %s", strerror(errno));
+        return 1;
+    }
     activated = rb_listener_adopt_systemd(&ls, &rb_nbd_protocol, &err);
     if (activated < 0)
         goto fail;
@@ -164,8 +169,8 @@ int cmd_serve(int argc, char **argv)
         goto fail;
     if (run_cmd && rb_rpc_export_env(&ls, &err) < 0)
         goto fail;
-    if (rb_quit_init() < 0 || rb_server_init(&srv) < 0) {
-        rb_error_set(&err, errno ? errno : ENOMEM, "cannot start the server");
+    if (rb_server_init(&srv) < 0) {
+        rb_error_set(&err, ENOMEM, "cannot start the server");
         goto fail;
     }
 
@@ -181,6 +186,7 @@ int cmd_serve(int argc, char **argv)
     return status;
 fail:
     complain("%s", rb_error_msg(&err, -EINVAL));
+    rb_quit_fini();
     rb_listeners_close(&ls);
     rb_export_close(srv.export, NULL);
     return 1;

@@ -304,8 +304,8 @@ static int handle_option(struct rb_conn *c, struct nbd_session *s, struct opt *o
 int nbd_handshake(struct rb_conn *c, struct nbd_session *s)
 {
     uint8_t greet[18], hdr[NBD_OPTION_HDR_BYTES], cflags[4];
-    uint8_t *data = NULL;
-    uint32_t client;
+    uint8_t *data = NULL, empty[1];
+    uint32_t client, cap = 0;
     int ret;
 
     memset(s, 0, sizeof(*s));
@@ -324,11 +324,9 @@ int nbd_handshake(struct rb_conn *c, struct nbd_session *s)
     s->fixed_newstyle = client & NBD_FLAG_C_FIXED_NEWSTYLE;
     s->no_zeroes = client & NBD_FLAG_C_NO_ZEROES;
 
-    data = malloc(NBD_MAX_OPTION_BYTES);
-    if (!data)
-        return -ENOMEM;
     for (;;) {
         struct opt o;
+        uint8_t *grown;
 
         ret = rb_conn_recv(c, hdr, sizeof(hdr));
         if (ret)
@@ -339,13 +337,25 @@ int nbd_handshake(struct rb_conn *c, struct nbd_session *s)
         }
         o.code = get32(hdr + 8);
         o.len = get32(hdr + 12);
-        o.data = data;
+        o.data = empty;
         /* Longer than any option we know: a hostile or broken client. */
         if (o.len > NBD_MAX_OPTION_BYTES) {
             ret = -E2BIG;
             break;
         }
-        ret = rb_conn_recv(c, data, o.len);
+        /* Only as much as this option needs (idle clients cost nothing). */
+        if (o.len > cap) {
+            grown = realloc(data, o.len);
+            if (!grown) {
+                ret = -ENOMEM;
+                break;
+            }
+            data = grown;
+            cap = o.len;
+        }
+        if (data)
+            o.data = data;
+        ret = rb_conn_recv(c, o.data, o.len);
         if (ret)
             break;
         /* Without fixed newstyle only EXPORT_NAME exists. */

@@ -465,6 +465,8 @@ static void *worker(void *arg)
  * connection has too much in flight. */
 static void enqueue(struct tx *t, struct req *r)
 {
+    struct buf b = {0};
+
     pthread_mutex_lock(&t->lock);
     while (t->queued + t->busy > 0 &&
            (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
@@ -481,6 +483,18 @@ static void enqueue(struct tx *t, struct req *r)
     if (t->idle < t->queued && t->nworkers < NBD_WORKERS &&
         pthread_create(&t->workers[t->nworkers], NULL, worker, t) == 0)
         t->nworkers++;
+    if (t->nworkers == 0) {
+        /* Not even one worker could start: run it here, in order. */
+        t->head = t->tail = NULL;
+        t->queued--;
+        t->bytes -= req_bytes(r);
+        pthread_mutex_unlock(&t->lock);
+        run_request(t, r, &b);
+        free(b.p);
+        free(r->payload);
+        free(r);
+        return;
+    }
     pthread_cond_signal(&t->work);
     pthread_mutex_unlock(&t->lock);
 }

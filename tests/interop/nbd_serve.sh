@@ -51,6 +51,9 @@ step "qemu-img and qemu-io over nbd:// (tcp) and nbd+unix://"
 "$RBLOCK" serve -r --nbd tcp:127.0.0.1:0 --run \
     'case "$uri" in nbd://127.0.0.1:*) ;; *) exit 9;; esac; qemu-img compare -f raw disk.raw "$uri"' \
     disk.raw || fail "qemu-img compare over tcp"
+"$RBLOCK" serve -r --nbd tcp:127.0.0.1:0 --run 'qemu-img convert -O raw "$uri" conv.raw' \
+    disk.raw || fail "qemu-img convert over tcp"
+cmp disk.raw conv.raw || fail "qemu-img convert over nbd:// differs"
 cp disk.raw rw.raw
 cp disk.raw expect.raw
 IO=(-c "write -P 0x5a 512 70000" -c "write -z 2M 1M" -c "discard 5M 64k"
