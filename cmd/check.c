@@ -146,7 +146,10 @@ int cmd_check(int argc, char **argv)
         print_json(img->filename, &r);
     else
         print_human(&r);
-    ret = r.corruptions ? 2 : r.leaks ? 3 : r.check_errors ? 1 : 0;
+    /* as qemu-img: errors of the check itself come first */
+    ret = r.check_errors ? 1 : r.corruptions ? 2 : r.leaks ? 3 : 0;
+    if (r.check_errors)
+        complain("%s: check failed", img->filename);
     rb_qcow2_check_free(&r);
     rb_image_close(img);
     return ret;

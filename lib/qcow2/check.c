@@ -31,6 +31,7 @@ struct ctx {
     uint64_t l2_visits; /* L2 entries walked, capped: a crafted image (many
                            snapshots sharing huge L1 tables) must not hang us */
     bool capped;
+    uint8_t *bad_refblock; /* per reftable entry: unusable refcount block */
     int err;            /* first fatal error (ENOMEM) */
 };
 
@@ -77,16 +78,18 @@ static void inc_refs(struct ctx *c, uint64_t off, uint64_t len, const char *what
 
     if (len == 0)
         return;
-    if (!rb_add_ok(off, len - 1, &end) || end / c->s->cluster_bytes >=
-                                              RB_QCOW2_CHECK_MAX_CLUSTERS) {
-        problem(c, RB_QCOW2_CORRUPTION, off, "%s at 0x%" PRIx64 " is beyond any "
-                "possible end of the file", what, off);
+    /* qemu: the last cluster may be semi-allocated, so a reference may end
+     * past the end of the file, but by less than one cluster */
+    if (!rb_add_ok(off, len - 1, &end) || end + 1 >= c->s->file_size + c->s->cluster_bytes) {
+        problem(c, RB_QCOW2_CORRUPTION, off, "%s at 0x%" PRIx64 " (%" PRIu64 " bytes) "
+                "exceeds the end of the file (size %" PRIu64 ") by one cluster or more",
+                what, off, len, c->s->file_size);
         return;
     }
     first = off / c->s->cluster_bytes;
     last = end / c->s->cluster_bytes;
     if (last >= c->nb) {
-        /* a reference past the end of the file: grow (as qemu does) */
+        /* within the semi-allocated last cluster: grow by one */
         uint64_t n = last + 1;
         uint32_t *r = realloc(c->refs, n * sizeof(*r));
         if (!r) {
@@ -103,13 +106,16 @@ static void inc_refs(struct ctx *c, uint64_t off, uint64_t len, const char *what
     }
 }
 
-static uint64_t refcount_of(struct ctx *c, uint64_t cluster)
+/* The stored refcount of @cluster; false when it cannot be read (its
+ * refcount block is unusable: reported once by check_reftable). */
+static bool refcount_of(struct ctx *c, uint64_t cluster, uint64_t *rc)
 {
-    uint64_t rc = 0;
+    uint64_t ri = cluster / c->s->refblock_entries;
 
-    if (qcow2_refcount_get(c->s, cluster, &rc, NULL) < 0)
-        return 0; /* bad refcount blocks are reported by check_reftable */
-    return rc;
+    *rc = 0;
+    if (ri < c->s->reftable_entries && c->bad_refblock[ri])
+        return c->bad_refblock[ri] == 2; /* past the end: reads as zeros */
+    return qcow2_refcount_get(c->s, cluster, rc, NULL) == 0;
 }
 
 /* Is a table of @bytes at @off aligned and inside the file? */
@@ -130,7 +136,13 @@ static bool table_ok(struct ctx *c, const char *what, uint64_t off, uint64_t byt
     return true;
 }
 
-static void check_l2(struct ctx *c, uint64_t l2_off, bool active, const char *l1_name)
+/* spec: bits 0..31 of the extended L2 bitmap say "allocated" */
+#define ALL_ALLOC 0xffffffffull
+
+/* Walk one L2 table as qemu's check_refcounts_l2 does, counting the
+ * references of its clusters.  @active: the image's own L1 (fragmentation
+ * statistics are counted there only). */
+static void check_l2(struct ctx *c, uint64_t l2_off, bool active)
 {
     struct qcow2_state *s = c->s;
     uint64_t next_contiguous = 0;
@@ -143,6 +155,8 @@ static void check_l2(struct ctx *c, uint64_t l2_off, bool active, const char *l1
         c->capped = true;
         return;
     }
+    /* an unaligned or out-of-file table was reported by the caller; read
+     * what is there (zeros past the end), as qemu does */
     if (qcow2_cache_get(s->l2_cache, l2_off, &l2) < 0) {
         c->res->check_errors++;
         return;
@@ -151,59 +165,69 @@ static void check_l2(struct ctx *c, uint64_t l2_off, bool active, const char *l1
         uint64_t e = qcow2_l2_entry_get(s, l2, i);
         uint64_t b = qcow2_l2_bitmap_get(s, l2, i);
         uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
-        enum qcow2_sc_type t = qcow2_sc_type_of(e, b, 0, s->extended_l2, s->has_data_file);
 
-        if (t == QCOW2_SC_COMPRESSED) {
+        if (!(e & QCOW2_OFLAG_COMPRESSED) && (e & QCOW2_L2E_STD_RESERVED_MASK))
+            problem(c, RB_QCOW2_CORRUPTION, host, "entry %" PRIu32 " of L2 table at 0x%"
+                    PRIx64 " has reserved bits set (0x%016" PRIx64 ")", i, l2_off, e);
+        if (e & QCOW2_OFLAG_COMPRESSED) {
             uint64_t coff, cbytes;
             qcow2_compressed_parse(e, s->h.cluster_bits, &coff, &cbytes);
             if (e & QCOW2_OFLAG_COPIED)
                 problem(c, RB_QCOW2_CORRUPTION, coff, "compressed cluster at 0x%" PRIx64
                         " (entry %" PRIu32 " of L2 table at 0x%" PRIx64 ") has the "
                         "COPIED flag set", coff, i, l2_off);
-            if (s->extended_l2 && b)
-                problem(c, RB_QCOW2_CORRUPTION, coff, "compressed cluster at 0x%" PRIx64
-                        " (entry %" PRIu32 " of L2 table at 0x%" PRIx64 ") has a "
-                        "non-zero subcluster bitmap 0x%016" PRIx64, coff, i, l2_off, b);
-            if (s->has_data_file)
+            if (s->has_data_file) {
                 problem(c, RB_QCOW2_CORRUPTION, coff, "compressed cluster in an image "
                         "with an external data file (entry %" PRIu32 " of L2 table at "
                         "0x%" PRIx64 ")", i, l2_off);
+                continue;
+            }
+            if (b) {
+                problem(c, RB_QCOW2_CORRUPTION, coff, "compressed cluster at 0x%" PRIx64
+                        " (entry %" PRIu32 " of L2 table at 0x%" PRIx64 ") has a "
+                        "non-zero subcluster bitmap 0x%016" PRIx64, coff, i, l2_off, b);
+                continue;
+            }
             inc_refs(c, coff, cbytes, "compressed cluster");
             if (active) {
                 c->res->allocated_clusters++;
                 c->res->compressed_clusters++;
-                c->res->fragmented_clusters++;
+                c->res->fragmented_clusters++; /* fragmented by nature (qemu) */
             }
             continue;
         }
-        if (t == QCOW2_SC_INVALID) {
-            problem(c, RB_QCOW2_CORRUPTION, host, "entry %" PRIu32 " of L2 table at 0x%"
-                    PRIx64 " has an invalid subcluster bitmap 0x%016" PRIx64, i, l2_off, b);
+        /* cluster types as qemu's qcow2_get_cluster_type */
+        if (!s->extended_l2 && (e & QCOW2_OFLAG_ZERO) && !host)
+            continue; /* zero, no host cluster */
+        if (!host && !(s->has_data_file && (e & QCOW2_OFLAG_COPIED))) {
+            if (s->extended_l2 && (b & ALL_ALLOC))
+                problem(c, RB_QCOW2_CORRUPTION, UINT64_MAX, "unallocated entry %" PRIu32
+                        " of L2 table at 0x%" PRIx64 " has allocated subclusters "
+                        "(bitmap 0x%016" PRIx64 ")", i, l2_off, b);
             continue;
         }
-        if (t == QCOW2_SC_UNALLOCATED_PLAIN || t == QCOW2_SC_ZERO_PLAIN)
-            continue;
-        /* a host cluster: NORMAL, ZERO_ALLOC or (subclusters) UNALLOCATED_ALLOC */
-        if (host & (s->cluster_bytes - 1)) {
+        if (s->extended_l2 && ((b >> 32) & b))
+            problem(c, RB_QCOW2_CORRUPTION, host, "cluster at 0x%" PRIx64 " (entry %"
+                    PRIu32 " of L2 table at 0x%" PRIx64 ") has subclusters both "
+                    "allocated and zero (bitmap 0x%016" PRIx64 ")", host, i, l2_off, b);
+        if (host & (s->cluster_bytes - 1))
             problem(c, RB_QCOW2_CORRUPTION, host, "cluster at 0x%" PRIx64 " (entry %" PRIu32
                     " of L2 table at 0x%" PRIx64 ") is not cluster-aligned (cluster size %"
                     PRIu32 ")", host, i, l2_off, s->cluster_bytes);
-            continue;
-        }
         if (active) {
             c->res->allocated_clusters++;
             if (next_contiguous && host != next_contiguous)
                 c->res->fragmented_clusters++;
             next_contiguous = host + s->cluster_bytes;
         }
-        if (s->has_data_file)
-            continue; /* data file clusters are not refcounted (spec) */
-        inc_refs(c, host, s->cluster_bytes, "data cluster");
+        if (!s->has_data_file) /* data file clusters are not refcounted (spec) */
+            inc_refs(c, host, s->cluster_bytes, "data cluster");
     }
     qcow2_cache_put(s->l2_cache, l2);
 }
 
-/* Read an L1 table (@l1 NULL) or use the active one, and walk it. */
+/* Walk an L1 table (read from the file when @l1 is NULL) as qemu's
+ * check_refcounts_l1. */
 static void check_l1(struct ctx *c, uint64_t l1_off, uint32_t l1_size, const uint64_t *l1,
                      bool active, const char *name)
 {
@@ -211,8 +235,6 @@ static void check_l1(struct ctx *c, uint64_t l1_off, uint32_t l1_size, const uin
     uint64_t *tab = NULL;
 
     if (!l1_size)
-        return;
-    if (!table_ok(c, name, l1_off, (uint64_t)l1_size * 8))
         return;
     inc_refs(c, l1_off, (uint64_t)l1_size * 8, name);
     if (!l1) {
@@ -235,17 +257,23 @@ static void check_l1(struct ctx *c, uint64_t l1_off, uint32_t l1_size, const uin
         uint64_t l2_off = l1[i] & QCOW2_L1E_OFFSET_MASK;
         char what[96];
 
-        if (!l2_off)
-            continue;
+        if (l1[i] & QCOW2_L1E_RESERVED_MASK)
+            problem(c, RB_QCOW2_CORRUPTION, l2_off, "entry %" PRIu32 " of the %s has "
+                    "reserved bits set (0x%016" PRIx64 ")", i, name, l1[i]);
+        if (!l1[i])
+            continue; /* qemu walks any non-zero entry, even at offset 0 */
         snprintf(what, sizeof(what), "L2 table (%s index %" PRIu32 ")", name, i);
-        if (!table_ok(c, what, l2_off, s->cluster_bytes))
-            continue;
         inc_refs(c, l2_off, s->cluster_bytes, what);
-        check_l2(c, l2_off, active, name);
+        if (l2_off & (s->cluster_bytes - 1))
+            problem(c, RB_QCOW2_CORRUPTION, l2_off, "%s at 0x%" PRIx64 " is not "
+                    "cluster-aligned (cluster size %" PRIu32 ")", what, l2_off,
+                    s->cluster_bytes);
+        check_l2(c, l2_off, active);
     }
     free(tab);
 }
 
+/* As qemu's check_refblocks. */
 static void check_reftable(struct ctx *c)
 {
     struct qcow2_state *s = c->s;
@@ -254,17 +282,35 @@ static void check_reftable(struct ctx *c)
              (uint64_t)s->h.refcount_table_clusters * s->cluster_bytes, "refcount table");
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t off = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
-        char what[64];
 
-        if (!off)
-            continue;
-        snprintf(what, sizeof(what), "refcount block %" PRIu64, i);
-        if (!table_ok(c, what, off, s->cluster_bytes)) {
-            /* unusable: refcount_of reads 0 for its clusters */
-            s->reftable[i] = 0;
+        if (s->reftable[i] & ~QCOW2_REFT_OFFSET_MASK) {
+            problem(c, RB_QCOW2_CORRUPTION, off, "refcount table entry %" PRIu64 " has "
+                    "reserved bits set (0x%016" PRIx64 ")", i, s->reftable[i]);
             continue;
         }
-        inc_refs(c, off, s->cluster_bytes, what);
+        if (off & (s->cluster_bytes - 1)) {
+            /* unreadable: its clusters' refcounts are check errors */
+            problem(c, RB_QCOW2_CORRUPTION, off, "refcount block %" PRIu64 " at 0x%"
+                    PRIx64 " is not cluster-aligned (cluster size %" PRIu32 ")", i, off,
+                    s->cluster_bytes);
+            c->bad_refblock[i] = 1;
+            continue;
+        }
+        if (off / s->cluster_bytes >= c->nb) {
+            /* past the end of the file: its refcounts read as zeros */
+            problem(c, RB_QCOW2_CORRUPTION, off, "refcount block %" PRIu64 " at 0x%"
+                    PRIx64 " is past the end of the file (size %" PRIu64 ")", i, off,
+                    s->file_size);
+            c->bad_refblock[i] = 2;
+            continue;
+        }
+        if (off) {
+            inc_refs(c, off, s->cluster_bytes, "refcount block");
+            if (c->refs[off / s->cluster_bytes] != 1)
+                problem(c, RB_QCOW2_CORRUPTION, off, "refcount block %" PRIu64 " at 0x%"
+                        PRIx64 " is referenced %" PRIu32 " times", i, off,
+                        c->refs[off / s->cluster_bytes]);
+        }
     }
 }
 
@@ -338,23 +384,32 @@ static void check_copied(struct ctx *c)
         uint64_t rc;
         void *l2;
 
-        if (!l2_off || (l2_off & (s->cluster_bytes - 1)) ||
-            l2_off + s->cluster_bytes > s->file_size)
+        if (!l2_off)
             continue;
-        rc = refcount_of(c, l2_off / s->cluster_bytes);
-        if ((rc == 1) != !!(s->l1[i] & QCOW2_OFLAG_COPIED))
+        /* as qemu: a refcount that cannot be read is skipped silently */
+        if (refcount_of(c, l2_off / s->cluster_bytes, &rc) &&
+            (rc == 1) != !!(s->l1[i] & QCOW2_OFLAG_COPIED))
             problem(c, RB_QCOW2_CORRUPTION, l2_off, "L2 table at 0x%" PRIx64 " (L1 index %"
                     PRIu32 ") has refcount %" PRIu64 " but the COPIED flag %s", l2_off, i,
                     rc, (s->l1[i] & QCOW2_OFLAG_COPIED) ? "set" : "clear");
-        if (s->has_data_file || qcow2_cache_get(s->l2_cache, l2_off, &l2) < 0)
+        if (qcow2_cache_get(s->l2_cache, l2_off, &l2) < 0) {
+            c->res->check_errors++;
             continue;
+        }
         for (uint32_t j = 0; j < s->l2_entries; j++) {
             uint64_t e = qcow2_l2_entry_get(s, l2, j);
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
 
-            if ((e & QCOW2_OFLAG_COMPRESSED) || !host || (host & (s->cluster_bytes - 1)))
+            /* NORMAL and ZERO_ALLOC clusters (qcow2_get_cluster_type) */
+            if (e & QCOW2_OFLAG_COMPRESSED)
                 continue;
-            rc = refcount_of(c, host / s->cluster_bytes);
+            if (!host && !(s->has_data_file && (e & QCOW2_OFLAG_COPIED) &&
+                           (s->extended_l2 || !(e & QCOW2_OFLAG_ZERO))))
+                continue;
+            if (s->has_data_file)
+                rc = 1; /* data file clusters are not refcounted */
+            else if (!refcount_of(c, host / s->cluster_bytes, &rc))
+                continue;
             if ((rc == 1) != !!(e & QCOW2_OFLAG_COPIED))
                 problem(c, RB_QCOW2_CORRUPTION, host, "data cluster at 0x%" PRIx64
                         " (entry %" PRIu32 " of L2 table at 0x%" PRIx64 ") has refcount %"
@@ -369,16 +424,17 @@ static void compare(struct ctx *c)
 {
     struct qcow2_state *s = c->s;
     uint64_t highest = 0;
-    bool any = false;
 
     for (uint64_t i = 0; i < c->nb; i++) {
-        uint64_t rc = refcount_of(c, i), refs = c->refs[i];
+        uint64_t rc, refs = c->refs[i];
         uint64_t off = i * s->cluster_bytes;
 
-        if (rc || refs) { /* as qemu: referenced or counted */
-            highest = i;
-            any = true;
+        if (!refcount_of(c, i, &rc)) {
+            c->res->check_errors++; /* qemu: "Can't get refcount for cluster" */
+            continue;
         }
+        if (rc || refs) /* as qemu: referenced or counted */
+            highest = i;
         if (rc > refs)
             problem(c, RB_QCOW2_LEAK, off, "leaked cluster %" PRIu64 " at 0x%" PRIx64
                     ": refcount %" PRIu64 ", referenced %" PRIu64 " times", i, off, rc,
@@ -388,14 +444,13 @@ static void compare(struct ctx *c)
                     " has refcount %" PRIu64 " but is referenced %" PRIu64 " times%s", i,
                     off, rc, refs, rc ? "" : " (it may be overwritten)");
     }
-    c->res->image_end_offset = any ? (highest + 1) * s->cluster_bytes : 0;
+    c->res->image_end_offset = (highest + 1) * s->cluster_bytes;
 }
 
 int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_error *err)
 {
     struct qcow2_state *s;
     struct ctx c = {0};
-    uint64_t *saved_reftable = NULL;
 
     memset(res, 0, sizeof(*res));
     if (!qcow2_is_qcow2(img))
@@ -409,16 +464,15 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
                             PRIu64 ", limit %llu)", img->filename, c.nb,
                             RB_QCOW2_CHECK_MAX_CLUSTERS);
     c.refs = calloc(c.nb ? c.nb : 1, sizeof(*c.refs));
-    saved_reftable = malloc(s->reftable_entries * 8);
-    if (!c.refs || !saved_reftable) {
+    c.bad_refblock = calloc(s->reftable_entries ? s->reftable_entries : 1, 1);
+    if (!c.refs || !c.bad_refblock) {
         free(c.refs);
-        free(saved_reftable);
+        free(c.bad_refblock);
         return rb_error_set(err, ENOMEM, "%s: out of memory", img->filename);
     }
     res->total_clusters = (s->h.size + s->cluster_bytes - 1) / s->cluster_bytes;
 
     pthread_mutex_lock(&s->lock);
-    memcpy(saved_reftable, s->reftable, s->reftable_entries * 8);
     inc_refs(&c, 0, s->cluster_bytes, "header");
     check_l1(&c, s->h.l1_table_offset, s->h.l1_size, s->l1, true, "active L1 table");
     for (uint32_t i = 0; i < s->h.nb_snapshots; i++) {
@@ -437,11 +491,9 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
         compare(&c);
         check_copied(&c);
     }
-    /* check_reftable may have blanked bad entries: put them back */
-    memcpy(s->reftable, saved_reftable, s->reftable_entries * 8);
     pthread_mutex_unlock(&s->lock);
 
-    free(saved_reftable);
+    free(c.bad_refblock);
     free(c.refs);
     if (c.err) {
         rb_qcow2_check_free(res);

@@ -312,3 +312,51 @@ def test_cli_shapes(tmp):
     qio(img, "write -P 1 0 64k")
     out = run(RBLOCK, "map", img).stdout
     assert "L1 table at 0x" in out and "L1[0]" in out
+
+
+INJECTIONS = ["l2copied", "l1copied", "rc2", "l2overlap", "refblock_unaligned",
+              "refblock_past_eof", "l2_beyond_eof", "l2_unaligned", "l1_to_header",
+              "l2_reserved", "l1_reserved", "reft_reserved", "l1_unaligned", "l1_past_eof"]
+
+
+@pytest.mark.parametrize("what", INJECTIONS)
+def test_check_injected(tmp, what):
+    """One damage at a time: the same exit code and counts as qemu-img check."""
+    img = os.path.join(tmp, "i.qcow2")
+    create(img, "1M")
+    qio(img, "write -P 1 0 128k")
+    with open(img, "r+b") as f:
+        h = f.read(104)
+        l1_off = struct.unpack(">Q", h[40:48])[0]
+        rt_off = struct.unpack(">Q", h[48:56])[0]
+        f.seek(l1_off)
+        l1e = struct.unpack(">Q", f.read(8))[0]
+        l2 = l1e & ((1 << 56) - 512)
+        f.seek(l2)
+        l2e = struct.unpack(">Q", f.read(8))[0]
+        f.seek(rt_off)
+        rb = struct.unpack(">Q", f.read(8))[0]
+        host = l2e & ((1 << 56) - 512)
+        patch = {
+            "l2copied": (l2, l2e & ~(1 << 63)),
+            "l1copied": (l1_off, l1e & ~(1 << 63)),
+            "l2overlap": (l2, (1 << 63) | l1_off),
+            "refblock_unaligned": (rt_off, rb + 512),
+            "refblock_past_eof": (rt_off, 1 << 40),
+            "l2_beyond_eof": (l2 + 8, (1 << 63) | (1 << 40)),
+            "l2_unaligned": (l2 + 8, (1 << 63) | (host + 0x10200)),
+            "l1_to_header": (l1_off, (1 << 63)),
+            "l2_reserved": (l2, l2e | 2),
+            "l1_reserved": (l1_off, l1e | (1 << 56)),
+            "reft_reserved": (rt_off, rb | 1),
+            "l1_unaligned": (l1_off, l1e + 0x200),
+            "l1_past_eof": (l1_off, (1 << 63) | (1 << 40)),
+        }
+        if what == "rc2":
+            f.seek(rb + 2 * (host // 65536))
+            f.write(struct.pack(">H", 2))
+        else:
+            off, value = patch[what]
+            f.seek(off)
+            f.write(struct.pack(">Q", value))
+    compare_check("i.qcow2", tmp)
