@@ -51,6 +51,28 @@ def still_served(srv, good):
 
 
 def test_32_clients_many_requests(srv):
+    run_clients(srv)
+
+
+def test_32_clients_on_qcow2():
+    """The same load on a qcow2 image: writes allocate clusters
+    concurrently; afterwards the image passes qemu-img check."""
+    d = tempfile.mkdtemp(prefix="rblock-rpc-h-")
+    path = os.path.join(d, "disk.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "64M"], check=True)
+    s = Server(path)
+    try:
+        run_clients(s)
+    finally:
+        status, err = s.stop()
+    try:
+        assert status == 0, err
+        subprocess.run(["qemu-img", "check", path], check=True, capture_output=True)
+    finally:
+        subprocess.run(["rm", "-rf", d])
+
+
+def run_clients(srv):
     clients, requests = 32, 150
     failures = []
 
