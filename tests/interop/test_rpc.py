@@ -382,6 +382,7 @@ def test_qcow2_chain_map_info_read(chain):
     try:
         c = s.client()
         assert c.result("map") == qemu_json("map", "--output=json", chain)
+        assert c.result("map") == rblock_json("map", "--output=json", chain)
         full = qemu_json("map", "--output=json", chain)
         for lo, hi in [(0, 8 * MiB), (64 * 1024 + 512, MiB + 4096), (5 * MiB + 1, 16 * MiB)]:
             assert c.result("map", {"offset": lo, "length": hi - lo}) == clip(full, lo, hi)
