@@ -74,7 +74,7 @@ static int print_l2(void *opaque, const struct rb_qcow2_l2_summary *l2)
            l2->guest_start + l2->guest_bytes, l2->data, l2->zero, l2->compressed,
            l2->unallocated);
     if (l2->partial)
-        printf(", %" PRIu32 " partly allocated", l2->partial);
+        printf(" (%" PRIu32 " with mixed subclusters)", l2->partial);
     putchar('\n');
     return 0;
 }

@@ -106,8 +106,10 @@ struct rb_qcow2_info {
     /* layout of the active L1/L2 tables and refcounts */
     uint64_t l2_tables;           /* allocated L1 entries */
     uint32_t l2_entries;          /* entries per L2 table */
-    uint64_t data_clusters;       /* standard clusters with data */
-    uint64_t zero_clusters;       /* zero flag / all-zero bitmaps */
+    uint64_t data_clusters;       /* with a host cluster (data or zeros kept
+                                     allocated); + compressed = qemu-img
+                                     check's allocated-clusters */
+    uint64_t zero_clusters;       /* reading zeros, no host cluster */
     uint64_t compressed_clusters;
     uint64_t reftable_entries;
     uint64_t refcount_blocks;     /* allocated refcount table entries */
@@ -131,8 +133,11 @@ struct rb_qcow2_l2_summary {
     uint64_t l2_offset;
     uint64_t guest_start;  /* first guest byte it maps */
     uint64_t guest_bytes;  /* bytes it maps (the last may be shorter) */
-    uint32_t data, zero, compressed, unallocated; /* clusters by type */
-    uint32_t partial;      /* extended L2: clusters with mixed subclusters */
+    uint32_t data;         /* with a host cluster (data or allocated zeros) */
+    uint32_t zero;         /* zeros without a host cluster */
+    uint32_t compressed, unallocated;
+    uint32_t partial;      /* extended L2: of those, clusters whose
+                              subclusters are not all alike */
 };
 
 /*

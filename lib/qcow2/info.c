@@ -175,7 +175,7 @@ static int count_l2(void *opaque, const struct rb_qcow2_l2_summary *l2)
     struct rb_qcow2_info *info = opaque;
 
     info->l2_tables++;
-    info->data_clusters += l2->data + l2->partial;
+    info->data_clusters += l2->data;
     info->zero_clusters += l2->zero;
     info->compressed_clusters += l2->compressed;
     return 0;
@@ -294,41 +294,41 @@ void rb_qcow2_info_free(struct rb_qcow2_info *info)
     info->snapshots = NULL;
 }
 
-/* Count the clusters of one L2 table by type.  Caller holds the lock. */
+/* Count the clusters of one L2 table by type, as qemu-img check counts
+ * them: a host cluster (data, or zeros kept allocated), compressed, zero
+ * without a host cluster, unallocated.  With extended L2 entries a cluster
+ * whose subclusters differ is also counted as partial.  Caller holds the
+ * lock. */
 static void summarize(struct qcow2_state *s, const void *l2, uint32_t n,
                       struct rb_qcow2_l2_summary *sum)
 {
     for (uint32_t i = 0; i < n; i++) {
         uint64_t e = qcow2_l2_entry_get(s, l2, i);
         uint64_t b = qcow2_l2_bitmap_get(s, l2, i);
-        unsigned nsc = s->extended_l2 ? QCOW2_SUBCLUSTERS : 1;
-        unsigned data = 0, zero = 0, unalloc = 0;
+        bool host = (e & QCOW2_L2E_OFFSET_MASK) ||
+                    (s->has_data_file && (e & QCOW2_OFLAG_COPIED));
+        uint32_t alloc = (uint32_t)b, zero = (uint32_t)(b >> 32);
 
-        for (unsigned sc = 0; sc < nsc; sc++) {
-            switch (qcow2_sc_type_of(e, b, sc, s->extended_l2, s->has_data_file)) {
-            case QCOW2_SC_COMPRESSED:
-            case QCOW2_SC_NORMAL:
-            case QCOW2_SC_INVALID:
-                data++;
-                break;
-            case QCOW2_SC_ZERO_PLAIN:
-            case QCOW2_SC_ZERO_ALLOC:
-                zero++;
-                break;
-            default:
-                unalloc++;
-                break;
-            }
-        }
-        if (e & QCOW2_OFLAG_COMPRESSED)
+        if (e & QCOW2_OFLAG_COMPRESSED) {
             sum->compressed++;
-        else if (data == nsc)
+            continue;
+        }
+        if (!s->extended_l2) {
+            if (e & QCOW2_OFLAG_ZERO && !(e & QCOW2_L2E_OFFSET_MASK))
+                sum->zero++;
+            else if (host)
+                sum->data++;
+            else
+                sum->unallocated++;
+            continue;
+        }
+        if (host)
             sum->data++;
-        else if (zero == nsc)
+        else if (zero)
             sum->zero++;
-        else if (unalloc == nsc)
-            sum->unallocated++;
         else
+            sum->unallocated++;
+        if ((host && alloc != 0xffffffffu) || (!host && zero && zero != 0xffffffffu))
             sum->partial++;
     }
 }

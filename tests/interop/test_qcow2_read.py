@@ -71,6 +71,10 @@ def compare_all(path, cwd):
         rs = [(s["id"], s["name"], s["date-sec"]) for s in ri.get("snapshots", [])]
         assert qs == rs
         compare_check(path, cwd)
+        qc = json.loads(run("qemu-img", "check", "--output=json", path, check=False,
+                            cwd=cwd).stdout)
+        cl = ri["rblock"]["clusters"]
+        assert cl["allocated"] + cl["compressed"] == qc.get("allocated-clusters", 0)
 
 
 def compare_check(path, cwd):
