@@ -2,8 +2,8 @@
 /*
  * fuzz_qcow2.c - libFuzzer target: the input is a qcow2 file.  Open it
  * read-only without its backing chain, ask for its info and L2 summary,
- * walk block status over the whole disk, read clusters (bounded), and run
- * the consistency check when the library has it.
+ * walk block status over the disk, read clusters (bounded), and run the
+ * consistency check (rb_qcow2_check, weak: skipped if not linked in).
  */
 #include <stdint.h>
 
@@ -16,8 +16,10 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res,
                    struct rb_error *err) __attribute__((weak));
 void rb_qcow2_check_free(struct rb_qcow2_check *res) __attribute__((weak));
 
-#define MAX_EXTENTS 4096
-#define MAX_READ_BYTES (2u << 20)
+#define MAX_EXTENTS 1024
+#define MAX_READ_BYTES (1u << 20)
+#define MAX_READS 256 /* calls: each walks the L2 path, the cost */
+#define CHUNK (64u << 10)
 
 static int count_l2(void *opaque, const struct rb_qcow2_l2_summary *l2)
 {
@@ -27,7 +29,7 @@ static int count_l2(void *opaque, const struct rb_qcow2_l2_summary *l2)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct rb_open_opts opts = {.format = "qcow2", .no_backing = true,
-                                .cache_bytes = 1u << 20};
+                                .cache_bytes = 128u << 10};
     struct rb_error err = {0};
     struct rb_image *img;
     struct rb_qcow2_info info;
@@ -48,8 +50,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* Block status over the disk, reading the start of each extent. */
     size_t cb = img->cluster_bytes ? img->cluster_bytes : 4096;
-    uint8_t *buf = malloc(cb);
+    size_t chunk = cb > CHUNK ? cb : CHUNK;
+    uint8_t *buf = malloc(chunk);
     uint64_t off = 0, read_bytes = 0;
+    unsigned reads = 0;
     if (!buf)
         abort();
     for (unsigned i = 0; i < MAX_EXTENTS && off < img->size; i++) {
@@ -58,16 +62,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         if (ext.length == 0 || ext.length > img->size - off)
             abort(); /* the wrapper promises 0 < length <= asked */
-        if (read_bytes < MAX_READ_BYTES) {
+        if (read_bytes < MAX_READ_BYTES && reads < MAX_READS) {
             size_t n = ext.length < cb ? (size_t)ext.length : cb;
             rb_image_read(img, buf, off, n, &err);
             read_bytes += n;
+            reads++;
         }
         off += ext.length;
     }
-    /* Every cluster from the start, within the budget. */
-    for (off = 0; off < img->size && read_bytes < MAX_READ_BYTES; off += cb) {
-        size_t n = img->size - off < cb ? (size_t)(img->size - off) : cb;
+    /* Every cluster from the start, several per read, within the budget. */
+    for (off = 0; off < img->size && read_bytes < MAX_READ_BYTES && reads < MAX_READS;
+         off += chunk, reads++) {
+        size_t n = img->size - off < chunk ? (size_t)(img->size - off) : chunk;
         rb_image_read(img, buf, off, n, &err);
         read_bytes += n;
     }
