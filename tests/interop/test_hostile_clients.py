@@ -1,0 +1,231 @@
+# SPDX-License-Identifier: MIT
+"""Hostile NBD clients beyond the protocol cases of test_nbd_hostile.py
+(issue 7, item 3): offset + length overflowing 64 bits on every command,
+clients that pipeline reads and never read a reply (slow readers), more
+clients than --max-connections, and stopping the server while such clients
+hang on.  After each: the server process is alive and a real client
+(libnbd, nbdinfo) is served.  Timeouts below are deadlock guards only."""
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import nbd
+import pytest
+
+from nbd_helpers import Server, go, greet, is_closed, request, simple_reply
+
+SIZE = 8 << 20
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "disk.raw"
+    with open(path, "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.truncate(SIZE)
+    return str(path)
+
+
+def stop_ok(srv):
+    rc, err = srv.stop()
+    assert rc == 0, err
+    assert "AddressSanitizer" not in err and "runtime error" not in err, err
+
+
+def served(srv, image):
+    """A real client gets the right bytes, and nbdinfo sees the size."""
+    assert srv.proc.poll() is None, "the server died"
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    data = h.pread(4096, 4096)
+    h.shutdown()
+    with open(image, "rb") as f:
+        f.seek(4096)
+        assert data == f.read(4096)
+    out = subprocess.run(["nbdinfo", "--size", srv.uri], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == str(SIZE), out
+    return True
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def connect_go(srv, cflags=3, settle=False):
+    s = srv.connect_raw()
+    greet(s, cflags=cflags)
+    go(s)
+    if settle:
+        # One round trip: the server's thread is past its handshake (and no
+        # longer evictable) once it answers a request.
+        request(s, 0, 0, 512, handle=0xfeed)
+        assert simple_reply(s, 512)[:2] == (0, 0xfeed)
+    return s
+
+
+def test_offset_plus_length_overflow(image, tmp_path):
+    srv = Server(image, tmpdir=tmp_path)
+    try:
+        s = connect_go(srv)
+        top = (1 << 64) - 512
+        cases = [  # (command, flags, offset, length, payload, expected error)
+            (0, 0, top, 1024, b"", 22),            # READ
+            (0, 0, SIZE, 0xFFFFFFFF, b"", 22),      # READ, huge and past the end
+            (1, 0, top, 16, b"x" * 16, 28),         # WRITE: ENOSPC as the spec says
+            (4, 0, top, 1024, b"", 28),             # TRIM
+            (6, 0, top, 1024, b"", 28),             # WRITE_ZEROES
+            (5, 0, top, 1024, b"", 22),             # CACHE
+            (7, 0, top, 1024, b"", 22),             # BLOCK_STATUS (no context)
+            (0, 0, SIZE - 1, 2, b"", 22),           # one byte past the end
+            (0, 1 << 15, 0, 512, b"", 22),          # unknown command flag
+        ]
+        for i, (cmd, flags, off, length, payload, want) in enumerate(cases):
+            request(s, cmd, off, length, flags=flags, handle=100 + i, data=payload)
+            err, handle, _ = simple_reply(s)
+            assert (err, handle) == (want, 100 + i), (cmd, off, length)
+        # the connection is still good after all of them
+        request(s, 0, 0, 512, handle=7)
+        err, handle, data = simple_reply(s, 512)
+        assert (err, handle, len(data)) == (0, 7, 512)
+        s.close()
+        assert served(srv, image)
+    finally:
+        stop_ok(srv)
+
+
+def slow_reader(srv, nreads, length):
+    """Pipeline nreads READs of length bytes and never read a reply."""
+    s = connect_go(srv)
+    s.setblocking(False)
+    buf = b"".join(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, (i * length) % SIZE, length)
+                   for i in range(nreads))
+    sent = 0
+    deadline = time.monotonic() + 30
+    while sent < len(buf) and time.monotonic() < deadline:
+        try:
+            sent += s.send(buf[sent:])
+        except BlockingIOError:
+            time.sleep(0.01)  # the server stopped taking requests: it is full
+    return s
+
+
+def test_slow_readers_cannot_starve_or_bloat(image, tmp_path):
+    srv = Server(image, tmpdir=tmp_path)
+    slow = []
+    try:
+        base = rss_bytes(srv.proc.pid)
+        # 1000 reads of 4 MiB each = 4 GB asked per client, none read back
+        for _ in range(3):
+            slow.append(slow_reader(srv, 1000, 4 << 20))
+        for _ in range(3):
+            assert served(srv, image)
+        grown = rss_bytes(srv.proc.pid) - base
+        print(f"server RSS grew by {grown >> 20} MiB with {len(slow)} slow readers")
+        # Bounded per connection by the in-flight cap (128 MiB), not by what
+        # was asked (12 GB); generous for sanitizer builds.
+        assert grown < len(slow) * (128 << 20) + (256 << 20), grown
+        # More requests on a fresh connection while the others are stuck.
+        s = connect_go(srv)
+        request(s, 0, 0, 512, handle=9)
+        assert simple_reply(s, 512)[:2] == (0, 9)
+        s.close()
+        for s in slow:
+            s.close()
+        slow = []
+        assert served(srv, image)
+    finally:
+        for s in slow:
+            s.close()
+        stop_ok(srv)
+
+
+def test_stop_with_a_client_that_never_reads(image, tmp_path):
+    """SIGTERM must not hang on a client that never reads its replies: the
+    server lets connections finish for its grace period, then cuts them."""
+    srv = Server(image, tmpdir=tmp_path)
+    s = slow_reader(srv, 2000, 64 << 10)
+    try:
+        assert served(srv, image)
+        stop_ok(srv)
+    finally:
+        s.close()
+
+
+def test_slow_readers_that_leave_free_everything(image, tmp_path):
+    srv = Server(image, tmpdir=tmp_path)
+    try:
+        for _ in range(3):
+            for s in [slow_reader(srv, 200, 1 << 20) for _ in range(4)]:
+                s.close()
+            assert served(srv, image)
+    finally:
+        stop_ok(srv)
+
+
+def test_more_clients_than_max_connections(image, tmp_path):
+    srv = Server(image, "--max-connections", "16", tmpdir=tmp_path)
+    held = []
+    try:
+        # 16 clients in transmission fill the server; later ones are
+        # refused (closed at once) without harm to anyone.
+        for _ in range(16):
+            held.append(connect_go(srv, settle=True))
+        refused = 0
+        for _ in range(50):
+            s = srv.connect_raw()
+            try:
+                data = s.recv(18)
+            except ConnectionResetError:
+                data = b""
+            refused += data == b""
+            s.close()
+        assert refused == 50
+        for s in held:  # the ones in, still work
+            request(s, 0, 0, 512, handle=3)
+            assert simple_reply(s, 512)[:2] == (0, 3)
+        for s in held:
+            s.close()
+        held = []
+        # once they left, everyone is served again (the count went down)
+        for _ in range(20):
+            assert served(srv, image)
+    finally:
+        for s in held:
+            s.close()
+        stop_ok(srv)
+
+
+def test_abrupt_disconnects_mid_everything(image, tmp_path):
+    srv = Server(image, tmpdir=tmp_path)
+    try:
+        for i in range(60):
+            s = srv.connect_raw()
+            stage = i % 5
+            if stage >= 1:
+                s.recv(18)
+                s.sendall(struct.pack(">I", 3))
+            if stage >= 2:
+                s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, 100) + b"\0" * 10)
+            if stage == 3:
+                s.close()
+                s = connect_go(srv)
+                request(s, 1, 0, 1 << 20, handle=1, data=b"\0" * 1000)  # half a payload
+            if stage == 4:
+                s.close()
+                s = connect_go(srv)
+                request(s, 0, 0, 32 << 20, handle=1)  # a big read, then leave
+            # RST instead of FIN for some
+            if i % 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        assert served(srv, image)
+    finally:
+        stop_ok(srv)
