@@ -1,11 +1,118 @@
 /* SPDX-License-Identifier: MIT */
-/* Placeholder: replaced by the real 'delta' command. */
+/*
+ * rblock delta - write a qcow2 overlay of BASE holding only what NEW
+ * changed.  Exit status: 0 done, 1 failed (DELTA is then removed).
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cmd.h"
+#include "rblock/diff.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: rblock delta [-o OPTIONS] [-b BACKING_NAME] [-f NEW_FMT] [-F BASE_FMT]\n"
+            "                    [-p] [-q] BASE NEW DELTA\n"
+            "\n"
+            "Write DELTA, a qcow2 image whose backing file is BASE, holding only the\n"
+            "clusters where NEW differs from BASE (zero clusters where NEW is zeros).\n"
+            "  -o OPTIONS   qcow2 creation options, as qemu-img create -o (cluster_size=...)\n"
+            "  -b NAME      backing file name to store (default: BASE's path relative to\n"
+            "               DELTA's folder); it must lead to BASE from DELTA's folder\n"
+            "  -f NEW_FMT   format of NEW (default: probed)\n"
+            "  -F BASE_FMT  format of BASE, recorded as the backing format (default: probed)\n"
+            "  -p           show progress\n"
+            "  -q           print nothing on success\n");
+}
+
+static void on_progress(void *opaque, uint64_t done)
+{
+    progress_update(opaque, done);
+}
+
+/* Join repeated -o arguments with commas, as qemu-img does. */
+static int add_options(char **all, const char *more)
+{
+    size_t n = *all ? strlen(*all) + 1 : 0;
+    char *t = realloc(*all, n + strlen(more) + 1);
+
+    if (!t)
+        return -1;
+    if (n)
+        t[n - 1] = ',';
+    strcpy(t + n, more);
+    *all = t;
+    return 0;
+}
 
 int cmd_delta(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    complain("'delta' is not implemented yet");
-    return 1;
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"progress", no_argument, NULL, 'p'},
+        {"quiet", no_argument, NULL, 'q'},
+        {NULL, 0, NULL, 0},
+    };
+    struct rb_delta_opts opts = {0};
+    struct rb_delta_stats st;
+    struct rb_error err = {0};
+    struct progress *prog = NULL;
+    char *options = NULL;
+    bool show_progress = false, quiet = false;
+    int opt, ret, rc = 1;
+
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "o:b:f:F:pqh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'o':
+            if (add_options(&options, optarg) < 0) {
+                complain("out of memory");
+                goto out;
+            }
+            break;
+        case 'b': opts.backing_name = optarg; break;
+        case 'f': opts.new_format = optarg; break;
+        case 'F': opts.base_format = optarg; break;
+        case 'p': show_progress = true; break;
+        case 'q': quiet = true; break;
+        case 'h': usage(stdout); rc = 0; goto out;
+        default: usage(stderr); goto out;
+        }
+    }
+    if (argc - optind != 3) {
+        usage(stderr);
+        goto out;
+    }
+    opts.create_options = options;
+    if (show_progress) {
+        struct rb_image *n = open_image(argv[optind + 1], opts.new_format, false);
+
+        if (!n)
+            goto out;
+        prog = progress_new(true, n->size); /* the walk covers NEW's size */
+        rb_image_close(n);
+        opts.on_progress = on_progress;
+        opts.opaque = prog;
+    }
+    ret = rb_delta(argv[optind], argv[optind + 1], argv[optind + 2], &opts, &st, &err);
+    progress_done(prog);
+    if (ret < 0) {
+        complain("%s", rb_error_msg(&err, ret));
+        goto out;
+    }
+    if (!quiet)
+        printf("%s: %" PRIu64 " data clusters, %" PRIu64 " zero clusters; "
+               "read %" PRIu64 " bytes of base and %" PRIu64 " of new, "
+               "%" PRIu64 " bytes skipped unread\n",
+               argv[optind + 2], st.data_clusters, st.zero_clusters,
+               st.diff.read_a_bytes, st.diff.read_b_bytes,
+               st.diff.shared_bytes + st.diff.zero_bytes);
+    rc = 0;
+out:
+    free(options);
+    return rc;
 }

@@ -1,0 +1,296 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * delta.c - write a qcow2 overlay of BASE holding only what NEW changed
+ * (contract in include/rblock/diff.h).
+ *
+ * One pass: rb_diff walks BASE and NEW with the overlay's cluster as the
+ * granule, and each run of differing clusters it reports is written at
+ * once from the buffers it already read: clusters where NEW is all zeros
+ * become zero clusters (write_zeroes, no allocation), the others data
+ * clusters.  What NEW shares with BASE (equal bytes, or the very same
+ * backing layer when NEW is an overlay of BASE) is never written, so the
+ * overlay falls through to BASE there.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rblock/diff.h"
+#include "rblock/io.h"
+#include "rblock/qcow2-create.h"
+
+struct delta {
+    const struct rb_delta_opts *opts;
+    struct rb_image *out;
+    uint64_t cluster;
+    uint64_t size; /* DELTA's size: NEW's, rounded up to a sector */
+    struct rb_delta_stats *st;
+};
+
+/* Write [off, off+len) of NEW: one call per stretch of data or of zeros. */
+static int flush_stretch(struct delta *d, const uint8_t *buf, uint64_t off, uint64_t len,
+                         bool zero, struct rb_error *err)
+{
+    uint64_t clusters = (len + d->cluster - 1) / d->cluster;
+
+    if (len == 0)
+        return 0;
+    if (zero) {
+        d->st->zero_clusters += clusters;
+        /* MAY_UNMAP: nothing in DELTA to keep; the range must read as zeros
+         * (v3 zero clusters) whatever BASE holds. */
+        return rb_image_write_zeroes(d->out, off, len, RB_ZERO_MAY_UNMAP, err);
+    }
+    d->st->data_clusters += clusters;
+    return rb_image_write(d->out, buf, off, (size_t)len, 0, err);
+}
+
+static int on_run(void *opaque, const struct rb_diff_run *run, struct rb_error *err)
+{
+    struct delta *d = opaque;
+    uint64_t len = run->len, from = 0;
+    bool zero = false;
+    int ret;
+
+    if (run->off >= d->size)
+        return 0;
+    if (len > d->size - run->off)
+        len = d->size - run->off;
+    for (uint64_t at = 0; at < len; at += d->cluster) {
+        uint64_t n = len - at < d->cluster ? len - at : d->cluster;
+        bool z = !run->b || rb_is_zero(run->b + at, (size_t)n);
+
+        if (at > from && z != zero) {
+            ret = flush_stretch(d, run->b ? run->b + from : NULL, run->off + from,
+                                at - from, zero, err);
+            if (ret < 0)
+                return ret;
+            from = at;
+        }
+        zero = z;
+    }
+    return flush_stretch(d, run->b ? run->b + from : NULL, run->off + from, len - from,
+                         zero, err);
+}
+
+static void on_progress(void *opaque, uint64_t done)
+{
+    struct delta *d = opaque;
+
+    d->opts->on_progress(d->opts->opaque, done);
+}
+
+/* ---- the backing name ----------------------------------------------------- */
+
+/* realpath() of the folder of @path, plus the last component of @path
+ * when @keep_base (a file that need not exist, or a symlink kept as named). */
+static char *resolve_dir(const char *path, bool keep_base, struct rb_error *err)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir, *real, *out;
+    const char *base = slash ? slash + 1 : path;
+
+    if (slash == path)
+        dir = strdup("/");
+    else if (slash)
+        dir = strndup(path, (size_t)(slash - path));
+    else
+        dir = strdup(".");
+    if (!dir) {
+        rb_error_set(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    real = realpath(dir, NULL);
+    if (!real) {
+        rb_error_set(err, errno, "%s: cannot resolve folder '%s': %s", path, dir,
+                     strerror(errno));
+        free(dir);
+        return NULL;
+    }
+    free(dir);
+    if (!keep_base)
+        return real;
+    out = malloc(strlen(real) + strlen(base) + 2);
+    if (out)
+        sprintf(out, "%s%s%s", real, strcmp(real, "/") == 0 ? "" : "/", base);
+    else
+        rb_error_set(err, ENOMEM, "out of memory");
+    free(real);
+    return out;
+}
+
+char *rb_delta_backing_name(const char *base_path, const char *delta_path,
+                            struct rb_error *err)
+{
+    char *base = resolve_dir(base_path, true, err);
+    char *dir = base ? resolve_dir(delta_path, false, err) : NULL;
+    char *out = NULL;
+    size_t common = 0, ups = 0, dlen;
+
+    if (!base || !dir)
+        goto done;
+    /* With DELTA's folder as "/x/y/" (a trailing slash), the longest
+     * prefix of it ending in '/' that BASE's path shares is their common
+     * folder; each further component of DELTA's folder is one "../". */
+    dlen = strlen(dir);
+    if (dir[dlen - 1] != '/') {
+        char *t = realloc(dir, dlen + 2);
+        if (!t) {
+            rb_error_set(err, ENOMEM, "out of memory");
+            goto done;
+        }
+        dir = t;
+        strcpy(dir + dlen, "/");
+    }
+    for (size_t i = 0; dir[i] && dir[i] == base[i]; i++) {
+        if (dir[i] == '/')
+            common = i + 1;
+    }
+    for (const char *p = dir + common; *p; p++)
+        ups += *p == '/';
+    out = malloc(3 * ups + strlen(base + common) + 1);
+    if (!out) {
+        rb_error_set(err, ENOMEM, "out of memory");
+        goto done;
+    }
+    out[0] = '\0';
+    for (size_t i = 0; i < ups; i++)
+        strcat(out, "../");
+    strcat(out, base + common);
+done:
+    free(base);
+    free(dir);
+    return out;
+}
+
+/* ---- rb_delta --------------------------------------------------------------- */
+
+/* Refuse to overwrite an input: DELTA may not be a layer of BASE or NEW. */
+static int check_not_input(const char *delta_path, struct rb_image *img,
+                           struct rb_error *err)
+{
+    struct stat st;
+
+    if (stat(delta_path, &st) < 0)
+        return 0;
+    for (; img; img = img->backing) {
+        if (img->dev == st.st_dev && img->ino == st.st_ino)
+            return rb_error_set(err, EINVAL, "%s: is an input of the delta ('%s'); "
+                                "refusing to overwrite it", delta_path, img->filename);
+    }
+    return 0;
+}
+
+static int create_delta(const char *delta_path, struct rb_image *base,
+                        struct rb_image *newi, const char *backing_name,
+                        const struct rb_delta_opts *opts, struct rb_error *err)
+{
+    struct rb_qcow2_create_opts co;
+    char *optstr = NULL;
+    int ret = 0;
+
+    rb_qcow2_create_opts_init(&co);
+    if (opts->create_options) {
+        optstr = strdup(opts->create_options);
+        if (!optstr)
+            return rb_error_set(err, ENOMEM, "out of memory");
+        ret = rb_qcow2_parse_options(optstr, &co, err);
+    }
+    if (opts->cluster_bytes)
+        co.cluster_bytes = opts->cluster_bytes;
+    /* qcow2 sizes are whole 512-byte sectors (QEMU rounds up too); the
+     * padding past NEW's end reads as zeros like NEW's own end. */
+    co.size = (newi->size + 511) & ~(uint64_t)511;
+    co.size_set = true;
+    co.backing_file = backing_name;
+    co.backing_format = base->ops->format;
+    if (ret == 0)
+        ret = rb_qcow2_check_opts(&co, err);
+    if (ret == 0)
+        ret = rb_qcow2_create(delta_path, &co, err);
+    free(optstr);
+    return ret;
+}
+
+int rb_delta(const char *base_path, const char *new_path, const char *delta_path,
+             const struct rb_delta_opts *opts, struct rb_delta_stats *stats,
+             struct rb_error *err)
+{
+    struct rb_open_opts bo = {.format = opts->base_format};
+    struct rb_open_opts no = {.format = opts->new_format};
+    struct rb_open_opts dopen = {.format = "qcow2", .write = true,
+                                 .unsafe_no_barriers = true, .lock = true};
+    struct rb_delta_stats st = {0};
+    struct rb_image *base = NULL, *newi = NULL;
+    struct delta d = {.st = &st, .opts = opts};
+    char *name = NULL;
+    bool created = false;
+    int ret = -EINVAL;
+
+    if (!(base = rb_image_open(base_path, &bo, err)) ||
+        !(newi = rb_image_open(new_path, &no, err)))
+        goto fail;
+    if ((ret = check_not_input(delta_path, base, err)) < 0 ||
+        (ret = check_not_input(delta_path, newi, err)) < 0)
+        goto fail;
+    name = opts->backing_name ? strdup(opts->backing_name)
+                              : rb_delta_backing_name(base_path, delta_path, err);
+    if (!name) {
+        ret = rb_error_set(err, ENOMEM, "out of memory");
+        goto fail;
+    }
+    ret = create_delta(delta_path, base, newi, name, opts, err);
+    if (ret < 0)
+        goto fail;
+    created = true;
+    /* Opening with the chain also proves that the stored name resolves
+     * from DELTA's folder to BASE. */
+    d.out = rb_image_open(delta_path, &dopen, err);
+    if (!d.out) {
+        ret = -(err && err->code ? err->code : EIO);
+        goto fail;
+    }
+    if (!d.out->backing || d.out->backing->dev != base->dev ||
+        d.out->backing->ino != base->ino) {
+        ret = rb_error_set(err, EINVAL, "%s: backing file name '%s' does not lead to "
+                           "'%s' from the delta's folder", delta_path, name, base_path);
+        goto fail;
+    }
+    d.cluster = d.out->cluster_bytes ? d.out->cluster_bytes : 65536;
+    d.size = d.out->size;
+
+    struct rb_diff_opts dopts = {
+        .granule_bytes = d.cluster,
+        .serial_reads = opts->serial_reads,
+        .limit_bytes = d.size,
+        .on_run = on_run,
+        .opaque = &d,
+        .on_progress = opts->on_progress ? on_progress : NULL,
+    };
+    if (d.size)
+        ret = rb_diff(base, newi, &dopts, &st.diff, err);
+    if (ret == 0)
+        ret = rb_image_flush(d.out, err);
+    if (ret < 0)
+        goto fail;
+    rb_image_close(d.out);
+    rb_image_close(base);
+    rb_image_close(newi);
+    free(name);
+    if (stats)
+        *stats = st;
+    return 0;
+fail:
+    rb_image_close(d.out);
+    rb_image_close(base);
+    rb_image_close(newi);
+    free(name);
+    if (created)
+        unlink(delta_path);
+    return ret < 0 ? ret : -EIO;
+}
