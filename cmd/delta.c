@@ -14,19 +14,22 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: rblock delta [-o OPTIONS] [-b BACKING_NAME] [-f NEW_FMT] [-F BASE_FMT]\n"
-            "                    [-p] [-q] BASE NEW DELTA\n"
-            "\n"
-            "Write DELTA, a qcow2 image whose backing file is BASE, holding only the\n"
-            "clusters where NEW differs from BASE (zero clusters where NEW is zeros).\n"
-            "  -o OPTIONS   qcow2 creation options, as qemu-img create -o (cluster_size=...)\n"
-            "  -b NAME      backing file name to store (default: BASE's path relative to\n"
-            "               DELTA's folder); it must lead to BASE from DELTA's folder\n"
-            "  -f NEW_FMT   format of NEW (default: probed)\n"
-            "  -F BASE_FMT  format of BASE, recorded as the backing format (default: probed)\n"
-            "  -p           show progress\n"
-            "  -q           print nothing on success\n");
+    fprintf(
+        f,
+        "usage: rblock delta [-o OPTIONS] [-b BACKING_NAME] [-f NEW_FMT] [-F BASE_FMT]\n"
+        "                    [-p] [-q] BASE NEW DELTA\n"
+        "\n"
+        "Write DELTA, a qcow2 image whose backing file is BASE, holding only the\n"
+        "clusters where NEW differs from BASE (zero clusters where NEW is zeros).\n"
+        "  -o OPTIONS   qcow2 creation options, as qemu-img create -o "
+        "(cluster_size=...)\n"
+        "  -b NAME      backing file name to store (default: BASE's path relative to\n"
+        "               DELTA's folder); it must lead to BASE from DELTA's folder\n"
+        "  -f NEW_FMT   format of NEW (default: probed)\n"
+        "  -F BASE_FMT  format of BASE, recorded as the backing format (default: "
+        "probed)\n"
+        "  -p           show progress\n"
+        "  -q           print nothing on success\n");
 }
 
 static void on_progress(void *opaque, uint64_t done)
@@ -74,13 +77,28 @@ int cmd_delta(int argc, char **argv)
                 goto out;
             }
             break;
-        case 'b': opts.backing_name = optarg; break;
-        case 'f': opts.new_format = optarg; break;
-        case 'F': opts.base_format = optarg; break;
-        case 'p': show_progress = true; break;
-        case 'q': quiet = true; break;
-        case 'h': usage(stdout); rc = 0; goto out;
-        default: usage(stderr); goto out;
+        case 'b':
+            opts.backing_name = optarg;
+            break;
+        case 'f':
+            opts.new_format = optarg;
+            break;
+        case 'F':
+            opts.base_format = optarg;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'h':
+            usage(stdout);
+            rc = 0;
+            goto out;
+        default:
+            usage(stderr);
+            goto out;
         }
     }
     if (argc - optind != 3) {
@@ -108,9 +126,8 @@ int cmd_delta(int argc, char **argv)
         printf("%s: %" PRIu64 " data clusters, %" PRIu64 " zero clusters; "
                "read %" PRIu64 " bytes of base and %" PRIu64 " of new, "
                "%" PRIu64 " bytes skipped unread\n",
-               argv[optind + 2], st.data_clusters, st.zero_clusters,
-               st.diff.read_a_bytes, st.diff.read_b_bytes,
-               st.diff.shared_bytes + st.diff.zero_bytes);
+               argv[optind + 2], st.data_clusters, st.zero_clusters, st.diff.read_a_bytes,
+               st.diff.read_b_bytes, st.diff.shared_bytes + st.diff.zero_bytes);
     rc = 0;
 out:
     free(options);

@@ -20,7 +20,7 @@
 struct out {
     uint64_t ss; /* sector size */
     bool json, count_only;
-    FILE *f;     /* stdout, or the JSON spool */
+    FILE *f; /* stdout, or the JSON spool */
     uint64_t sectors, ranges;
     uint64_t pend_start, pend_count; /* run being merged (sectors) */
     struct progress *progress;
@@ -28,13 +28,14 @@ struct out {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: rblock diff [--sector-size 512|4096|N] [--output=human|json] [--count]\n"
-            "                   [-p] [-f FMT_A] [-F FMT_B] DISK_A DISK_B\n"
-            "\n"
-            "List the sectors where DISK_A and DISK_B differ (raw files, block devices or\n"
-            "qcow2 images and chains, in any mix).  The shorter disk reads as zeros past\n"
-            "its end.  Exit status: 0 same, 1 different, 2 trouble.\n");
+    fprintf(
+        f,
+        "usage: rblock diff [--sector-size 512|4096|N] [--output=human|json] [--count]\n"
+        "                   [-p] [-f FMT_A] [-F FMT_B] DISK_A DISK_B\n"
+        "\n"
+        "List the sectors where DISK_A and DISK_B differ (raw files, block devices or\n"
+        "qcow2 images and chains, in any mix).  The shorter disk reads as zeros past\n"
+        "its end.  Exit status: 0 same, 1 different, 2 trouble.\n");
 }
 
 static void flush_range(struct out *o)
@@ -148,8 +149,12 @@ int cmd_diff(int argc, char **argv)
     optind = 1;
     while ((opt = getopt_long(argc, argv, "f:F:s:o:cph", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'f': fmt_a = optarg; break;
-        case 'F': fmt_b = optarg; break;
+        case 'f':
+            fmt_a = optarg;
+            break;
+        case 'F':
+            fmt_b = optarg;
+            break;
         case 's':
             if (parse_size(optarg, &o.ss) < 0 || o.ss == 0 ||
                 o.ss > RB_DIFF_MAX_GRANULE) {
@@ -161,10 +166,18 @@ int cmd_diff(int argc, char **argv)
             if (parse_output(optarg, &o.json) < 0)
                 return 2;
             break;
-        case 'c': o.count_only = true; break;
-        case 'p': show_progress = true; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            o.count_only = true;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (argc - optind != 2) {

@@ -32,9 +32,9 @@
 /* One run of consecutive differing granules, reported to the caller.
  * The pointers are valid only during the callback. */
 struct rb_diff_run {
-    uint64_t off; /* byte offset, a multiple of the granule */
-    uint64_t len; /* bytes: a multiple of the granule, except that the last
-                     run may end at the end of the longer image */
+    uint64_t off;     /* byte offset, a multiple of the granule */
+    uint64_t len;     /* bytes: a multiple of the granule, except that the last
+                         run may end at the end of the longer image */
     const uint8_t *a; /* A's bytes over [off, off+len), or NULL when A is
                          known to read as zeros there (and was not read) */
     const uint8_t *b; /* likewise for B */
@@ -65,12 +65,12 @@ struct rb_diff_opts {
 
 /* What the walk did (for tests, benchmarks and curious users). */
 struct rb_diff_stats {
-    uint64_t size_bytes;    /* bytes walked: max(size of A, size of B) or the limit */
-    uint64_t diff_bytes;    /* total length of the reported runs */
-    uint64_t read_a_bytes;  /* bytes read from A */
-    uint64_t read_b_bytes;  /* bytes read from B */
-    uint64_t zero_bytes;    /* skipped: zero on both sides */
-    uint64_t shared_bytes;  /* skipped: both resolve to the same layer */
+    uint64_t size_bytes;   /* bytes walked: max(size of A, size of B) or the limit */
+    uint64_t diff_bytes;   /* total length of the reported runs */
+    uint64_t read_a_bytes; /* bytes read from A */
+    uint64_t read_b_bytes; /* bytes read from B */
+    uint64_t zero_bytes;   /* skipped: zero on both sides */
+    uint64_t shared_bytes; /* skipped: both resolve to the same layer */
 };
 
 /*
@@ -86,11 +86,11 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
 /* ---- delta ------------------------------------------------------------- */
 
 struct rb_delta_opts {
-    const char *base_format;  /* NULL: probe BASE */
-    const char *new_format;   /* NULL: probe NEW */
-    const char *backing_name; /* stored as DELTA's backing file name; NULL:
-                                 BASE's path relative to DELTA's folder */
-    uint32_t cluster_bytes;   /* 0 = 64 KiB */
+    const char *base_format;    /* NULL: probe BASE */
+    const char *new_format;     /* NULL: probe NEW */
+    const char *backing_name;   /* stored as DELTA's backing file name; NULL:
+                                   BASE's path relative to DELTA's folder */
+    uint32_t cluster_bytes;     /* 0 = 64 KiB */
     const char *create_options; /* further "-o" options for the qcow2 (may be NULL) */
     bool serial_reads;
     void (*on_progress)(void *opaque, uint64_t done_bytes);

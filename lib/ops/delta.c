@@ -180,8 +180,10 @@ static int check_not_input(const char *delta_path, struct rb_image *img,
         return 0;
     for (; img; img = img->backing) {
         if (img->dev == st.st_dev && img->ino == st.st_ino)
-            return rb_error_set(err, EINVAL, "%s: is an input of the delta ('%s'); "
-                                "refusing to overwrite it", delta_path, img->filename);
+            return rb_error_set(err, EINVAL,
+                                "%s: is an input of the delta ('%s'); "
+                                "refusing to overwrite it",
+                                delta_path, img->filename);
     }
     return 0;
 }
@@ -223,8 +225,8 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
 {
     struct rb_open_opts bo = {.format = opts->base_format};
     struct rb_open_opts no = {.format = opts->new_format};
-    struct rb_open_opts dopen = {.format = "qcow2", .write = true,
-                                 .unsafe_no_barriers = true, .lock = true};
+    struct rb_open_opts dopen = {
+        .format = "qcow2", .write = true, .unsafe_no_barriers = true, .lock = true};
     struct rb_delta_stats st = {0};
     struct rb_image *base = NULL, *newi = NULL;
     struct delta d = {.st = &st, .opts = opts};
@@ -257,8 +259,10 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
     }
     if (!d.out->backing || d.out->backing->dev != base->dev ||
         d.out->backing->ino != base->ino) {
-        ret = rb_error_set(err, EINVAL, "%s: backing file name '%s' does not lead to "
-                           "'%s' from the delta's folder", delta_path, name, base_path);
+        ret = rb_error_set(err, EINVAL,
+                           "%s: backing file name '%s' does not lead to "
+                           "'%s' from the delta's folder",
+                           delta_path, name, base_path);
         goto fail;
     }
     d.cluster = d.out->cluster_bytes ? d.out->cluster_bytes : 65536;

@@ -23,11 +23,10 @@
 #include "rblock/io.h"
 
 #define PARALLEL_MIN_BYTES ((uint64_t)64 << 10) /* smaller reads: one thread */
-#define BLOCK_BYTES ((uint64_t)64 << 10) /* first-level compare unit */
-#define SKIP_FLUSH_BYTES ((uint64_t)1 << 30) /* report progress over long skips */
+#define BLOCK_BYTES ((uint64_t)64 << 10)        /* first-level compare unit */
+#define SKIP_FLUSH_BYTES ((uint64_t)1 << 30)    /* report progress over long skips */
 
 enum task_kind { T_SKIP, T_READ, T_END, T_ERROR };
-
 
 struct task {
     enum task_kind kind;
@@ -62,10 +61,10 @@ struct helper {
 
 struct ctx {
     struct side a, b;
-    uint64_t end;   /* max of the sizes, or the limit */
-    uint64_t g;     /* granule */
-    uint64_t chunk; /* multiple of g */
-    uint64_t pos;   /* walk position */
+    uint64_t end;      /* max of the sizes, or the limit */
+    uint64_t g;        /* granule */
+    uint64_t chunk;    /* multiple of g */
+    uint64_t pos;      /* walk position */
     uint64_t skip_len; /* pending skip ending at pos */
     const struct rb_diff_opts *opts;
     struct rb_diff_stats st;
@@ -382,9 +381,10 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
     int ret = 0;
 
     if (opts->granule_bytes == 0 || opts->granule_bytes > RB_DIFF_MAX_GRANULE)
-        return rb_error_set(err, EINVAL, "granule of %" PRIu64 " bytes is out of range "
-                            "(1 to %" PRIu64 ")", opts->granule_bytes,
-                            RB_DIFF_MAX_GRANULE);
+        return rb_error_set(err, EINVAL,
+                            "granule of %" PRIu64 " bytes is out of range "
+                            "(1 to %" PRIu64 ")",
+                            opts->granule_bytes, RB_DIFF_MAX_GRANULE);
     c = calloc(1, sizeof(*c));
     if (!c)
         return rb_error_set(err, ENOMEM, "out of memory");
@@ -401,8 +401,8 @@ int rb_diff(struct rb_image *a, struct rb_image *b, const struct rb_diff_opts *o
     c->task.buf_a = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
     c->task.buf_b = aligned_alloc(4096, (c->chunk + 4095) & ~(uint64_t)4095);
     if (!c->task.buf_a || !c->task.buf_b) {
-        ret = rb_error_set(err, ENOMEM, "out of memory for %" PRIu64
-                           "-byte compare buffers", c->chunk);
+        ret = rb_error_set(
+            err, ENOMEM, "out of memory for %" PRIu64 "-byte compare buffers", c->chunk);
     } else {
         if (!opts->serial_reads)
             helper_start(&c->h);

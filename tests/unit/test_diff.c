@@ -23,7 +23,7 @@ enum seg_kind { SEG_DATA, SEG_ZERO, SEG_UNALLOC };
 #define MAX_SEGS 64
 
 struct fake {
-    uint8_t *bytes;            /* what this layer's data segments hold */
+    uint8_t *bytes;             /* what this layer's data segments hold */
     uint64_t seg_end[MAX_SEGS]; /* increasing; the last is the size */
     enum seg_kind kind[MAX_SEGS];
     unsigned nsegs;
@@ -51,9 +51,15 @@ static int fake_block_status(struct rb_image *img, uint64_t off, uint64_t len,
 
     ext->length = n < len ? n : len;
     switch (f->kind[i]) {
-    case SEG_DATA: ext->flags = RB_BS_DATA | RB_BS_ALLOCATED; break;
-    case SEG_ZERO: ext->flags = RB_BS_ZERO | RB_BS_ALLOCATED; break;
-    case SEG_UNALLOC: ext->flags = 0; break;
+    case SEG_DATA:
+        ext->flags = RB_BS_DATA | RB_BS_ALLOCATED;
+        break;
+    case SEG_ZERO:
+        ext->flags = RB_BS_ZERO | RB_BS_ALLOCATED;
+        break;
+    case SEG_UNALLOC:
+        ext->flags = 0;
+        break;
     }
     return 0;
 }
@@ -122,7 +128,8 @@ static struct rb_image *fake_new(uint64_t size, const struct fake *similar, ino_
         f->bytes[i] = (uint8_t)(rnd() % 4 ? rnd() : 0); /* some zero bytes */
     if (similar) {
         uint64_t n = size < similar->seg_end[similar->nsegs - 1]
-                         ? size : similar->seg_end[similar->nsegs - 1];
+                         ? size
+                         : similar->seg_end[similar->nsegs - 1];
         memcpy(f->bytes, similar->bytes, n);
         for (uint64_t k = rnd() % 6; k > 0; k--) { /* a few changed byte runs */
             uint64_t at = rnd() % size, len = 1 + rnd() % 3000;
@@ -232,8 +239,11 @@ static void diff_and_check(struct rb_image *a, struct rb_image *b, uint64_t g,
     uint64_t size = a->size > b->size ? a->size : b->size;
     struct collect c = {.g = g};
     struct rb_diff_opts o = {
-        .granule_bytes = g, .chunk_bytes = chunk, .serial_reads = !thread,
-        .on_run = on_run, .opaque = &c,
+        .granule_bytes = g,
+        .chunk_bytes = chunk,
+        .serial_reads = !thread,
+        .on_run = on_run,
+        .opaque = &c,
     };
     struct rb_error err = {0};
     uint8_t *ma = materialize(a, size), *mb = materialize(b, size);
@@ -335,8 +345,8 @@ static void test_callback_error_stops(void **state)
 {
     struct rb_image *a = fake_new(200000, NULL, 1), *b = fake_new(200000, NULL, 2);
     struct rb_error err = {0};
-    struct rb_diff_opts o = {.granule_bytes = 512, .chunk_bytes = 4096,
-                             .on_run = fail_run};
+    struct rb_diff_opts o = {
+        .granule_bytes = 512, .chunk_bytes = 4096, .on_run = fail_run};
 
     (void)state;
     assert_int_equal(rb_diff(a, b, &o, NULL, &err), -28);
