@@ -24,7 +24,7 @@
 
 #define NBD_WORKERS 8
 #define NBD_MAX_INFLIGHT 256
-#define NBD_MAX_INFLIGHT_BYTES (128u << 20)
+#define NBD_MAX_INFLIGHT_BYTES (64u << 20)
 /* Most chunks in a sparse read reply; past it the rest is sent as data. */
 #define NBD_MAX_READ_CHUNKS 64
 /* Most descriptors per context in a block status reply, and most image

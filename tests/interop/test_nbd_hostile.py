@@ -239,3 +239,23 @@ def test_many_clients_at_once(server, image):
         assert handles[-1 - i].pread(4096, i * 4096) == bytes([i]) * 4096
     for h in handles:
         h.shutdown()
+
+
+def test_client_that_never_reads_replies(server, image, tmp_path):
+    """A client floods reads and never reads a reply: its connection
+    stalls (bounded buffering), everyone else is served, and the server
+    still stops cleanly afterwards (the fixture checks the exit)."""
+    s = server.connect_raw()
+    greet(s, cflags=3)
+    go(s)
+    s.setblocking(False)
+    sent = 0
+    try:
+        for i in range(4096):
+            s.send(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, 0, SIZE))
+            sent += 1
+    except BlockingIOError:
+        pass  # the server stopped reading our requests: back-pressure
+    assert sent > 10
+    assert real_client_works(server, image)
+    s.close()
