@@ -398,6 +398,9 @@ static void test_io_errors(void **state)
     json_t *data = json_object_get(json_object_get(r, "error"), "data");
     assert_string_equal(json_string_value(json_object_get(data, "name")), "EROFS");
     json_decref(r);
+    disk.fail_errno = ENOMEM;
+    err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":1},\"id\":2}",
+             RB_RPC_INTERNAL_ERROR, json_integer(2), "read: memdisk: injected failure");
     assert_int_equal(rb_rpc_code_from_errno(-ENOMEM), RB_RPC_INTERNAL_ERROR);
     assert_int_equal(rb_rpc_code_from_errno(-ESHUTDOWN), RB_RPC_SHUTTING_DOWN);
 }
