@@ -124,6 +124,11 @@ static int find_free(struct qcow2_state *s, uint64_t *out, struct rb_error *err)
 {
     uint64_t idx = s->free_cluster_hint, E = s->refblock_entries;
 
+    /* Cluster 0 is the header whatever the refcounts say.  (A crafted
+     * refcount table without a block for it made us put a new block at
+     * offset 0, which the table reads as "no block": an endless loop.) */
+    if (idx == 0)
+        idx = 1;
     for (;;) {
         uint64_t boff, i;
         void *blk;
