@@ -229,3 +229,52 @@ def test_abrupt_disconnects_mid_everything(image, tmp_path):
         assert served(srv, image)
     finally:
         stop_ok(srv)
+
+
+def test_both_protocols_under_attack_at_once(image, tmp_path):
+    """NBD slow readers, idle and non-reading JSON-RPC clients, and garbage
+    on both sockets at the same time: real NBD and JSON-RPC clients are
+    still served, and the server stops cleanly."""
+    from rpc_harness import Client
+
+    rpc_path = os.path.join(str(tmp_path), "rpc.sock")
+    srv = Server(image, "--rpc", "unix:" + rpc_path, tmpdir=tmp_path)
+    socks = []
+    try:
+        for _ in range(2):
+            socks.append(slow_reader(srv, 500, 1 << 20))
+        for i in range(60):  # idle JSON-RPC clients, some half a line in
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(rpc_path)
+            if i % 3 == 0:
+                s.sendall(b'{"jsonrpc":"2.0","id":1,"meth')
+            socks.append(s)
+        # a JSON-RPC client that asks for 4 MiB reads and never reads a reply
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(rpc_path)
+        s.setblocking(False)
+        req = b'{"jsonrpc":"2.0","id":1,"method":"read","params":{"offset":0,"length":4194304}}\n'
+        try:
+            for _ in range(200):
+                s.send(req)
+        except BlockingIOError:
+            pass
+        socks.append(s)
+        for garbage in (os.urandom(4096), b"\xff" * 70000, b"[" * 100000):
+            for path in (srv.path, rpc_path):
+                g = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                g.connect(path)
+                try:
+                    g.sendall(garbage)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                socks.append(g)
+        assert served(srv, image)
+        c = Client("unix:" + rpc_path)
+        assert c.result("get_version")["name"] == "rblock"
+        assert c.read(4096, 4096) == open(image, "rb").read(8192)[4096:]
+        c.close()
+    finally:
+        for s in socks:
+            s.close()
+        stop_ok(srv)
