@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qcow2/qcow2.h"
@@ -89,12 +90,19 @@ static int open_data_file(struct qcow2_state *s, bool write, struct rb_error *er
     s->data_file_path = resolve_relative(s->name, s->h.data_file);
     if (!s->data_file_path)
         return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
-    s->data_fd = open(s->data_file_path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* O_NONBLOCK and the type check: the name comes from the header and
+     * may name a FIFO, whose open or read would wait forever. */
+    s->data_fd = open(s->data_file_path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
     if (s->data_fd < 0) {
         s->data_fd = s->fd;
         return rb_error_set(err, errno, "%s: cannot open external data file '%s': %s",
                             s->name, s->data_file_path, strerror(errno));
     }
+    struct stat st;
+    if (fstat(s->data_fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)))
+        return rb_error_set(err, EINVAL, "%s: external data file '%s' is not a regular "
+                            "file or block device", s->name, s->data_file_path);
+    fcntl(s->data_fd, F_SETFL, fcntl(s->data_fd, F_GETFL) & ~O_NONBLOCK);
     ret = rb_io_size(s->data_fd, &s->data_file_size);
     if (ret < 0)
         return rb_error_set(err, -ret, "%s: cannot get the size of data file '%s': %s",

@@ -146,7 +146,9 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
     }
     if (!top)
         o.write = false;
-    fd = open(path, (o.write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* O_NONBLOCK: a backing name from an untrusted header may name a FIFO,
+     * whose open would wait forever for a writer; it is refused below. */
+    fd = open(path, (o.write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         rb_error_set(err, errno, "%s: %s", path, strerror(errno));
         return NULL;
@@ -156,6 +158,7 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
         close(fd);
         return NULL;
     }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     if (top && (o.lock || o.write) && lock_image(fd, path, o.write, err) < 0) {
         close(fd);
         return NULL;
