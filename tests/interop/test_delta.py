@@ -207,3 +207,20 @@ def test_backing_name_override_and_failures(q):
     assert r.returncode == 1 and not out.exists()
     r = run(RBLOCK, "delta", base, new, check=False)
     assert r.returncode == 1
+
+
+def test_failure_during_the_walk_removes_delta(q):
+    import struct
+    new = q / "new.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", new, "4M")
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 1 0 64k", new)
+    with open(new, "r+b") as f:  # L1[0] -> an unaligned L2 table
+        l1 = struct.unpack(">Q", f.read(48)[40:48])[0]
+        f.seek(l1)
+        e = struct.unpack(">Q", f.read(8))[0]
+        f.seek(l1)
+        f.write(struct.pack(">Q", (e & (1 << 63)) | 0x12345600))
+    base = td.make_raw(q / "base", 4 * MiB, fill=[(0, MiB)])
+    r = run(RBLOCK, "delta", base, new, q / "d.qcow2", check=False)
+    assert r.returncode == 1 and r.stderr.startswith(f"rblock: {new}: ")
+    assert not (q / "d.qcow2").exists()

@@ -332,3 +332,21 @@ def test_trouble(tmp_path):
     bad.write_bytes(b"QFI\xfb" + bytes(100))
     r = run(RBLOCK, "diff", a, bad, check=False)
     assert r.returncode == 2 and r.stderr.startswith(f"rblock: {bad}: ")
+
+
+def test_corrupt_image_found_during_the_walk(tmp_path):
+    need_qcow2(tmp_path)
+    import struct
+    q = tmp_path / "c.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", q, "4M")
+    qemu_io(q, "write -P 1 0 64k")
+    with open(q, "r+b") as f:  # point L1[0] at an unaligned L2 table
+        l1 = struct.unpack(">Q", f.read(48)[40:48])[0]
+        f.seek(l1)
+        e = struct.unpack(">Q", f.read(8))[0]
+        f.seek(l1)
+        f.write(struct.pack(">Q", (e & (1 << 63)) | 0x12345600))
+    a = make_raw(tmp_path / "a", 4 * MiB)
+    r = run(RBLOCK, "diff", "--output=json", q, a, check=False)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"rblock: {q}: ") and r.stderr.count("\n") == 1
