@@ -65,14 +65,18 @@ static bool blank(const char *p, size_t len)
 }
 
 /*
- * Nesting depth check before jansson sees the text: jansson recurses up to
- * depth 2048; we refuse anything deeper than RB_RPC_MAX_DEPTH in one pass
- * without recursion.  Brackets inside strings do not count.  Returns the
- * byte offset of the first bracket past the limit, or -1.
+ * Checks before jansson sees the text, in one pass without recursion:
+ *  - nesting: jansson recurses up to depth 2048; we refuse anything deeper
+ *    than RB_RPC_MAX_DEPTH;
+ *  - size of the tree: a 6 MB line of "[1,1,1,..." is 3 million values,
+ *    ~100 MB once parsed; we refuse more than RB_RPC_MAX_VALUES (counted
+ *    as separators and openings, an upper bound of the values).
+ * Brackets and commas inside strings do not count.  Returns 0, or -1 with
+ * *what set and *at the byte offset where the limit was passed.
  */
-static long too_deep(const char *p, size_t len)
+static int prescan(const char *p, size_t len, const char **what, size_t *at)
 {
-    size_t depth = 0;
+    size_t depth = 0, values = 1;
     bool in_str = false, esc = false;
 
     for (size_t i = 0; i < len; i++) {
@@ -84,16 +88,28 @@ static long too_deep(const char *p, size_t len)
                 esc = true;
             else if (c == '"')
                 in_str = false;
-        } else if (c == '"') {
+            continue;
+        }
+        if (c == '"') {
             in_str = true;
         } else if (c == '[' || c == '{') {
-            if (++depth > RB_RPC_MAX_DEPTH)
-                return (long)i;
+            values++;
+            if (++depth > RB_RPC_MAX_DEPTH) {
+                *what = "nesting deeper than " RB_RPC_STR(RB_RPC_MAX_DEPTH) " levels";
+                *at = i;
+                return -1;
+            }
+        } else if (c == ',') {
+            if (++values > RB_RPC_MAX_VALUES) {
+                *what = "more than " RB_RPC_STR(RB_RPC_MAX_VALUES) " values in one line";
+                *at = i;
+                return -1;
+            }
         } else if ((c == ']' || c == '}') && depth > 0) {
             depth--;
         }
     }
-    return -1;
+    return 0;
 }
 
 /* jansson quotes the offending token, which may be any bytes: keep the
@@ -318,19 +334,17 @@ int rb_rpc_handle(const struct rb_rpc_backend *be, const char *line, size_t len,
     json_error_t jerr;
     json_t *req, *resp;
     bool oom = false;
-    long deep;
+    const char *what;
+    size_t at;
 
     *out = NULL;
     *out_len = 0;
     if (blank(line, len))
         return 0;
 
-    deep = too_deep(line, len);
-    if (deep >= 0) {
+    if (prescan(line, len, &what, &at) < 0) {
         char msg[128];
-        snprintf(msg, sizeof(msg),
-                 "parse error: nesting deeper than %d levels at byte %ld",
-                 RB_RPC_MAX_DEPTH, deep);
+        snprintf(msg, sizeof(msg), "parse error: %s at byte %zu", what, at);
         resp = error_response(NULL, RB_RPC_PARSE_ERROR, msg, NULL);
         return resp ? emit(resp, out, out_len) : -ENOMEM;
     }

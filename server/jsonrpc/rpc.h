@@ -33,6 +33,9 @@
 /* Deepest nesting of arrays and objects in a request (jansson's own cap
  * is 2048 and recursive; ours is checked first, without recursion). */
 #define RB_RPC_MAX_DEPTH 32
+/* Most JSON values in one line (a batch of 1024 requests needs ~20000):
+ * bounds the memory of the parsed tree, whatever the line holds. */
+#define RB_RPC_MAX_VALUES 65536
 /* Most requests in one batch. */
 #define RB_RPC_MAX_BATCH 1024
 /* Most disk data one batch may read: later reads of that batch get
@@ -41,6 +44,9 @@
 /* Most extents in one block_status or map reply; the reply then covers
  * less than asked, and the client asks again from where it ends. */
 #define RB_RPC_MAX_EXTENTS 16384
+
+#define RB_RPC_STR_(x) #x
+#define RB_RPC_STR(x) RB_RPC_STR_(x)
 
 /* ---- error codes ------------------------------------------------------- */
 

@@ -23,11 +23,13 @@ class Server:
     pipe ends it, and with it the server (clean shutdown)."""
 
     def __init__(self, image, *args, rpc=None):
-        self.dir = tempfile.mkdtemp(prefix="rblock-rpc-")
+        self.dir = tempfile.mkdtemp(prefix="rpct-")
         rpc = rpc or ["unix:" + os.path.join(self.dir, "rpc.sock")]
         cmd = [RBLOCK, "serve"]
         for a in rpc:
             cmd += ["--rpc", a]
+        if "--nbd" not in args:  # NBD in our own folder too
+            cmd += ["--nbd", "unix:" + os.path.join(self.dir, "nbd.sock")]
         cmd += list(args)
         cmd += ["--run", 'printf "%s\\n%s\\n" "$rpc" "$uri"; exec cat >/dev/null', image]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

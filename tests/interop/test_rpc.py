@@ -20,7 +20,7 @@ SEED = bytes(range(256)) * 2  # at 4096 in the raw image
 
 @pytest.fixture(scope="module")
 def tmp():
-    d = tempfile.mkdtemp(prefix="rblock-rpc-t-")
+    d = tempfile.mkdtemp(prefix="rpct-t-")
     yield d
     subprocess.run(["rm", "-rf", d])
 

@@ -21,7 +21,7 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def srv():
-    d = tempfile.mkdtemp(prefix="rblock-rpc-h-")
+    d = tempfile.mkdtemp(prefix="rpct-h-")
     path = os.path.join(d, "disk.raw")
     with open(path, "wb") as f:
         f.truncate(128 * MiB)
@@ -57,7 +57,7 @@ def test_32_clients_many_requests(srv):
 def test_32_clients_on_qcow2():
     """The same load on a qcow2 image: writes allocate clusters
     concurrently; afterwards the image passes qemu-img check."""
-    d = tempfile.mkdtemp(prefix="rblock-rpc-h-")
+    d = tempfile.mkdtemp(prefix="rpct-h-")
     path = os.path.join(d, "disk.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "64M"], check=True)
     s = Server(path)
@@ -165,6 +165,16 @@ def test_deep_nesting(srv, good, opener, closer):
     c.close()
 
 
+def test_millions_of_values_in_one_line(srv, good):
+    c = srv.client()
+    c.send(b"[" + b"1," * (3 * MiB) + b"1]\n")  # 6 MiB, 3 million values
+    r = json.loads(c.line())
+    assert r["error"]["code"] == -32700 and "values in one line" in r["error"]["message"]
+    assert c.result("get_version")["name"] == "rblock"
+    still_served(srv, good)
+    c.close()
+
+
 def test_client_that_never_reads_is_dropped(srv, good):
     c = srv.client()
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -213,26 +223,36 @@ def ended(c):
         return True
 
 
-def test_silent_clients_make_room_for_real_ones():
-    d = tempfile.mkdtemp(prefix="rblock-rpc-h-")
+def small_server(d):
     path = os.path.join(d, "disk.raw")
     with open(path, "wb") as f:
         f.truncate(MiB)
-    s = Server(path, "-f", "raw", "--max-connections", "4")
+    return Server(path, "-f", "raw", "--max-connections", "4")
+
+
+def test_silent_clients_make_room_for_real_ones():
+    d = tempfile.mkdtemp(prefix="rpct-h-")
+    s = small_server(d)
     try:
         # four clients that never say anything fill every slot ...
         silent = [s.client() for _ in range(4)]
         # ... yet a real client gets in, pushing the oldest silent one out
-        for _ in range(3):
-            c = s.client()
-            assert c.result("get_version")["name"] == "rblock"
-            c.close()
+        c = s.client()
+        assert c.result("get_version")["name"] == "rblock"
         assert ended(silent[0])
         h = s.nbd()  # NBD too
         assert h.pread(512, 0) == bytes(512)
         h.shutdown()
+        assert c.result("get_version")["name"] == "rblock"
+        c.close()
         for c in silent:
             c.close()
+    finally:
+        status, err = s.stop()
+    assert status == 0, err
+    # (a fresh server: closed clients' threads may still hold slots above)
+    s = small_server(d)
+    try:
         # clients that did speak keep their slot: the fifth is turned away
         talking = [s.client() for _ in range(4)]
         for c in talking:

@@ -151,6 +151,34 @@ static void test_deep_nesting(void **state)
     free(line);
 }
 
+static void test_too_many_values(void **state)
+{
+    size_t n = 70000;
+    char *line = malloc(n * 16 + 64);
+    char *p = line;
+
+    /* a flat array: the tree would be millions of values */
+    *p++ = '[';
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "%s1", i ? "," : "");
+    strcpy(p, "]");
+    err_case(line, RB_RPC_PARSE_ERROR, NULL, "more than 65536 values in one line");
+    /* an object with as many keys, inside params */
+    p = line + sprintf(line, "{\"method\":\"read\",\"id\":1,\"params\":{");
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "%s\"k%zu\":0", i ? "," : "", i);
+    strcpy(p, "}}");
+    err_case(line, RB_RPC_PARSE_ERROR, NULL, "more than 65536 values");
+    /* commas inside strings are not values */
+    p = line + sprintf(line, "{\"method\":\"get_version\",\"id\":\"");
+    memset(p, ',', n);
+    strcpy(p + n, "\"}");
+    json_t *r = ask(line);
+    assert_non_null(json_object_get(r, "result"));
+    json_decref(r);
+    free(line);
+}
+
 static void test_invalid_requests(void **state)
 {
     err_case("1", RB_RPC_INVALID_REQUEST, NULL, "must be an object");
@@ -567,6 +595,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_seed_get_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deep_nesting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ids_echoed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_method_not_found, setup, teardown),
