@@ -235,15 +235,18 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
     int ret = -EINVAL;
 
     if (!(base = rb_image_open(base_path, &bo, err)) ||
-        !(newi = rb_image_open(new_path, &no, err)))
+        !(newi = rb_image_open(new_path, &no, err))) {
+        ret = -(err && err->code ? err->code : EIO);
         goto fail;
+    }
     if ((ret = check_not_input(delta_path, base, err)) < 0 ||
         (ret = check_not_input(delta_path, newi, err)) < 0)
         goto fail;
     name = opts->backing_name ? strdup(opts->backing_name)
                               : rb_delta_backing_name(base_path, delta_path, err);
     if (!name) {
-        ret = rb_error_set(err, ENOMEM, "out of memory");
+        ret = rb_error_set(err, ENOMEM, "out of memory"); /* keeps an earlier cause */
+        ret = -(err && err->code ? err->code : -ret);
         goto fail;
     }
     ret = create_delta(delta_path, base, newi, name, opts, err);
