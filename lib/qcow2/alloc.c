@@ -183,6 +183,12 @@ static int new_refblock(struct qcow2_state *s, uint64_t k, uint64_t at,
     s->reftable[k] = off;
     qcow2w_be64(be, off);
     ret = pwrite_err(s, be, 8, s->h.refcount_table_offset + k * 8, "refcount table", err);
+    if (ret < 0) {
+        /* not on disk: refcounts kept in this block would be lost, so
+         * forget it (the next allocation makes it again) */
+        s->reftable[k] = 0;
+        return ret;
+    }
     /* ORDER: the entry is durable before any L2 table that references a
      * cluster this block counts */
     qcow2_cache_depends_on_flush(s->l2_cache, s->fd);

@@ -162,6 +162,11 @@ static int new_l2_table(struct qcow2_state *s, uint64_t l1i, void **l2,
     qcow2w_be64(be, s->l1[l1i]);
     ret = rb_io_pwrite(s->fd, be, 8, s->h.l1_table_offset + l1i * 8);
     if (ret < 0) {
+        /* the entry is not on disk: keep the in-memory L1 as the file has
+         * it, or later writes would go to a table nothing on disk points
+         * at and be lost even after a successful flush (the new table's
+         * cluster leaks instead) */
+        s->l1[l1i] = 0;
         qcow2_cache_put(s->l2_cache, *l2);
         return io_fail(s, ret, "cannot write L1 entry", s->h.l1_table_offset + l1i * 8,
                        err);
