@@ -57,7 +57,11 @@ def client(uri, seed, index, nclients, model_file, base_file):
     with open(base_file, "rb") as f:
         model = served.Model(f.read())
     h = nbd.NBD()
-    h.connect_uri(uri)
+    try:
+        h.connect_uri(uri)
+    except nbd.Error as e:  # killed before this client got in: nothing written
+        sys.stderr.write(f"client {index}: not connected: {e}\n")
+        h = None
 
     def progress():
         sys.stdout.write("F\n")
@@ -65,12 +69,14 @@ def client(uri, seed, index, nclients, model_file, base_file):
 
     err = ""
     try:
-        served.drive(h, model, client_ops(seed, index, nclients), progress)
+        if h:
+            served.drive(h, model, client_ops(seed, index, nclients), progress)
     except AssertionError as e:
         err = str(e)
-    with open(model_file, "wb") as f:
-        f.write(bytes(model.state))
-        f.write(bytes(model.durable))
+    finally:  # whatever happened, what the client knows is durable
+        with open(model_file, "wb") as f:
+            f.write(bytes(model.state))
+            f.write(bytes(model.durable))
     if err:
         sys.exit(f"client {index}: {err}")
 
@@ -105,10 +111,14 @@ def one_round(fmt, rnd_no, nclients, kill_after):
                     srv.proc.send_signal(signal.SIGKILL)
                     killed = True
         msgs = []
-        for p, _ in procs:
+        for p, mf in procs:
             _, err = p.communicate()
-            if p.returncode != 0:
-                msgs.append(err.decode(errors="replace").strip()[-500:])
+            if p.returncode != 0 or not os.path.exists(mf):
+                msgs.append(f"client exit {p.returncode}: " +
+                            err.decode(errors="replace").strip()[-500:])
+        if msgs:
+            srv.stop()
+            return False, 0, False, "; ".join(msgs), flushes
         rc, err = srv.stop()
         if "Sanitizer" in err or "runtime error" in err:
             return True, 0, False, "sanitizer: " + err[-2000:], flushes
