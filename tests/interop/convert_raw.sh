@@ -39,8 +39,11 @@ opts=("" compat=0.10 cluster_size=512 cluster_size=4k cluster_size=2M refcount_b
       lazy_refcounts=on extended_l2=on compression_type=zstd
       cluster_size=2M,refcount_bits=64,extended_l2=on,compression_type=zstd
       cluster_size=512,refcount_bits=1)
+# every option on the sparse source; a representative few on the others
+few=("" compat=0.10 cluster_size=512 extended_l2=on compression_type=zstd refcount_bits=1)
 for s in sparse zero odd; do
-    for o in "${opts[@]}"; do
+    if [ $s = sparse ]; then set -- "${opts[@]}"; else set -- "${few[@]}"; fi
+    for o in "$@"; do
         for c in "" -c; do
             what="$s ${o:-default} $c"
             $R convert -O qcow2 $c ${o:+-o $o} $s.raw out.qcow2 || fail "convert $what"
@@ -83,4 +86,26 @@ grep -q 'partial output removed' err.txt || fail "limit message: $(cat err.txt)"
 (trap '' XFSZ; ulimit -f 256; $R convert odd.raw big.raw 2>err.txt) && fail "file size limit raw"
 [ ! -e big.raw ] || fail "partial raw output left behind"
 $R convert -O vmdk sparse.raw o.vmdk 2>/dev/null && fail "unknown output format"
+# a full disk (a small tmpfs, when we may mount one)
+mkdir full
+if mount -t tmpfs -o size=128k tmpfs full 2>/dev/null; then
+    trap 'umount "$T/full" 2>/dev/null || true; rm -rf "$T"' EXIT
+    for f in raw qcow2; do
+        out=$($R convert -O $f sparse.raw full/o.$f 2>&1) && fail "full disk ($f)"
+        echo "$out" | grep -q 'No space left on device' || fail "full disk message: $out"
+        [ ! -e full/o.$f ] || fail "partial output on a full disk ($f)"
+    done
+    umount full
+    trap 'rm -rf "$T"' EXIT
+fi
+# a source that changes size while it is read
+head -c 200M /dev/zero | tr '\0' 'x' > grow.raw
+( while [ ! -e stop ]; do truncate -s +4096 grow.raw; done ) &
+grower=$!
+out=$($R convert -O qcow2 grow.raw g.qcow2 2>&1) && ok=1 || ok=0
+touch stop; wait $grower
+[ $ok = 0 ] || fail "source changing size not noticed"
+echo "$out" | grep -q 'changed size' || fail "size change message: $out"
+[ ! -e g.qcow2 ] || fail "partial output left after a size change"
 echo "convert_raw: ok"
+exit 0
