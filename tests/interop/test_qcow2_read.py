@@ -55,6 +55,16 @@ def compare_all(path, cwd):
     run("qemu-img", "convert", "-O", "raw", path, raw, cwd=cwd)
     d = run(RBLOCK, "diff", path, raw, check=False, cwd=cwd)
     assert d.returncode == 0, f"data differs for {path}: {d.stdout[:300]} {d.stderr}"
+    # and byte for byte through rblock's own convert
+    mine = os.path.join(cwd, "mine.raw")
+    run(RBLOCK, "convert", "-O", "raw", path, mine, cwd=cwd)
+    with open(raw, "rb") as a, open(mine, "rb") as b:
+        while True:
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            assert x == y, f"convert -O raw differs for {path}"
+            if not x:
+                break
+    os.unlink(mine)
     os.unlink(raw)
     qi = json.loads(run("qemu-img", "info", "--output=json", path, cwd=cwd).stdout)
     ri = json.loads(run(RBLOCK, "info", "--output=json", path, cwd=cwd).stdout)
