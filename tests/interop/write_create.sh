@@ -48,6 +48,10 @@ cmp q.qcow2 r.qcow2 || fail "default image differs from qemu-img's"
 qemu-img create -q -f qcow2 -o compat=0.10 -b q.qcow2 -F qcow2 q2.qcow2 1G
 $R create -q -f qcow2 -o compat=0.10 -b q.qcow2 -F qcow2 r2.qcow2 1G
 cmp q2.qcow2 r2.qcow2 || fail "v2 overlay differs from qemu-img's"
+# size and format taken from a qcow2 backing file
+qemu-img create -q -f qcow2 -b q.qcow2 -F qcow2 q3.qcow2
+$R create -q -f qcow2 -b q.qcow2 r3.qcow2
+cmp q3.qcow2 r3.qcow2 || fail "overlay without size or -F differs from qemu-img's"
 
 # Overlays: size from the backing, -F probed and always written.
 qemu-img create -q -f raw base.raw 64M

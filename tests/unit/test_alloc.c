@@ -284,6 +284,73 @@ static void test_random_writes(void **state)
     random_writes(16384, 4, 3, false, false);
 }
 
+/* ---- header bits: dirty (lazy refcounts), corrupt, autoclear ------------- */
+
+static uint64_t header_u64(const char *name, unsigned off)
+{
+    uint8_t b[8];
+    FILE *f = fopen(path_of(name), "rb");
+    uint64_t v = 0;
+
+    assert_non_null(f);
+    assert_int_equal(fseek(f, off, SEEK_SET), 0);
+    assert_int_equal(fread(b, 1, 8, f), 8);
+    fclose(f);
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static void header_set_u64(const char *name, unsigned off, uint64_t v)
+{
+    uint8_t b[8];
+    FILE *f = fopen(path_of(name), "r+b");
+
+    assert_non_null(f);
+    qcow2w_be64(b, v);
+    assert_int_equal(fseek(f, off, SEEK_SET), 0);
+    assert_int_equal(fwrite(b, 1, 8, f), 8);
+    fclose(f);
+}
+
+static void test_header_bits(void **state)
+{
+    struct rb_qcow2_create_opts o;
+    struct rb_open_opts rw = {.format = "qcow2", .write = true};
+    struct rb_error err = {0};
+    struct rb_image *img;
+    uint8_t data[4096];
+
+    (void)state;
+    memset(data, 0x5a, sizeof(data));
+    rb_qcow2_create_opts_init(&o);
+    o.size = 1 << 20;
+    o.lazy_refcounts = true;
+    assert_int_equal(rb_qcow2_create(path_of("h.qcow2"), &o, &err), 0);
+    /* an unknown autoclear bit (5) and the bitmaps bit: cleared on write */
+    header_set_u64("h.qcow2", 88, (1ull << 5) | QCOW2_AUTOCLEAR_BITMAPS);
+    img = rb_image_open(path_of("h.qcow2"), &rw, &err);
+    assert_non_null(img);
+    assert_int_equal(header_u64("h.qcow2", 72) & QCOW2_INCOMPAT_DIRTY, 0);
+    assert_int_equal(rb_image_write(img, data, 0, sizeof(data), 0, &err), 0);
+    /* dirty while open with lazy refcounts, autoclear bits gone */
+    assert_int_equal(header_u64("h.qcow2", 72) & QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DIRTY);
+    assert_int_equal(header_u64("h.qcow2", 88), 0);
+    rb_image_close(img);
+    assert_int_equal(header_u64("h.qcow2", 72) & QCOW2_INCOMPAT_DIRTY, 0);
+    check_file("h.qcow2", 0);
+    /* left dirty (a crash): refused for writing until repaired */
+    header_set_u64("h.qcow2", 72, QCOW2_INCOMPAT_DIRTY);
+    rb_error_clear(&err);
+    assert_null(rb_image_open(path_of("h.qcow2"), &rw, &err));
+    assert_non_null(strstr(err.msg, "dirty"));
+    /* the corrupt bit: never written */
+    header_set_u64("h.qcow2", 72, QCOW2_INCOMPAT_CORRUPT);
+    rb_error_clear(&err);
+    assert_null(rb_image_open(path_of("h.qcow2"), &rw, &err));
+    assert_non_null(strstr(err.msg, "corrupt"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -291,6 +358,7 @@ int main(void)
         cmocka_unit_test(test_alloc_every_width),
         cmocka_unit_test(test_reftable_growth),
         cmocka_unit_test(test_random_writes),
+        cmocka_unit_test(test_header_bits),
     };
     return cmocka_run_group_tests(tests, setup_dir, remove_dir);
 }
