@@ -89,6 +89,8 @@ static void unlink_conn(struct rb_server *srv, struct rb_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
+    if (c->evicted)
+        srv->nevicted--;
 }
 
 static void *conn_thread(void *arg)
@@ -121,13 +123,16 @@ static bool evict_one(struct rb_server *srv)
     struct rb_conn *victim = NULL;
 
     for (struct rb_conn *c = srv->conns; c; c = c->next)
-        if (atomic_load(&c->in_handshake) && (!victim || c->id < victim->id))
+        if (!c->evicted && atomic_load(&c->in_handshake) &&
+            (!victim || c->id < victim->id))
             victim = c;
     if (!victim)
         return false;
     /* Its thread sees the failed read, ends and unregisters. */
     shutdown(victim->fd, SHUT_RDWR);
     atomic_store(&victim->in_handshake, false);
+    victim->evicted = true;
+    srv->nevicted++;
     return true;
 }
 
@@ -139,10 +144,27 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
     int ret;
 
     pthread_mutex_lock(&srv->lock);
-    /* Connections being evicted still count until their thread ends, so
-     * allow as many again in flight (bounded: 2 x max). */
-    if (srv->nconns >= srv->max_connections &&
-        (srv->nconns >= 2 * srv->max_connections || !evict_one(srv))) {
+    /* Full: make room by dropping the oldest connection still in its
+     * handshake; refuse only when every connection is established. */
+    if (srv->nconns - srv->nevicted >= srv->max_connections && !evict_one(srv)) {
+        pthread_mutex_unlock(&srv->lock);
+        close(fd);
+        return -EAGAIN;
+    }
+    /* An evicted connection holds its thread until that thread runs and
+     * notices (slow on a loaded machine).  Bound the threads at 2 x max
+     * by waiting for them (briefly; new clients wait in the backlog)
+     * rather than by refusing a real client. */
+    if (srv->nconns >= 2 * srv->max_connections && srv->nevicted > 0) {
+        struct timespec until;
+
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += 5;
+        while (srv->nconns >= 2 * srv->max_connections && srv->nevicted > 0)
+            if (pthread_cond_timedwait(&srv->gone, &srv->lock, &until) == ETIMEDOUT)
+                break;
+    }
+    if (srv->nconns >= 2 * srv->max_connections) {
         pthread_mutex_unlock(&srv->lock);
         close(fd);
         return -EAGAIN;

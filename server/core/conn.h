@@ -65,6 +65,7 @@ struct rb_server {
     pthread_cond_t gone;   /* signalled when a connection ends */
     struct rb_conn *conns; /* list of live connections */
     unsigned nconns;
+    unsigned nevicted;     /* of which shut down, their thread not yet ended */
     uint64_t next_id;
 };
 
@@ -95,6 +96,7 @@ struct rb_conn {
     void *tr_ctx;
     void *proto_data;                /* the protocol's own */
     struct rb_conn *next, *prev;     /* srv->conns, under srv->lock */
+    bool evicted;                    /* under srv->lock */
 };
 
 /* Initialise / destroy the server's private fields (not the settings). */
