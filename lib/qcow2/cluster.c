@@ -321,7 +321,9 @@ int qcow2_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
                 break;
             memcpy(p, cbuf + in, n);
             pthread_mutex_lock(&s->lock);
-            if (!s->zcache)
+            /* only read-only images keep it: a writer could free the
+             * cluster and store another with the same descriptor */
+            if (!s->zcache && !s->writable)
                 s->zcache = malloc(s->cluster_bytes);
             if (s->zcache) {
                 memcpy(s->zcache, cbuf, s->cluster_bytes);

@@ -229,9 +229,8 @@ struct qcow2_state {
     bool metadata_prealloc;
     bool metadata_prealloc_checked;
 
-    /* the last compressed cluster read, decompressed (NULL until one is
-     * read); keyed by its L2 descriptor.  A writer that rewrites or frees
-     * a compressed cluster must reset zcache_entry to 0. */
+    /* the last compressed cluster read, decompressed, keyed by its L2
+     * descriptor; read-only images only (NULL otherwise) */
     uint8_t *zcache;
     uint64_t zcache_entry;
 
