@@ -138,6 +138,14 @@ def test_extended_l2_subclusters(tmp):
     create(top, "8M", "extended_l2=on", backing="b.qcow2", bfmt="qcow2")
     qio(top, "write -P 1 2k 2k", "write -z 64k 2k", "write -P 3 200k 1k")
     compare_all("t.qcow2", tmp)
+    # extended L2 over extended L2: unallocated subclusters at both depths
+    create(os.path.join(tmp, "eb.qcow2"), "2M", "extended_l2=on")
+    qio(os.path.join(tmp, "eb.qcow2"), "write -P 1 4k 4k", "write -z 100k 2k")
+    create(os.path.join(tmp, "et.qcow2"), "4M", "extended_l2=on", backing="eb.qcow2",
+           bfmt="qcow2")
+    qio(os.path.join(tmp, "et.qcow2"), "write -P 2 0 2k", "write -P 3 1M 2k",
+        "write -z 98k 4k")
+    compare_all("et.qcow2", tmp)
 
 
 @pytest.mark.parametrize("ctype", ["zlib", "zstd", "zlib,cluster_size=512",
