@@ -11,7 +11,7 @@ raw.  KIND is a $RBLOCK_FAULT plan without its number: power-write,
 power-sync, power-write-seed (unsynced writes kept or dropped at random),
 fail-write, fail-write-once, fail-sync.  SAMPLE is how many fault points
 to run, spread evenly over 1..W (or S) and always with the first and the
-last; 0 runs all of them.
+last; 0 runs all of them; "A,B,..." runs those points.
 
 One client drives a fixed sequence of writes, FUA writes, write_zeroes,
 trims, flushes and reads, and keeps a model of the disk per 512-byte
@@ -320,7 +320,10 @@ def faults(fmt, kind, n):
     writes, syncs = count(fmt, seq)
     base = kind.replace("-once", "").replace("-seed", "")
     total = syncs if base.endswith("sync") else writes
-    pts = sample(total, n)
+    if "," in n:  # chosen points
+        pts = [int(x) for x in n.split(",") if x and int(x) <= total]
+    else:
+        pts = sample(total, int(n))
     corrupt = lost = leaks = 0
     failures = []
     for p in pts:
@@ -356,7 +359,7 @@ def main():
         log(f"served {fmt}: SKIP (rblock cannot write qcow2 yet)")
         return 77
     if mode == "faults":
-        return faults(fmt, sys.argv[3], int(sys.argv[4]))
+        return faults(fmt, sys.argv[3], sys.argv[4])
     import kill9
     return kill9.run(fmt, int(sys.argv[3]), int(sys.argv[4]))
 
