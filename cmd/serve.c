@@ -15,6 +15,7 @@
 #include "core/export.h"
 #include "core/listen.h"
 #include "core/quit.h"
+#include "core/tls.h"
 #include "jsonrpc/jsonrpc.h"
 #include "nbd/nbd.h"
 
@@ -26,6 +27,8 @@ static void usage(FILE *f)
             "usage: rblock serve [--nbd ADDR]... [--rpc ADDR]... [--read-only]\n"
             "                    [--export-name NAME] [--description TEXT]\n"
             "                    [--max-connections N]\n"
+            "                    [--tls=off|on|require] [--tls-cert DIR | --tls-psk FILE]\n"
+            "                    [--tls-verify-peer]\n"
             "                    [--handshake-timeout SECONDS] [--run CMD] [-f FMT] IMAGE\n"
             "\n"
             "Serve IMAGE (raw, qcow2 or a qcow2 chain) over NBD, and JSON-RPC with --rpc.\n"
@@ -42,7 +45,12 @@ static void usage(FILE *f)
             "      --handshake-timeout SECONDS  (default %u)\n"
             "      --run CMD          run CMD with $uri, $nbd, $port/$unixsocket set; stop\n"
             "                         when it ends and exit with its status\n"
-            "  -f, --format FMT       raw or qcow2 (default: probe)\n",
+            "  -f, --format FMT       raw or qcow2 (default: probe)\n"
+            "      --tls=MODE         NBD over TLS: off, on (offered) or require (default\n"
+            "                         require when credentials are given)\n"
+            "      --tls-cert DIR     ca-cert.pem, server-cert.pem, server-key.pem\n"
+            "      --tls-psk FILE     psktool's username:hexkey file\n"
+            "      --tls-verify-peer  require a client certificate signed by ca-cert.pem\n",
             RB_DEFAULT_MAX_CONNECTIONS, RB_DEFAULT_HANDSHAKE_MS / 1000);
 }
 
@@ -61,9 +69,60 @@ static int parse_count(const char *s, const char *what, unsigned max, unsigned *
     return 0;
 }
 
+/* --tls=MODE with --tls-cert / --tls-psk.  Credentials alone mean
+ * require (as qemu-nbd's --tls-creds); on/require need credentials. */
+static int parse_tls(const char *mode, struct rb_tls_config *t)
+{
+    bool creds = t->cert_dir || t->psk_file;
+
+    if (!mode)
+        t->mode = creds ? RB_TLS_REQUIRE : RB_TLS_OFF;
+    else if (!strcmp(mode, "off"))
+        t->mode = RB_TLS_OFF;
+    else if (!strcmp(mode, "on"))
+        t->mode = RB_TLS_ON;
+    else if (!strcmp(mode, "require"))
+        t->mode = RB_TLS_REQUIRE;
+    else {
+        complain("--tls must be off, on or require, not '%s'", mode);
+        return -EINVAL;
+    }
+    if (t->cert_dir && t->psk_file) {
+        complain("--tls-cert and --tls-psk cannot be used together");
+        return -EINVAL;
+    }
+    if (t->verify_peer && !t->cert_dir) {
+        complain("--tls-verify-peer needs --tls-cert DIR");
+        return -EINVAL;
+    }
+    if ((t->mode != RB_TLS_OFF || creds) && !rb_tls_available()) {
+        complain("this rblock was built without GnuTLS: --tls is not available");
+        return -ENOTSUP;
+    }
+    if (t->mode != RB_TLS_OFF && !creds) {
+        complain("--tls=%s needs --tls-cert DIR or --tls-psk FILE", mode);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* --run with TLS: $uri says nbds:// (the client still needs its own
+ * credentials, e.g. libnbd's tls-certificates= or tls-psk-file=). */
+static void tls_uri_env(void)
+{
+    const char *uri = getenv("uri");
+    char buf[32768 + 8];
+
+    if (!uri || strncmp(uri, "nbd", 3) != 0 || strlen(uri) + 2 > sizeof(buf))
+        return;
+    snprintf(buf, sizeof(buf), "nbds%s", uri + 3);
+    setenv("uri", buf, 1);
+}
+
 int cmd_serve(int argc, char **argv)
 {
-    enum { OPT_NBD = 256, OPT_RUN, OPT_HS_TIMEOUT, OPT_RPC };
+    enum { OPT_NBD = 256, OPT_RUN, OPT_HS_TIMEOUT, OPT_RPC, OPT_TLS, OPT_TLS_CERT,
+           OPT_TLS_PSK, OPT_TLS_VERIFY };
     static const struct option longopts[] = {
         {"nbd", required_argument, NULL, OPT_NBD},
         {"rpc", required_argument, NULL, OPT_RPC},
@@ -74,6 +133,10 @@ int cmd_serve(int argc, char **argv)
         {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
         {"run", required_argument, NULL, OPT_RUN},
         {"format", required_argument, NULL, 'f'},
+        {"tls", required_argument, NULL, OPT_TLS},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+        {"tls-psk", required_argument, NULL, OPT_TLS_PSK},
+        {"tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -87,6 +150,8 @@ int cmd_serve(int argc, char **argv)
     struct rb_listeners ls = {0};
     struct rb_error err = {0};
     unsigned hs_seconds = RB_DEFAULT_HANDSHAKE_MS / 1000;
+    struct rb_tls_config tls_cfg = {0};
+    const char *tls_mode = NULL;
     int c, status = 1, activated;
 
     while ((c = getopt_long(argc, argv, "rx:d:m:f:h", longopts, NULL)) != -1) {
@@ -130,6 +195,10 @@ int cmd_serve(int argc, char **argv)
             break;
         case OPT_RUN: run_cmd = optarg; break;
         case 'f': cfg.format = optarg; break;
+        case OPT_TLS: tls_mode = optarg; break;
+        case OPT_TLS_CERT: tls_cfg.cert_dir = optarg; break;
+        case OPT_TLS_PSK: tls_cfg.psk_file = optarg; break;
+        case OPT_TLS_VERIFY: tls_cfg.verify_peer = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -139,6 +208,8 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     cfg.path = argv[optind];
+    if (parse_tls(tls_mode, &tls_cfg) < 0)
+        return 1;
     srv.handshake_timeout_ms = hs_seconds * 1000;
 
     /* Signals first: a SIGTERM during start-up still means a clean stop
@@ -163,6 +234,13 @@ int cmd_serve(int argc, char **argv)
     for (size_t i = 0; i < n_rpc; i++)
         if (rb_listener_add(&ls, rpc_addrs[i], &rb_jsonrpc_protocol, &err) < 0)
             goto fail;
+    /* Credentials before the image: a bad certificate is a start-up
+     * error, reported before anything is opened for writing. */
+    if (tls_cfg.mode != RB_TLS_OFF) {
+        srv.tls = rb_tls_new(&tls_cfg, &err);
+        if (!srv.tls)
+            goto fail;
+    }
     srv.export = rb_export_open(&cfg, &err);
     if (!srv.export)
         goto fail;
@@ -170,6 +248,8 @@ int cmd_serve(int argc, char **argv)
         goto fail;
     if (run_cmd && rb_rpc_export_env(&ls, &err) < 0)
         goto fail;
+    if (run_cmd && srv.tls)
+        tls_uri_env();
     if (rb_server_init(&srv) < 0) {
         rb_error_set(&err, ENOMEM, "cannot start the server");
         goto fail;
@@ -180,6 +260,7 @@ int cmd_serve(int argc, char **argv)
     rb_server_destroy(&srv);
     rb_quit_fini();
     rb_listeners_close(&ls);
+    rb_tls_free(srv.tls);
     if (rb_export_close(srv.export, &err) < 0) {
         complain("%s", rb_error_msg(&err, -EIO));
         return status ? status : 1;
@@ -190,5 +271,6 @@ fail:
     rb_quit_fini();
     rb_listeners_close(&ls);
     rb_export_close(srv.export, NULL);
+    rb_tls_free(srv.tls);
     return 1;
 }

@@ -280,7 +280,7 @@ int rb_conn_recv(struct rb_conn *c, void *buf, size_t len)
         int left = time_left_ms(c);
         long n;
 
-        if (left >= 0) {
+        if (left >= 0 && !(c->tr && c->tr->pending && c->tr->pending(c->tr_ctx))) {
             struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
             int r;
 

@@ -31,6 +31,7 @@
 
 struct rb_conn;
 struct rb_server;
+struct rb_tls;
 
 struct rb_protocol {
     const char *name;       /* "nbd", "jsonrpc" */
@@ -57,6 +58,8 @@ struct rb_server {
     unsigned handshake_timeout_ms; /* 0 = RB_DEFAULT_HANDSHAKE_MS */
     /* Transport hooks for TLS (issue 7): NULL for plain sockets. */
     const struct rb_transport *transport;
+    /* TLS credentials and mode (core/tls.h), NULL without --tls. */
+    struct rb_tls *tls;
     /* Per-protocol settings owned by cmd/serve.c, read by the protocol. */
     void *proto_config[RB_PROTO_COUNT];
 
@@ -79,6 +82,9 @@ struct rb_server {
 struct rb_transport {
     long (*recv)(void *ctx, void *buf, size_t len);
     long (*sendv)(void *ctx, const struct iovec *iov, int iovcnt);
+    /* True when recv has bytes buffered (the socket may have none), so
+     * waiting on the socket for the deadline would stall.  May be NULL. */
+    bool (*pending)(void *ctx);
     void (*close)(void *ctx);
 };
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/tls.h"
 #include "nbd/nbd.h"
 #include "nbd/proto.h"
 #include "nbd/wire.h"
@@ -268,9 +269,51 @@ static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
     return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
 }
 
+/*
+ * NBD_OPT_STARTTLS (proto.md, "TLS support"): ACK, then the TLS handshake
+ * on the same socket; after it, everything negotiated in plaintext is
+ * forgotten (an attacker could have chosen it): structured replies, meta
+ * contexts, the export.  Only the client's handshake flags stay.
+ */
+static int opt_starttls(struct rb_conn *c, struct nbd_session *s, struct opt *o)
+{
+    struct rb_tls *tls = c->srv->tls;
+    int ret;
+
+    if (rb_tls_mode(tls) == RB_TLS_OFF)
+        return send_error(c, o->code, NBD_REP_ERR_POLICY, "TLS is not enabled");
+    if (o->len)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID,
+                          "NBD_OPT_STARTTLS with %u bytes of data", o->len);
+    if (s->tls)
+        return send_error(c, o->code, NBD_REP_ERR_INVALID, "TLS is already on");
+    ret = send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
+    if (ret)
+        return ret;
+    /* The spec: a failed TLS handshake ends the connection. */
+    ret = rb_tls_start(c, tls);
+    if (ret)
+        return ret;
+    *s = (struct nbd_session){
+        .fixed_newstyle = s->fixed_newstyle,
+        .no_zeroes = s->no_zeroes,
+        .tls = true,
+    };
+    return 0;
+}
+
 /* Handle one option.  1: enter transmission; 0: continue; <0: hang up. */
 static int handle_option(struct rb_conn *c, struct nbd_session *s, struct opt *o)
 {
+    /* TLS required and not on yet: only STARTTLS and ABORT are answered;
+     * EXPORT_NAME cannot carry an error, so the spec says hang up. */
+    if (!s->tls && rb_tls_mode(c->srv->tls) == RB_TLS_REQUIRE &&
+        o->code != NBD_OPT_STARTTLS && o->code != NBD_OPT_ABORT) {
+        if (o->code == NBD_OPT_EXPORT_NAME)
+            return -EACCES;
+        return send_error(c, o->code, NBD_REP_ERR_TLS_REQD,
+                          "TLS is required: use NBD_OPT_STARTTLS (nbds://)");
+    }
     switch (o->code) {
     case NBD_OPT_EXPORT_NAME: {
         int ret = opt_export_name(c, s, o);
@@ -294,7 +337,7 @@ static int handle_option(struct rb_conn *c, struct nbd_session *s, struct opt *o
     case NBD_OPT_SET_META_CONTEXT:
         return opt_meta(c, s, o);
     case NBD_OPT_STARTTLS:
-        return send_error(c, o->code, NBD_REP_ERR_POLICY, "TLS is not enabled");
+        return opt_starttls(c, s, o);
     default:
         return send_error(c, o->code, NBD_REP_ERR_UNSUP, "option %u is not supported",
                           o->code);
