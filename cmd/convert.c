@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "rblock/io.h"
 #include "rblock/ops.h"
 #include "rblock/qcow2-create.h"
 
@@ -45,7 +46,7 @@ static struct rb_image *make_raw(const char *path, uint64_t size, bool *created,
 {
     struct rb_open_opts oo = {.format = "raw", .write = true, .lock = true};
     struct stat st;
-    int fd;
+    int fd, ret;
 
     if (stat(path, &st) == 0 && S_ISBLK(st.st_mode)) {
         *zeroed = false;
@@ -58,9 +59,9 @@ static struct rb_image *make_raw(const char *path, uint64_t size, bool *created,
     }
     *created = true;
     *zeroed = true;
-    if (ftruncate(fd, (off_t)size) < 0) {
-        rb_error_set(err, errno, "%s: cannot resize to %" PRIu64 " bytes: %s", path, size,
-                     strerror(errno));
+    if ((ret = rb_io_truncate(fd, size)) < 0) {
+        rb_error_set(err, -ret, "%s: cannot resize to %" PRIu64 " bytes: %s", path, size,
+                     strerror(-ret));
         close(fd);
         return NULL;
     }

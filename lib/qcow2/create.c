@@ -438,8 +438,8 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
         uint64_t end = p->lay.l1_off + p->lay.l1_entries * 8;
         if (p->l2s || p->lay.l1_entries == 0)
             end = p->total * c;
-        if (ftruncate(fd, (off_t)end) < 0)
-            ret = rb_error_set(err, errno, "%s: cannot resize: %s", path, strerror(errno));
+        if ((ret = rb_io_truncate(fd, end)) < 0)
+            rb_error_set(err, -ret, "%s: cannot resize: %s", path, strerror(-ret));
     }
     if (ret == 0 && (ret = rb_io_sync(fd)) < 0)
         rb_error_set(err, -ret, "%s: sync failed: %s", path, strerror(-ret));

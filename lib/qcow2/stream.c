@@ -457,8 +457,8 @@ static int stream_flush(struct rb_image *img, struct rb_error *err)
     end = s->file_end;
     if (((s->cdata_end + 511) & ~511ull) > end)
         end = (s->cdata_end + 511) & ~511ull;
-    if (ftruncate(s->fd, (off_t)end) < 0)
-        return io_err(img, -errno, "cannot resize", err);
+    if ((ret = rb_io_truncate(s->fd, end)) < 0)
+        return io_err(img, ret, "cannot resize", err);
     /* header last: it makes the file a valid image */
     buf = malloc(s->c);
     if (!buf)
