@@ -262,3 +262,20 @@ def test_libnbd_tls_pipelined_reads_and_writes(tmp_path, pki):
     assert rc == 0, err
     with open(path, "rb") as f:
         assert f.read() == bytes(data)
+
+
+def test_sigterm_with_tls_client_connected(image, pki):
+    """SIGTERM while a TLS client is connected and idle: the server stops
+    reading, ends the connection and exits 0 (ASan: nothing leaked)."""
+    srv = Server(image[0], "-r", "--tls-cert", os.path.join(pki, "pki"))
+    try:
+        h = nbd.NBD()
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_tls_certificates(os.path.join(pki, "anon"))
+        h.connect_unix(srv.path)
+        assert h.pread(4096, 0) == image[1][:4096]
+    finally:
+        rc, err = srv.stop()
+    assert rc == 0, err
+    with pytest.raises(nbd.Error):
+        h.pread(4096, 0)
