@@ -5,8 +5,12 @@
  *
  *   framing.c   newline-delimited JSON on a stream socket (framing.h)
  *   envelope.c  requests, batches, notifications -> response text
- *   methods.c   the method table: parameters by name, calls on the backend
- *   backend.c   the backend over server/core/exports.c (the shared image)
+ *   methods.c   the method table and dispatch (methods.h, internal), with
+ *               params.c (checking parameters), io.c (read, write, zeroes,
+ *               trim, flush), extents.c (block_status, map)
+ *   backend.c   the backend over server/core/export.h (the shared image)
+ *               and the protocol's entry point (jsonrpc.h)
+ *   inspect.c   info and check, as `rblock info|check --output=json`
  *
  * The envelope and the methods never touch a socket or a global: every
  * call gets a struct rb_rpc_backend, so unit tests run them over a
