@@ -16,7 +16,7 @@ export PATH="/usr/bin:$PATH"   # nbdsh wants Debian's python3
 
 /usr/bin/python3 "$HERE/tls_pki.py" "$T"
 PKI=$T/pki CLIENT=$T/client ANON=$T/anon OTHER=$T/other PSK=$T/keys.psk
-export PKI CLIENT ANON OTHER PSK
+export T PKI CLIENT ANON OTHER PSK
 
 MiB=1048576
 head -c $((3 * MiB)) /dev/urandom > disk.raw
@@ -84,6 +84,12 @@ step "PSK"
     'nbdinfo --size "nbds+unix://alice@/?socket=$unixsocket&tls-psk-file=$PSK"' disk.raw \
     > psk.txt || fail "nbdinfo with PSK"
 grep -qx 8388608 psk.txt || fail "psk size: $(cat psk.txt)"
+"$RBLOCK" serve -r --tls-psk "$PSK" --run \
+    'qemu-img compare --object tls-creds-psk,id=tls0,dir=$T,username=alice,endpoint=client \
+         --image-opts "driver=raw,file.filename=disk.raw" \
+         "driver=nbd,server.type=unix,server.path=$unixsocket,tls-creds=tls0"' \
+    disk.raw > qpsk.txt || fail "qemu-img with PSK: $(cat qpsk.txt)"
+grep -q identical qpsk.txt || fail "qemu-img compare with PSK: $(cat qpsk.txt)"
 if "$RBLOCK" serve -r --tls-psk "$PSK" --run \
     'nbdinfo --size "nbds+unix://alice@/?socket=$unixsocket&tls-psk-file=$T/wrong.psk"' \
     disk.raw > /dev/null 2>&1; then
