@@ -49,14 +49,15 @@ struct rb_proto_stats {
     uint64_t requests;          /* I/O calls made through the export */
     uint64_t errors;            /* of which failed */
     uint64_t bytes_read;
-    uint64_t bytes_written;     /* write payloads (not zeroes or trims) */
+    uint64_t bytes_written; /* write payloads (not zeroes or trims) */
 };
 
 struct rb_export;
 
 /* Open the image (read-write and locked unless cfg->read_only).  Returns
  * an owned export or NULL with @err set. */
-struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_error *err);
+struct rb_export *rb_export_open(const struct rb_export_config *cfg,
+                                 struct rb_error *err);
 
 /* Flush (when writable) and close.  Nothing may use @e any more.  Returns
  * the flush's result (0 or -errno, @err set).  Accepts NULL. */

@@ -14,8 +14,8 @@
 #include "rblock/io.h"
 
 struct counters {
-    atomic_uint_fast64_t connections_total, connections_now, requests, errors,
-        bytes_read, bytes_written;
+    atomic_uint_fast64_t connections_total, connections_now, requests, errors, bytes_read,
+        bytes_written;
 };
 
 struct rb_export {
@@ -30,9 +30,12 @@ struct rb_export {
 const char *rb_proto_name(enum rb_proto_id id)
 {
     switch (id) {
-    case RB_PROTO_NBD: return "nbd";
-    case RB_PROTO_JSONRPC: return "jsonrpc";
-    default: return "?";
+    case RB_PROTO_NBD:
+        return "nbd";
+    case RB_PROTO_JSONRPC:
+        return "jsonrpc";
+    default:
+        return "?";
     }
 }
 
@@ -80,12 +83,30 @@ int rb_export_close(struct rb_export *e, struct rb_error *err)
     return ret;
 }
 
-uint64_t rb_export_size(const struct rb_export *e) { return e->img->size; }
-bool rb_export_read_only(const struct rb_export *e) { return e->read_only; }
-const char *rb_export_name(const struct rb_export *e) { return e->name; }
-const char *rb_export_description(const struct rb_export *e) { return e->description; }
-const char *rb_export_format(const struct rb_export *e) { return e->img->ops->format; }
-struct rb_image *rb_export_image(struct rb_export *e) { return e->img; }
+uint64_t rb_export_size(const struct rb_export *e)
+{
+    return e->img->size;
+}
+bool rb_export_read_only(const struct rb_export *e)
+{
+    return e->read_only;
+}
+const char *rb_export_name(const struct rb_export *e)
+{
+    return e->name;
+}
+const char *rb_export_description(const struct rb_export *e)
+{
+    return e->description;
+}
+const char *rb_export_format(const struct rb_export *e)
+{
+    return e->img->ops->format;
+}
+struct rb_image *rb_export_image(struct rb_export *e)
+{
+    return e->img;
+}
 
 uint32_t rb_export_cluster_bytes(const struct rb_export *e)
 {

@@ -94,7 +94,8 @@ static int listen_unix(struct rb_listeners *ls, const char *path, const char *ad
 static int listen_tcp(struct rb_listeners *ls, const char *hostport, const char *addr,
                       const struct rb_protocol *proto, struct rb_error *err)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
     struct addrinfo *res, *ai;
     const char *colon = strrchr(hostport, ':');
@@ -181,12 +182,12 @@ int rb_listener_add(struct rb_listeners *ls, const char *addr,
         return listen_unix(ls, addr + 5, addr, proto, err);
     if (strncmp(addr, "tcp:", 4) == 0)
         return listen_tcp(ls, addr + 4, addr, proto, err);
-    return rb_error_set(err, EINVAL,
-                        "'%s': address must be tcp:HOST:PORT or unix:PATH", addr);
+    return rb_error_set(err, EINVAL, "'%s': address must be tcp:HOST:PORT or unix:PATH",
+                        addr);
 }
 
-int rb_listener_add_private_unix(struct rb_listeners *ls,
-                                 const struct rb_protocol *proto, struct rb_error *err)
+int rb_listener_add_private_unix(struct rb_listeners *ls, const struct rb_protocol *proto,
+                                 struct rb_error *err)
 {
     const char *tmp = getenv("TMPDIR");
     char dir[256], path[300], addr[310];

@@ -20,10 +20,10 @@
 struct rb_listener {
     int fd;
     const struct rb_protocol *proto;
-    char *addr;       /* as given, or "systemd:N" */
-    char *unix_path;  /* unix socket we created (unlinked at close) */
-    char *host;       /* tcp: numeric host we bound */
-    unsigned port;    /* tcp: port we bound (after PORT 0) */
+    char *addr;      /* as given, or "systemd:N" */
+    char *unix_path; /* unix socket we created (unlinked at close) */
+    char *host;      /* tcp: numeric host we bound */
+    unsigned port;   /* tcp: port we bound (after PORT 0) */
 };
 
 struct rb_listeners {
@@ -47,8 +47,8 @@ int rb_listener_adopt_systemd(struct rb_listeners *ls, const struct rb_protocol 
 
 /* Listen on a unix socket in a new private temporary folder (for --run
  * without an address). */
-int rb_listener_add_private_unix(struct rb_listeners *ls,
-                                 const struct rb_protocol *proto, struct rb_error *err);
+int rb_listener_add_private_unix(struct rb_listeners *ls, const struct rb_protocol *proto,
+                                 struct rb_error *err);
 
 /* Close every listener, unlink unix sockets, remove the private folder. */
 void rb_listeners_close(struct rb_listeners *ls);

@@ -23,11 +23,11 @@ extern const struct rb_protocol rb_nbd_protocol;
 struct nbd_session {
     bool fixed_newstyle;
     bool no_zeroes;
-    bool tls;            /* NBD_OPT_STARTTLS done: the stream is TLS */
-    bool structured;     /* NBD_OPT_STRUCTURED_REPLY acknowledged */
-    bool meta_alloc;     /* base:allocation selected */
-    bool meta_depth;     /* qemu:allocation-depth selected */
-    uint16_t tflags;     /* transmission flags sent */
+    bool tls;        /* NBD_OPT_STARTTLS done: the stream is TLS */
+    bool structured; /* NBD_OPT_STRUCTURED_REPLY acknowledged */
+    bool meta_alloc; /* base:allocation selected */
+    bool meta_depth; /* qemu:allocation-depth selected */
+    uint16_t tflags; /* transmission flags sent */
 };
 
 /* Run the handshake on @c.  Returns 0 when the client entered

@@ -123,8 +123,8 @@
 #define NBD_CHUNK_HDR_BYTES 20    /* magic, flags, type, handle, length */
 
 /* Our limits (advertised with NBD_INFO_BLOCK_SIZE). */
-#define NBD_MAX_STRING 4096              /* names, queries (spec: MUST <= 4096) */
-#define NBD_MAX_OPTION_BYTES (64u << 10) /* longer options: hard disconnect */
+#define NBD_MAX_STRING 4096               /* names, queries (spec: MUST <= 4096) */
+#define NBD_MAX_OPTION_BYTES (64u << 10)  /* longer options: hard disconnect */
 #define NBD_MAX_REQUEST_BYTES (32u << 20) /* READ / WRITE payload */
 
 /* Metadata context ids we hand out. */

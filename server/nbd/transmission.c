@@ -54,11 +54,11 @@ struct tx {
     pthread_cond_t work; /* a request was queued, or stop */
     pthread_cond_t room; /* a request finished */
     struct req *head, *tail;
-    unsigned queued;    /* in the queue */
-    unsigned busy;      /* being run */
-    unsigned idle;      /* workers waiting for work */
+    unsigned queued; /* in the queue */
+    unsigned busy;   /* being run */
+    unsigned idle;   /* workers waiting for work */
     unsigned nworkers;
-    size_t bytes;       /* payload bytes queued or running */
+    size_t bytes; /* payload bytes queued or running */
     bool stop;
     /* A range block status last reported as data: reads inside it skip
      * the look-up.  Only data is remembered, never holes, so a stale
@@ -144,10 +144,16 @@ static void reply_status(struct tx *t, const struct req *r, int ret, const char 
 
 /* An error worth telling the operator about: the image failed, not the
  * client's request. */
-static void log_error(struct tx *t, const struct req *r, int ret, const struct rb_error *err)
+static void log_error(struct tx *t, const struct req *r, int ret,
+                      const struct rb_error *err)
 {
     switch (-ret) {
-    case EINVAL: case ENOSPC: case EROFS: case EPERM: case ENOTSUP: case 0:
+    case EINVAL:
+    case ENOSPC:
+    case EROFS:
+    case EPERM:
+    case ENOTSUP:
+    case 0:
         return;
     }
     fprintf(stderr, "rblock: nbd %s: command %u at %" PRIu64 " length %u: %s\n",
@@ -309,7 +315,7 @@ static void do_block_status(struct tx *t, const struct req *r)
     uint8_t hdr[2][NBD_CHUNK_HDR_BYTES + 4];
     struct iovec iov[4];
     int niov = 0, nchunks = 0, ret = 0;
-    uint8_t (*av)[8] = malloc(2 * NBD_MAX_DESCRIPTORS * sizeof(*av));
+    uint8_t(*av)[8] = malloc(2 * NBD_MAX_DESCRIPTORS * sizeof(*av));
     struct desc a = {0, av}, d = {0, av ? av + NBD_MAX_DESCRIPTORS : NULL};
 
     if (!av) {
@@ -414,7 +420,8 @@ static void run_request(struct tx *t, const struct req *r, struct buf *b)
             do_read(t, r, b);
         return;
     case NBD_CMD_WRITE:
-        ret = rb_export_write(t->e, RB_PROTO_NBD, r->payload, r->off, r->len, wflags, &err);
+        ret =
+            rb_export_write(t->e, RB_PROTO_NBD, r->payload, r->off, r->len, wflags, &err);
         break;
     case NBD_CMD_FLUSH:
         ret = rb_export_flush(t->e, RB_PROTO_NBD, &err);
@@ -501,9 +508,8 @@ static void enqueue(struct tx *t, struct req *r)
     struct buf b = {0};
 
     pthread_mutex_lock(&t->lock);
-    while (t->queued + t->busy > 0 &&
-           (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
-            t->bytes + req_bytes(r) > NBD_MAX_INFLIGHT_BYTES))
+    while (t->queued + t->busy > 0 && (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
+                                       t->bytes + req_bytes(r) > NBD_MAX_INFLIGHT_BYTES))
         pthread_cond_wait(&t->room, &t->lock);
     r->next = NULL;
     if (t->tail)
