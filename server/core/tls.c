@@ -109,6 +109,13 @@ static int load_x509(struct rb_tls *t, const char *dir, struct rb_error *err)
             return rb_error_set(err, EINVAL, "%s: %s", ca,
                                 ret == 0 ? "no certificate in the file" : gnutls_strerror(ret));
     }
+    /* Revoked client certificates, when the folder has a list (as qemu). */
+    if (t->verify_peer && snprintf(ca, sizeof(ca), "%s/ca-crl.pem", dir) < (int)sizeof(ca) &&
+        access(ca, F_OK) == 0) {
+        ret = gnutls_certificate_set_x509_crl_file(t->x509, ca, GNUTLS_X509_FMT_PEM);
+        if (ret < 0)
+            return rb_error_set(err, EINVAL, "%s: %s", ca, gnutls_strerror(ret));
+    }
     ret = gnutls_certificate_set_x509_key_file(t->x509, cert, key, GNUTLS_X509_FMT_PEM);
     if (ret < 0)
         return rb_error_set(err, EINVAL, "%s, %s: %s", cert, key, gnutls_strerror(ret));

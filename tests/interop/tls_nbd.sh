@@ -106,6 +106,18 @@ if "$RBLOCK" serve -r --tls-cert "$PKI" --tls-verify-peer --run \
     fail "a client without a certificate passed --tls-verify-peer"
 fi
 
+step "--tls-verify-peer with ca-crl.pem refuses a revoked client certificate"
+mkdir crl
+cp "$PKI"/ca-cert.pem "$PKI"/server-cert.pem "$PKI"/server-key.pem crl/
+certtool --generate-crl --load-ca-privkey "$PKI/ca-key.pem" \
+    --load-ca-certificate "$PKI/ca-cert.pem" --load-certificate "$CLIENT/client-cert.pem" \
+    --template "$PKI/ca.info" --outfile crl/ca-crl.pem > /dev/null 2>&1
+if "$RBLOCK" serve -r --tls-cert crl --tls-verify-peer --nbd tcp:127.0.0.1:0 --run \
+    'nbdinfo --size "nbds://localhost:$port?tls-certificates=$CLIENT"' disk.raw \
+    > /dev/null 2>&1; then
+    fail "a revoked client certificate was accepted"
+fi
+
 step "bad credentials and options are start-up errors (exit 1, one line)"
 mkdir empty mismatch
 cp "$PKI/ca-cert.pem" "$PKI/server-cert.pem" mismatch/
@@ -123,6 +135,8 @@ expect_fail() { # expected-message-pattern serve-args...
 expect_fail 'server-cert.pem' --tls-cert empty
 expect_fail 'server-cert.pem' --tls-cert "$T/nowhere"
 expect_fail 'server-key.pem' --tls-cert mismatch
+echo garbage > crl/ca-crl.pem
+expect_fail 'ca-crl.pem' --tls-cert crl --tls-verify-peer
 expect_fail 'nowhere.psk' --tls-psk "$T/nowhere.psk"
 expect_fail 'bad.psk:1' --tls-psk bad.psk
 expect_fail 'empty.psk' --tls-psk empty.psk
