@@ -75,4 +75,34 @@ static int fuzz_memfd(const char *name, const void *data, size_t size, unsigned 
     return fd;
 }
 
+/* The export of the protocol targets: 1 MiB with a few bytes of data, raw
+ * or (qcow2) a fresh qcow2 image with 4 KiB clusters, in a memfd. */
+#ifdef FUZZ_WANT_EXPORT
+#include "rblock/qcow2-create.h"
+#define FUZZ_EXPORT_BYTES (1u << 20)
+
+static int fuzz_export_image(bool qcow2, char path[64])
+{
+    int fd = fuzz_memfd(qcow2 ? "fuzz.qcow2" : "fuzz.raw", NULL, qcow2 ? 0 : FUZZ_EXPORT_BYTES,
+                        0, path);
+
+    if (qcow2) {
+        struct rb_qcow2_create_opts o;
+        struct rb_error err = {0};
+
+        rb_qcow2_create_opts_init(&o);
+        o.size = FUZZ_EXPORT_BYTES;
+        o.size_set = true;
+        o.cluster_bytes = 4096;
+        if (rb_qcow2_create(path, &o, &err) < 0) {
+            fprintf(stderr, "fuzz: %s\n", rb_error_msg(&err, -EIO));
+            abort();
+        }
+    } else if (pwrite(fd, "rblock", 6, 65536) != 6) {
+        abort();
+    }
+    return fd;
+}
+#endif
+
 #endif

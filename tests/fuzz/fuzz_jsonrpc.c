@@ -1,75 +1,25 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * fuzz_jsonrpc.c - libFuzzer target: the input is what a client sends to
- * the JSON-RPC server.  It runs the real framing loop (rb_rpc_serve_fd)
- * with a small line cap on one end of a socketpair, over a backend on a
- * 1 MiB raw export in a memfd (server/core/exports.c, as served); a
- * thread writes the input and closes, another drains the replies.  Each
- * complete line is also handed to rb_rpc_handle directly.  The input's
- * first byte picks read-only or writable.
+ * the JSON-RPC server.  Each line goes through rb_rpc_handle, then the
+ * whole input through the real protocol handler (rb_jsonrpc_protocol.serve:
+ * framing, envelope, methods, the backend over server/core/exports.c) on
+ * one end of a socketpair, with a small line cap, over a 1 MiB export in a
+ * memfd; a thread writes the input and closes, another drains the
+ * replies.  The input's first byte is the harness's: bit 0 serves
+ * read-only, bit 1 a qcow2 image (else raw).
  */
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
+#define FUZZ_WANT_EXPORT
 #include "fuzz_common.h"
+#include "core/conn.h"
 #include "core/export.h"
 #include "jsonrpc/framing.h"
+#include "jsonrpc/jsonrpc.h"
 #include "jsonrpc/rpc.h"
-
-#define EXPORT_BYTES (1u << 20)
-
-static struct rb_export *ex;
-
-static uint64_t b_size(void *o) { return rb_export_size(o); }
-static bool b_ro(void *o) { return rb_export_read_only(o); }
-static int b_read(void *o, void *buf, uint64_t off, size_t len, struct rb_error *err)
-{
-    return rb_export_read(o, RB_PROTO_JSONRPC, buf, off, len, err);
-}
-static int b_write(void *o, const void *buf, uint64_t off, size_t len, unsigned flags,
-                   struct rb_error *err)
-{
-    return rb_export_write(o, RB_PROTO_JSONRPC, buf, off, len, flags, err);
-}
-static int b_zero(void *o, uint64_t off, uint64_t len, unsigned flags, struct rb_error *err)
-{
-    return rb_export_write_zeroes(o, RB_PROTO_JSONRPC, off, len, flags, err);
-}
-static int b_trim(void *o, uint64_t off, uint64_t len, struct rb_error *err)
-{
-    return rb_export_trim(o, RB_PROTO_JSONRPC, off, len, 0, err);
-}
-static int b_flush(void *o, struct rb_error *err)
-{
-    return rb_export_flush(o, RB_PROTO_JSONRPC, err);
-}
-static int b_bs(void *o, uint64_t off, uint64_t len, struct rb_extent *ext,
-                struct rb_error *err)
-{
-    return rb_export_block_status(o, RB_PROTO_JSONRPC, off, len, ext, err);
-}
-static json_t *b_info(void *o, bool chain, struct rb_error *err)
-{
-    return json_pack("{s:s, s:I}", "format", rb_export_format(o), "virtual-size",
-                     (json_int_t)rb_export_size(o));
-}
-static json_t *b_check(void *o, struct rb_error *err)
-{
-    return json_pack("{s:i}", "corruptions", 0);
-}
-static json_t *b_stats(void *o, struct rb_error *err)
-{
-    struct rb_proto_stats st;
-    rb_export_stats(o, RB_PROTO_JSONRPC, &st);
-    return json_pack("{s:I}", "requests", (json_int_t)st.requests);
-}
-
-static const struct rb_rpc_backend_ops ops = {
-    .size = b_size, .read_only = b_ro, .read = b_read, .write = b_write,
-    .write_zeroes = b_zero, .trim = b_trim, .flush = b_flush, .block_status = b_bs,
-    .info = b_info, .check = b_check, .stats = b_stats,
-};
 
 struct feed {
     int fd;
@@ -127,11 +77,13 @@ static void *drainer(void *arg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct rb_export_config cfg = {.format = "raw", .name = "fuzz"};
+    struct rb_export_config cfg = {.name = "fuzz"};
     struct rb_rpc_limits lim = {.max_line = 4096, .max_backlog = 1u << 20,
                                 .send_timeout_ms = 5000};
+    struct rb_server srv = {0};
     struct rb_error err = {0};
     struct rb_rpc_backend be;
+    struct rb_conn *c;
     pthread_t wt, dt;
     char path[64];
     int sv[2], mfd;
@@ -139,21 +91,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     cfg.read_only = data[0] & 1;
+    cfg.format = data[0] & 2 ? "qcow2" : "raw";
+    mfd = fuzz_export_image(data[0] & 2, path);
     data++;
     size--;
-
-    mfd = fuzz_memfd("fuzz.raw", NULL, EXPORT_BYTES, 0, path);
-    if (pwrite(mfd, "rblock", 6, 65536) != 6)
-        abort();
     cfg.path = path;
     fuzz_sandbox = true;
-    ex = rb_export_open(&cfg, &err);
-    if (!ex) {
+    srv.export = rb_export_open(&cfg, &err);
+    if (!srv.export) {
         fprintf(stderr, "fuzz_jsonrpc: %s\n", rb_error_msg(&err, -EIO));
         abort();
     }
-    be.ops = &ops;
-    be.opaque = ex;
+    srv.proto_config[RB_PROTO_JSONRPC] = &lim;
+    if (rb_server_init(&srv) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        abort();
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        abort();
+    c->fd = sv[0];
+    c->proto = &rb_jsonrpc_protocol;
+    c->srv = &srv;
+    snprintf(c->peer, sizeof(c->peer), "fuzz");
+    pthread_mutex_init(&c->send_lock, NULL);
+    rb_rpc_backend_for(c, &be);
 
     /* Each line straight through the envelope (no framing). */
     for (size_t start = 0; start < size;) {
@@ -167,24 +127,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         start = end + 1;
     }
 
-    /* The same bytes over a socket, framed. */
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        abort();
-    /* What fits the socket buffer goes in at once; a thread sends the rest. */
+    /* The same bytes over a socket, as served.  What fits the socket
+     * buffer goes in at once; a thread sends the rest. */
     struct feed f = {sv[1], data, size, 0};
     bool inline_write = feed_now(&f);
     if ((!inline_write && pthread_create(&wt, NULL, writer, &f)) ||
         pthread_create(&dt, NULL, drainer, &sv[1]))
         abort();
-    rb_rpc_serve_fd(sv[0], &be, &lim);
+    c->proto->serve(c);
     shutdown(sv[0], SHUT_RDWR);
     if (!inline_write)
         pthread_join(wt, NULL);
     pthread_join(dt, NULL);
     close(sv[0]);
     close(sv[1]);
-
-    rb_export_close(ex, NULL);
+    pthread_mutex_destroy(&c->send_lock);
+    free(c);
+    rb_server_destroy(&srv);
+    rb_export_close(srv.export, NULL);
     fuzz_sandbox = false;
     close(mfd);
     return 0;

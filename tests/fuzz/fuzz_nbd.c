@@ -3,20 +3,21 @@
  * fuzz_nbd.c - libFuzzer target: the input is what a client sends to the
  * NBD server, from the first byte of the handshake through transmission.
  * It runs the real protocol handler (rb_nbd_protocol.serve) on one end of
- * a socketpair over a 1 MiB raw export in a memfd; a thread writes the
- * input to the other end and then closes it for writing, another drains
- * the replies.  The input's first byte picks read-only or writable.
+ * a socketpair over a 1 MiB export in a memfd; a thread writes the input
+ * to the other end and then closes it for writing, another drains the
+ * replies.  The input's first byte is the harness's: bit 0 serves
+ * read-only, bit 1 a qcow2 image (else raw).
  */
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
+#define FUZZ_WANT_EXPORT
 #include "fuzz_common.h"
 #include "core/conn.h"
 #include "core/export.h"
 #include "nbd/nbd.h"
 
-#define EXPORT_BYTES (1u << 20)
 
 struct feed {
     int fd;
@@ -74,8 +75,7 @@ static void *drainer(void *arg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct rb_export_config cfg = {.format = "raw", .name = "fuzz",
-                                   .description = "fuzzing"};
+    struct rb_export_config cfg = {.name = "fuzz", .description = "fuzzing"};
     struct rb_server srv = {0};
     struct rb_conn *c;
     struct rb_error err = {0};
@@ -86,13 +86,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     cfg.read_only = data[0] & 1;
+    cfg.format = data[0] & 2 ? "qcow2" : "raw";
+    mfd = fuzz_export_image(data[0] & 2, path);
     data++;
     size--;
-
-    mfd = fuzz_memfd("fuzz.raw", NULL, EXPORT_BYTES, 0, path);
-    /* some data in the export so reads and block status see extents */
-    if (pwrite(mfd, "rblock", 6, 65536) != 6)
-        abort();
     cfg.path = path;
     fuzz_sandbox = true;
     srv.export = rb_export_open(&cfg, &err);

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Write the NBD and JSON-RPC seed corpora (tests/fuzz/corpus/{nbd,jsonrpc}).
 
-Each NBD seed is what a client sends, prefixed with one byte for the
-harness (bit 0: serve read-only).  Run from anywhere; rewrites the seeds.
+Each seed is what a client sends, prefixed with one byte for the harness
+(bit 0: serve read-only; bit 1: a qcow2 export, else raw).  Run from anywhere; rewrites the seeds.
 The qcow2 seeds are small images made once with qemu-img/qemu-io (see
 tests/fuzz/README.md).
 """
@@ -85,6 +85,11 @@ rpc = {
         b'[' * 40 + b']' * 40, b'', b'  ',
     ]) + b"\n",
 }
+
+# the same sessions over a qcow2 export (the write path through the server)
+nbd["structured_rw_qcow2"] = b"\2" + nbd["structured_rw"][1:]
+nbd["read_only_qcow2"] = b"\3" + nbd["read_only"][1:]
+rpc["methods_qcow2"] = b"\2" + rpc["methods"][1:]
 
 for sub, seeds in (("nbd", nbd), ("jsonrpc", rpc)):
     d = os.path.join(HERE, "corpus", sub)
