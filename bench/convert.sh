@@ -25,39 +25,43 @@ size=$(stat -c %s "$W/a.img")
 data=$(du -k "$W/a.img" | cut -f1)
 printf '\nrblock convert vs qemu-img convert: ext4 disk %d MiB, %d MiB allocated\n' \
     $(( size >> 20 )) $(( data >> 10 ))
-printf '%-28s %8s %9s %9s %6s %11s %6s %13s %6s\n' case "rblock s" "qemu+sync" "qemu s" \
-    "time" "RSS MiB r/q" "RSS" "out MiB r/q" "size"
-
-# msync CMD...: as measure (lib-disks.inc), with the page cache's
-# dirty data written back before each run, so no run pays for another's
+# msync CMD...: best wall time of two runs after a warm-up, with the page
+# cache's dirty data written back before each run (no run pays for the
+# previous one's writeback).  MEASURED="wall_s peak_rss_kib cpu_s" (CPU =
+# user + system of the best run: steadier than wall time on a shared box)
 msync() {
-    local best_t="" best_m="" t m out tf
+    local best_t="" best_m="" best_c="" t m c out tf
     tf=$(mktemp)
     "$@" >/dev/null 2>&1 || true
     for _ in 1 2; do
         sync
-        /usr/bin/time -o "$tf" -f "%e %M" "$@" >/dev/null 2>&1 || true
-        out=$(tail -1 "$tf"); t=${out% *}; m=${out#* }
+        /usr/bin/time -o "$tf" -f "%e %M %U %S" "$@" >/dev/null 2>&1 || true
+        out=$(tail -1 "$tf")
+        read -r t m c1 c2 <<<"$out"
+        c=$(awk "BEGIN{print $c1 + $c2}")
         if [ -z "$best_t" ] || awk "BEGIN{exit !($t < $best_t)}"; then
-            best_t=$t; best_m=$m
+            best_t=$t; best_m=$m; best_c=$c
         fi
     done
     rm -f "$tf"
-    MEASURED="$best_t $best_m"
+    MEASURED="$best_t $best_m $best_c"
 }
 
+HDR='%-28s %8s %9s %8s %6s %11s %6s %11s %6s %13s\n'
+printf "$HDR" case "rblock s" "qemu+sync" "qemu s" "time" "CPU s r/q" "CPU" "RSS MiB r/q" \
+    "RSS" "out MiB r/q"
+
 row() { # label src fmt-args...
-    local label=$1 src=$2 r q q2 rm qm rs qs
+    local label=$1 src=$2 r q q2 rm qm rc qc rs qs
     shift 2
-    msync "$RBLOCK" convert "$@" "$src" "$W/r.out"; r=${MEASURED% *}; rm=${MEASURED#* }
+    msync "$RBLOCK" convert "$@" "$src" "$W/r.out"; read -r r rm rc <<<"$MEASURED"
     rs=$(du -k "$W/r.out" | cut -f1)
     msync bash -c 'qemu-img convert "$@" && sync -d "${@: -1}"' qemu "$@" "$src" "$W/q.out"
-    q=${MEASURED% *}
-    msync qemu-img convert "$@" "$src" "$W/q.out"; q2=${MEASURED% *}; qm=${MEASURED#* }
+    q=${MEASURED%% *}
+    msync qemu-img convert "$@" "$src" "$W/q.out"; read -r q2 qm qc <<<"$MEASURED"
     qs=$(du -k "$W/q.out" | cut -f1)
-    printf '%-28s %8s %9s %9s %6s %11s %6s %13s %6s\n' "$label" "$r" "$q" "$q2" \
-        "$(ratio "$r" "$q")" "$(( rm >> 10 ))/$(( qm >> 10 ))" "$(ratio "$rm" "$qm")" \
-        "$(( rs >> 10 ))/$(( qs >> 10 ))" "$(ratio "$rs" "$qs")"
+    printf "$HDR" "$label" "$r" "$q" "$q2" "$(ratio "$r" "$q")" "$rc/$qc" "$(ratio "$rc" "$qc")" \
+        "$(( rm >> 10 ))/$(( qm >> 10 ))" "$(ratio "$rm" "$qm")" "$(( rs >> 10 ))/$(( qs >> 10 ))"
     rm -f "$W/r.out" "$W/q.out"
 }
 
@@ -76,12 +80,10 @@ for off in 0 1 100 1000 10000 100000 1000000; do
     head -c 1M /dev/urandom | dd of="$W/huge.raw" bs=1M seek=$off conv=notrunc status=none
 done
 printf '\n1 TiB sparse raw (7 MiB of data) -> qcow2\n'
-printf '%-30s %9s %9s %7s %13s %7s %15s %7s\n' case "rblock s" "qemu s" "time" \
-    "RSS MiB r/q" "RSS" "out KiB r/q" "size"
-measure "$RBLOCK" convert -O qcow2 "$W/huge.raw" "$W/r.out"; r=${MEASURED% *}; rm=${MEASURED#* }
+printf '%-28s %8s %8s %11s %15s\n' case "rblock s" "qemu s" "RSS MiB r/q" "out KiB r/q"
+msync "$RBLOCK" convert -O qcow2 "$W/huge.raw" "$W/r.out"; read -r r rm rc <<<"$MEASURED"
 rs=$(stat -c %s "$W/r.out")
-measure qemu-img convert -O qcow2 "$W/huge.raw" "$W/q.out"; q=${MEASURED% *}; qm=${MEASURED#* }
+msync qemu-img convert -O qcow2 "$W/huge.raw" "$W/q.out"; read -r q qm qc <<<"$MEASURED"
 qs=$(stat -c %s "$W/q.out")
-printf '%-30s %9s %9s %7s %13s %7s %15s %7s\n' "1 TiB sparse raw -> qcow2" "$r" "$q" \
-    "$(ratio "$r" "$q")" "$(( rm >> 10 ))/$(( qm >> 10 ))" "$(ratio "$rm" "$qm")" \
-    "$(( rs >> 10 ))/$(( qs >> 10 ))" "$(ratio "$rs" "$qs")"
+printf '%-28s %8s %8s %11s %15s\n' "1 TiB sparse raw -> qcow2" "$r" "$q" \
+    "$(( rm >> 10 ))/$(( qm >> 10 ))" "$(( rs >> 10 ))/$(( qs >> 10 ))"
