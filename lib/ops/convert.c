@@ -10,10 +10,11 @@
  * of the buffer is zero-filled) and written granule run by granule run,
  * leaving out all-zero granules.
  *
- * Two stages overlap: a reader thread walks block status and fills chunk
- * buffers (two, so memory stays at two chunks), the calling thread writes
- * them in order.  Only the reader touches the source, only the caller the
- * destination, so neither needs the other's lock.
+ * Two stages overlap: reader threads (NB_READERS) plan steps in guest
+ * order under one mutex (block status at a cursor) and fill chunk buffers
+ * in parallel (NB_BUFS of them: memory is bounded); the calling thread
+ * writes the steps strictly in order.  Readers only touch the source, the
+ * caller only the destination.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,13 +25,16 @@
 #include "rblock/io.h"
 #include "rblock/ops.h"
 
-#define NB_BUFS 2
+#define NB_READERS 2
+#define NB_BUFS 3 /* chunk buffers shared by the readers and the writer */
+#define RING 8    /* steps planned and not yet written (zero steps need no buffer) */
 
-/* One step of the copy handed from the reader to the writer. */
+/* One step of the copy, planned by a reader and written by the writer. */
 struct step {
     uint64_t off, len;
     bool zero;    /* the range reads as zeros: nothing was read */
-    uint8_t *buf; /* with !zero: the guest bytes */
+    bool ready;   /* filled (data) or nothing to fill (zero) */
+    int buf;      /* with !zero: index of the buffer holding the bytes */
 };
 
 struct copy {
@@ -39,20 +43,22 @@ struct copy {
     uint64_t size;   /* bytes to copy: the source's virtual size */
     size_t granule;  /* zero-detection and write alignment unit */
     size_t chunk;    /* multiple of granule */
-    uint8_t *buf;    /* the buffer fill_chunk fills (reader side) */
     uint8_t *wbuf;   /* the buffer flush_chunk writes (writer side) */
     struct rb_error *err;  /* the writer's (the caller's) */
-    struct rb_error rerr;  /* the reader's, copied to err on failure */
 
-    /* the queue between the stages: steps[head..head+count) are full */
+    /* shared between readers and the writer, under mu */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct step steps[NB_BUFS + 1];
-    unsigned head, count;
+    struct step ring[RING];  /* step seq lives at ring[seq % RING] */
+    uint64_t next_seq;       /* next step to plan */
+    uint64_t head_seq;       /* next step to write */
+    uint64_t cursor;         /* guest bytes planned so far */
     uint8_t *bufs[NB_BUFS];
     bool buf_busy[NB_BUFS];
-    bool done, stop; /* reader finished / writer gave up */
+    unsigned readers;        /* reader threads still running */
+    bool stop;               /* a failure: everybody ends */
     int reader_ret;
+    struct rb_error rerr;    /* the first reader failure */
 };
 
 static bool reads_zero(const struct rb_extent *e)
@@ -84,9 +90,10 @@ static int put_data(struct copy *c, const uint8_t *buf, uint64_t off, size_t len
     return 0;
 }
 
-/* Fill c->buf with the guest bytes of [off, off + len), reading only the
+/* Fill @buf with the guest bytes of [off, off + len), reading only the
  * sub-ranges that hold data.  @first is the status already known at off. */
-static int fill_chunk(struct copy *c, uint64_t off, size_t len, struct rb_extent first)
+static int fill_chunk(struct copy *c, uint8_t *buf, uint64_t off, size_t len,
+                      struct rb_extent first, struct rb_error *err)
 {
     size_t pos = 0;
     struct rb_extent e = first;
@@ -95,15 +102,15 @@ static int fill_chunk(struct copy *c, uint64_t off, size_t len, struct rb_extent
     while (pos < len) {
         size_t n;
         if (pos > 0) {
-            ret = rb_image_block_status(c->src, off + pos, len - pos, &e, &c->rerr);
+            ret = rb_image_block_status(c->src, off + pos, len - pos, &e, err);
             if (ret < 0)
                 return ret;
         }
         n = e.length < len - pos ? (size_t)e.length : len - pos;
         if (reads_zero(&e)) {
-            memset(c->buf + pos, 0, n);
+            memset(buf + pos, 0, n);
         } else {
-            ret = rb_image_read(c->src, c->buf + pos, off + pos, n, &c->rerr);
+            ret = rb_image_read(c->src, buf + pos, off + pos, n, err);
             if (ret < 0)
                 return ret;
         }
@@ -136,163 +143,153 @@ static int flush_chunk(struct copy *c, uint64_t off, size_t len)
     return 0;
 }
 
-/* Reader side: hand a step to the writer (a slot is known to be free). */
-static void publish(struct copy *c, const struct step *st)
+static int free_buf(struct copy *c)
 {
-    pthread_mutex_lock(&c->mu);
-    c->steps[(c->head + c->count) % (NB_BUFS + 1)] = *st;
-    c->count++;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-}
-
-/* Reader side: wait for a free buffer and a free queue slot; NULL when
- * the writer stopped. */
-static uint8_t *take_buf(struct copy *c)
-{
-    uint8_t *b = NULL;
-
-    pthread_mutex_lock(&c->mu);
-    while (!c->stop) {
-        int i = 0;
-        while (i < NB_BUFS && c->buf_busy[i])
-            i++;
-        if (i < NB_BUFS && c->count < NB_BUFS + 1) {
-            c->buf_busy[i] = true;
-            b = c->bufs[i];
-            break;
-        }
-        pthread_cond_wait(&c->cv, &c->mu);
+    for (int i = 0; i < NB_BUFS; i++) {
+        if (!c->buf_busy[i])
+            return i;
     }
-    pthread_mutex_unlock(&c->mu);
-    return b;
+    return -1;
 }
 
-static bool wait_slot(struct copy *c)
-{
-    bool ok;
-
-    pthread_mutex_lock(&c->mu);
-    while (!c->stop && c->count >= NB_BUFS + 1)
-        pthread_cond_wait(&c->cv, &c->mu);
-    ok = !c->stop;
-    pthread_mutex_unlock(&c->mu);
-    return ok;
-}
-
+/* A reader thread: plan the next step under mu, fill it outside. */
 static void *reader(void *arg)
 {
     struct copy *c = arg;
-    uint64_t off = 0;
+    struct rb_error err = {0};
     int ret = 0;
 
-    while (off < c->size) {
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
         struct rb_extent e;
-        struct step st = {.off = off};
-        uint64_t end;
+        struct step st = {0};
+        uint64_t seq, end;
+        int bi;
 
-        ret = rb_image_block_status(c->src, off, c->size - off, &e, &c->rerr);
+        /* a free ring slot and a free buffer before planning */
+        while (!c->stop && c->cursor < c->size &&
+               (c->next_seq - c->head_seq >= RING || free_buf(c) < 0))
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->stop || c->cursor >= c->size)
+            break;
+        st.off = c->cursor;
+        ret = rb_image_block_status(c->src, st.off, c->size - st.off, &e, &err);
         if (ret < 0)
             break;
         if (reads_zero(&e)) {
             /* skip whole granules; a partial one is handled as a chunk */
-            end = off + e.length;
+            end = st.off + e.length;
             if (end < c->size)
                 end -= end % c->granule;
-            if (end > off) {
-                if (!wait_slot(c))
-                    break;
-                st.len = end - off;
-                st.zero = true;
-                publish(c, &st);
-                off = end;
+            if (end > st.off) {
+                st.len = end - st.off;
+                st.zero = st.ready = true;
+                c->ring[c->next_seq++ % RING] = st;
+                c->cursor = end;
+                pthread_cond_broadcast(&c->cv);
                 continue;
             }
         }
         /* a chunk ending on a chunk boundary keeps writes aligned */
-        end = off - off % c->chunk + c->chunk;
+        end = st.off - st.off % c->chunk + c->chunk;
         if (end > c->size)
             end = c->size;
-        c->buf = take_buf(c);
-        if (!c->buf)
-            break;
-        ret = fill_chunk(c, off, (size_t)(end - off), e);
+        bi = free_buf(c);
+        c->buf_busy[bi] = true;
+        st.len = end - st.off;
+        st.buf = bi;
+        seq = c->next_seq++;
+        c->ring[seq % RING] = st;
+        c->cursor = end;
+        pthread_mutex_unlock(&c->mu);
+
+        ret = fill_chunk(c, c->bufs[bi], st.off, (size_t)st.len, e, &err);
+
+        pthread_mutex_lock(&c->mu);
         if (ret < 0)
             break;
-        st.len = end - off;
-        st.buf = c->buf;
-        publish(c, &st);
-        off = end;
+        c->ring[seq % RING].ready = true;
+        pthread_cond_broadcast(&c->cv);
     }
-    pthread_mutex_lock(&c->mu);
-    c->reader_ret = ret;
-    c->done = true;
+    if (ret < 0 && !c->stop) {
+        c->stop = true;
+        c->reader_ret = ret;
+        c->rerr = err;
+    }
+    c->readers--;
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
     return NULL;
 }
 
-/* Writer side: the steps in order, until the reader is done. */
+/* The writer (the calling thread): the steps strictly in order. */
 static int writer(struct copy *c)
 {
+    int ret = 0;
+
+    pthread_mutex_lock(&c->mu);
     for (;;) {
         struct step st;
-        int ret;
 
-        pthread_mutex_lock(&c->mu);
-        while (c->count == 0 && !c->done)
+        while (!c->stop && !(c->head_seq < c->next_seq && c->ring[c->head_seq % RING].ready) &&
+               !(c->head_seq == c->next_seq && c->readers == 0))
             pthread_cond_wait(&c->cv, &c->mu);
-        if (c->count == 0) {
+        if (c->stop) {
             ret = c->reader_ret;
-            pthread_mutex_unlock(&c->mu);
-            return ret;
+            break;
         }
-        st = c->steps[c->head];
+        if (c->head_seq == c->next_seq) /* readers done, all written */
+            break;
+        st = c->ring[c->head_seq % RING];
         pthread_mutex_unlock(&c->mu);
 
         if (st.zero) {
             ret = put_zeroes(c, st.off, st.len);
         } else {
-            c->wbuf = st.buf;
+            c->wbuf = c->bufs[st.buf];
             ret = flush_chunk(c, st.off, (size_t)st.len);
         }
+        if (ret == 0 && c->o->progress)
+            c->o->progress(c->o->opaque, st.off + st.len);
+
         pthread_mutex_lock(&c->mu);
-        c->head = (c->head + 1) % (NB_BUFS + 1);
-        c->count--;
-        for (int i = 0; i < NB_BUFS; i++) {
-            if (!st.zero && c->bufs[i] == st.buf)
-                c->buf_busy[i] = false;
-        }
+        if (!st.zero)
+            c->buf_busy[st.buf] = false;
+        c->head_seq++;
         if (ret < 0)
             c->stop = true;
         pthread_cond_broadcast(&c->cv);
-        pthread_mutex_unlock(&c->mu);
         if (ret < 0)
-            return ret;
-        if (c->o->progress)
-            c->o->progress(c->o->opaque, st.off + st.len);
+            break;
     }
+    pthread_mutex_unlock(&c->mu);
+    return ret;
 }
 
 static int copy_loop(struct copy *c)
 {
-    pthread_t t;
+    pthread_t t[NB_READERS];
+    unsigned started = 0;
     int ret;
 
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
-    if (pthread_create(&t, NULL, reader, c) != 0) {
-        ret = rb_error_set(c->err, EAGAIN, "cannot start the reader thread");
+    pthread_mutex_lock(&c->mu);
+    for (unsigned i = 0; i < NB_READERS; i++) {
+        if (pthread_create(&t[i], NULL, reader, c) != 0)
+            break;
+        started++;
+        c->readers++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (!started) {
+        ret = rb_error_set(c->err, EAGAIN, "cannot start a reader thread");
     } else {
         ret = writer(c);
-        if (ret < 0) { /* stop the reader: it may wait for a buffer */
-            pthread_mutex_lock(&c->mu);
-            c->stop = true;
-            pthread_cond_broadcast(&c->cv);
-            pthread_mutex_unlock(&c->mu);
-        }
-        pthread_join(t, NULL);
-        if (ret < 0 && c->reader_ret < 0 && c->rerr.msg[0] && !(c->err && c->err->msg[0]))
+        /* writer() ends with stop set on failure: the readers see it */
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(t[i], NULL);
+        if (ret < 0 && c->reader_ret < 0 && c->rerr.msg[0])
             rb_error_set(c->err, c->rerr.code, "%s", c->rerr.msg);
     }
     pthread_cond_destroy(&c->cv);
@@ -323,7 +320,11 @@ int rb_copy_image(struct rb_image *src, struct rb_image *dst,
     c.chunk -= c.chunk % c.granule;
     for (int i = 0; i < NB_BUFS; i++)
         c.bufs[i] = aligned_alloc(4096, (c.chunk + 4095) & ~(size_t)4095);
-    if (!c.bufs[0] || !c.bufs[1])
+    ret = 0;
+    for (int i = 0; i < NB_BUFS; i++)
+        if (!c.bufs[i])
+            ret = -ENOMEM;
+    if (ret < 0)
         ret = rb_error_set(err, ENOMEM, "out of memory for %zu-byte copy buffers", c.chunk);
     else
         ret = copy_loop(&c);
