@@ -263,6 +263,18 @@ int qcow2_read_compressed(struct qcow2_state *s, uint64_t l2e, void *dst,
     return ret;
 }
 
+int qcow2_read_shared(struct rb_image *img, void *buf, uint64_t off, size_t len,
+                      struct rb_error *err)
+{
+    struct qcow2_state *s = qcow2_state_of(img);
+    int ret;
+
+    pthread_rwlock_rdlock(&s->data_rw);
+    ret = qcow2_read(img, buf, off, len, err);
+    pthread_rwlock_unlock(&s->data_rw);
+    return ret;
+}
+
 int qcow2_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
                struct rb_error *err)
 {

@@ -23,7 +23,7 @@ static void qcow2_close(struct rb_image *img);
 
 static const struct rb_image_ops qcow2_ops = {
     .format = "qcow2",
-    .read = qcow2_read,
+    .read = qcow2_read_shared,
     .write = qcow2_write,
     .write_zeroes = qcow2_write_zeroes,
     .trim = qcow2_trim,
@@ -200,6 +200,14 @@ struct rb_image *rb_qcow2_open(const char *path, int fd, const struct rb_open_op
         return NULL;
     }
     pthread_mutex_init(&s->lock, NULL);
+    {
+        pthread_rwlockattr_t attr;
+        /* prefer writers: a stream of NBD reads must not starve a write */
+        pthread_rwlockattr_init(&attr);
+        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        pthread_rwlock_init(&s->data_rw, &attr);
+        pthread_rwlockattr_destroy(&attr);
+    }
     s->fd = s->data_fd = fd;
     s->name = img->filename;
     img->priv = s;
@@ -230,6 +238,7 @@ static void qcow2_close(struct rb_image *img)
         close(s->data_fd);
     close(s->fd);
     pthread_mutex_destroy(&s->lock);
+    pthread_rwlock_destroy(&s->data_rw);
     free(s);
     img->priv = NULL;
 }

@@ -194,6 +194,12 @@ size_t qcow2_cache_entries(const struct qcow2_cache *c);
 
 struct qcow2_state {
     pthread_mutex_t lock;
+    /* Readers hold it shared from mapping to the end of their data reads;
+     * writers (which may free a cluster that a later allocation reuses)
+     * hold it exclusive.  Lock order: writer lock, data_rw, lock.  Without
+     * it a read could map a cluster, lose the CPU while a discard frees it
+     * and a write reuses it, then return another offset's data. */
+    pthread_rwlock_t data_rw;
     int fd;            /* the image file */
     int data_fd;       /* external data file, or == fd */
     uint64_t file_size;
@@ -352,9 +358,14 @@ int qcow2_l2_get(struct qcow2_state *s, uint64_t guest_off, void **l2,
 int qcow2_get_mapping(struct qcow2_state *s, uint64_t guest_off, uint64_t max_bytes,
                       struct qcow2_mapping *m, struct rb_error *err);
 
-/* The rb_image_ops read and block_status of qcow2 (take the lock). */
+/* The rb_image_ops read of qcow2: qcow2_read under data_rw held shared. */
+int qcow2_read_shared(struct rb_image *img, void *buf, uint64_t off, size_t len,
+                      struct rb_error *err);
+/* Read without taking data_rw: for the write path, which holds it
+ * exclusive (copy-on-write reads its own image).  Takes the lock. */
 int qcow2_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
                struct rb_error *err);
+/* block_status of qcow2 (takes the lock). */
 int qcow2_block_status(struct rb_image *img, uint64_t off, uint64_t len,
                        struct rb_extent *ext, struct rb_error *err);
 

@@ -321,16 +321,24 @@ static int begin(struct qcow2_state *s, struct rb_error *err)
     int ret;
 
     pthread_mutex_lock(&s->w->wlock);
+    /* exclusive against readers: a write may free a cluster (discard,
+     * rewrite of a compressed or shared one) and reuse it at once, and a
+     * reader must not have mapped it before and read it after */
+    pthread_rwlock_wrlock(&s->data_rw);
     pthread_mutex_lock(&s->lock);
     ret = first_write(s, err);
     pthread_mutex_unlock(&s->lock);
-    if (ret < 0)
+    if (ret < 0) {
+        pthread_rwlock_unlock(&s->data_rw);
         pthread_mutex_unlock(&s->w->wlock);
+    }
     return ret;
 }
 
 static int end(struct qcow2_state *s, int ret, unsigned flags, struct rb_error *err)
 {
+    /* the mapping is settled: readers may go on while FUA syncs */
+    pthread_rwlock_unlock(&s->data_rw);
     if (ret == 0 && (flags & RB_WRITE_FUA))
         ret = do_flush(s, err);
     pthread_mutex_unlock(&s->w->wlock);
