@@ -7,12 +7,12 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "cmd.h"
 #include "rblock/qcow2.h"
+#include "rblock/view.h"
 
 static void usage(FILE *f)
 {
@@ -53,40 +53,18 @@ static void print_human(const struct rb_qcow2_check *r)
     printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
 
-static void print_json(const char *filename, const struct rb_qcow2_check *r)
+static int print_json(const char *filename, const struct rb_qcow2_check *r)
 {
-    json_t *o = json_object(), *p = json_array();
+    json_t *o = rb_view_check(filename, r);
 
-    json_object_set_new(o, "image-end-offset", json_integer((json_int_t)r->image_end_offset));
-    json_object_set_new(o, "total-clusters", json_integer((json_int_t)r->total_clusters));
-    json_object_set_new(o, "check-errors", json_integer((json_int_t)r->check_errors));
-    if (r->leaks)
-        json_object_set_new(o, "leaks", json_integer((json_int_t)r->leaks));
-    if (r->corruptions)
-        json_object_set_new(o, "corruptions", json_integer((json_int_t)r->corruptions));
-    json_object_set_new(o, "allocated-clusters", json_integer((json_int_t)r->allocated_clusters));
-    json_object_set_new(o, "filename", json_string(filename));
-    json_object_set_new(o, "format", json_string("qcow2"));
-    /* qemu-img leaves these out when zero */
-    if (r->fragmented_clusters)
-        json_object_set_new(o, "fragmented-clusters",
-                            json_integer((json_int_t)r->fragmented_clusters));
-    if (r->compressed_clusters)
-        json_object_set_new(o, "compressed-clusters",
-                            json_integer((json_int_t)r->compressed_clusters));
-    for (size_t i = 0; i < r->nb_problems; i++) {
-        json_t *e = json_object();
-        json_object_set_new(e, "kind", json_string(r->problems[i].kind == RB_QCOW2_LEAK
-                                                       ? "leak" : "corruption"));
-        if (r->problems[i].host_off != UINT64_MAX)
-            json_object_set_new(e, "offset", json_integer((json_int_t)r->problems[i].host_off));
-        json_object_set_new(e, "message", json_string(r->problems[i].msg));
-        json_array_append_new(p, e);
+    if (!o) {
+        complain("%s: out of memory", filename);
+        return -1;
     }
-    json_object_set_new(o, "rblock-problems", p);
     json_dumpf(o, stdout, JSON_INDENT(4));
     putchar('\n');
     json_decref(o);
+    return 0;
 }
 
 int cmd_check(int argc, char **argv)
@@ -142,9 +120,12 @@ int cmd_check(int argc, char **argv)
         rb_image_close(img);
         return 1;
     }
-    if (json)
-        print_json(img->filename, &r);
-    else
+    if (json && print_json(img->filename, &r) < 0) {
+        rb_qcow2_check_free(&r);
+        rb_image_close(img);
+        return 1;
+    }
+    if (!json)
         print_human(&r);
     /* as qemu-img: errors of the check itself come first */
     ret = r.check_errors ? 1 : r.corruptions ? 2 : r.leaks ? 3 : 0;

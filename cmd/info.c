@@ -7,7 +7,6 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 
 #include "cmd.h"
 #include "rblock/qcow2.h"
+#include "rblock/view.h"
 
 /* qemu's size_to_str: three significant digits, 1000 KiB shows as MiB */
 static void size_str(char *out, size_t n, uint64_t v)
@@ -39,176 +39,6 @@ static uint64_t actual_size(const char *path)
     struct stat st;
 
     return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
-}
-
-static json_t *hex(uint64_t v)
-{
-    char buf[24];
-
-    snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-    return json_string(buf);
-}
-
-static json_t *snapshots_json(const struct rb_qcow2_info *q)
-{
-    json_t *a = json_array();
-
-    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
-        const struct rb_qcow2_snapshot *sn = &q->snapshots[i];
-        json_t *o = json_object();
-        if (sn->icount != UINT64_MAX)
-            json_object_set_new(o, "icount", json_integer((json_int_t)sn->icount));
-        json_object_set_new(o, "vm-clock-nsec",
-                            json_integer((json_int_t)(sn->vm_clock_nsec % 1000000000)));
-        json_object_set_new(o, "name", json_string(sn->name));
-        json_object_set_new(o, "date-sec", json_integer(sn->date_sec));
-        json_object_set_new(o, "date-nsec", json_integer(sn->date_nsec));
-        json_object_set_new(o, "vm-clock-sec",
-                            json_integer((json_int_t)(sn->vm_clock_nsec / 1000000000)));
-        json_object_set_new(o, "id", json_string(sn->id));
-        json_object_set_new(o, "vm-state-size", json_integer((json_int_t)sn->vm_state_size));
-        json_object_set_new(o, "rblock-disk-size", json_integer((json_int_t)sn->disk_size));
-        json_object_set_new(o, "rblock-l1-table-offset", json_integer((json_int_t)sn->l1_table_offset));
-        json_object_set_new(o, "rblock-l1-size", json_integer(sn->l1_size));
-        json_array_append_new(a, o);
-    }
-    return a;
-}
-
-static json_t *format_specific(const struct rb_qcow2_info *q)
-{
-    json_t *fs = json_object(), *d = json_object();
-
-    json_object_set_new(fs, "type", json_string("qcow2"));
-    json_object_set_new(d, "compat", json_string(q->compat));
-    json_object_set_new(d, "compression-type", json_string(q->compression_name));
-    if (q->version >= 3)
-        json_object_set_new(d, "lazy-refcounts", json_boolean(q->lazy_refcounts));
-    if (q->nb_bitmaps) {
-        json_t *bm = json_array();
-        for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
-            json_t *b = json_object(), *fl = json_array();
-            if (q->bitmaps[i].in_use)
-                json_array_append_new(fl, json_string("in-use"));
-            if (q->bitmaps[i].autom)
-                json_array_append_new(fl, json_string("auto"));
-            json_object_set_new(b, "flags", fl);
-            json_object_set_new(b, "name", json_string(q->bitmaps[i].name));
-            json_object_set_new(b, "granularity",
-                                json_integer((json_int_t)q->bitmaps[i].granularity));
-            json_array_append_new(bm, b);
-        }
-        json_object_set_new(d, "bitmaps", bm);
-    }
-    json_object_set_new(d, "refcount-bits", json_integer(q->refcount_bits));
-    if (q->version >= 3) {
-        json_object_set_new(d, "corrupt", json_boolean(q->corrupt));
-        json_object_set_new(d, "extended-l2", json_boolean(q->extended_l2));
-    }
-    if (q->data_file) {
-        json_object_set_new(d, "data-file", json_string(q->data_file));
-        json_object_set_new(d, "data-file-raw", json_boolean(q->data_file_raw));
-    }
-    json_object_set_new(fs, "data", d);
-    return fs;
-}
-
-static json_t *rblock_json(const struct rb_qcow2_info *q)
-{
-    json_t *r = json_object(), *h = json_object(), *f = json_array(), *e = json_array();
-    json_t *l1 = json_object(), *cl = json_object(), *rt = json_object();
-    static const char *const ftype[] = {"incompatible", "compatible", "autoclear"};
-
-    json_object_set_new(h, "version", json_integer(q->version));
-    json_object_set_new(h, "backing-file-offset", hex(q->backing_file_offset));
-    json_object_set_new(h, "backing-file-size", json_integer(q->backing_file_size));
-    json_object_set_new(h, "cluster-bits", json_integer(q->cluster_bits));
-    json_object_set_new(h, "size", json_integer((json_int_t)q->size));
-    json_object_set_new(h, "crypt-method", json_integer(q->crypt_method));
-    json_object_set_new(h, "l1-size", json_integer(q->l1_size));
-    json_object_set_new(h, "l1-table-offset", hex(q->l1_table_offset));
-    json_object_set_new(h, "refcount-table-offset", hex(q->refcount_table_offset));
-    json_object_set_new(h, "refcount-table-clusters", json_integer(q->refcount_table_clusters));
-    json_object_set_new(h, "nb-snapshots", json_integer(q->nb_snapshots));
-    json_object_set_new(h, "snapshots-offset", hex(q->snapshots_offset));
-    json_object_set_new(h, "incompatible-features", hex(q->incompatible_features));
-    json_object_set_new(h, "compatible-features", hex(q->compatible_features));
-    json_object_set_new(h, "autoclear-features", hex(q->autoclear_features));
-    json_object_set_new(h, "refcount-order", json_integer(q->refcount_order));
-    json_object_set_new(h, "header-length", json_integer(q->header_length));
-    json_object_set_new(h, "compression-type", json_integer(q->compression_type));
-    json_object_set_new(r, "header", h);
-    for (size_t i = 0; i < q->nb_features; i++) {
-        json_t *o = json_object();
-        json_object_set_new(o, "type", json_string(ftype[q->features[i].type]));
-        json_object_set_new(o, "bit", json_integer(q->features[i].bit));
-        json_object_set_new(o, "name", json_string(q->features[i].name));
-        json_object_set_new(o, "set", json_boolean(q->features[i].set));
-        json_array_append_new(f, o);
-    }
-    json_object_set_new(r, "features", f);
-    for (size_t i = 0; i < q->nb_extensions; i++) {
-        json_t *o = json_object();
-        char t[16];
-        snprintf(t, sizeof(t), "0x%08" PRIx32, q->extensions[i].type);
-        json_object_set_new(o, "type", json_string(t));
-        json_object_set_new(o, "name", json_string(q->extensions[i].name));
-        json_object_set_new(o, "length", json_integer(q->extensions[i].length));
-        json_object_set_new(o, "offset", hex(q->extensions[i].offset));
-        json_array_append_new(e, o);
-    }
-    json_object_set_new(r, "extensions", e);
-    if (q->nb_bitmaps) {
-        json_t *b = json_object();
-        json_object_set_new(b, "count", json_integer(q->nb_bitmaps));
-        json_object_set_new(b, "directory-offset", hex(q->bitmap_directory_offset));
-        json_object_set_new(b, "directory-size", json_integer((json_int_t)q->bitmap_directory_size));
-        json_object_set_new(r, "bitmaps", b);
-    }
-    json_object_set_new(l1, "offset", hex(q->l1_table_offset));
-    json_object_set_new(l1, "entries", json_integer(q->l1_size));
-    json_object_set_new(l1, "l2-tables", json_integer((json_int_t)q->l2_tables));
-    json_object_set_new(l1, "l2-entries", json_integer(q->l2_entries));
-    json_object_set_new(r, "l1", l1);
-    json_object_set_new(cl, "allocated", json_integer((json_int_t)q->data_clusters));
-    json_object_set_new(cl, "zero", json_integer((json_int_t)q->zero_clusters));
-    json_object_set_new(cl, "compressed", json_integer((json_int_t)q->compressed_clusters));
-    json_object_set_new(r, "clusters", cl);
-    json_object_set_new(rt, "offset", hex(q->refcount_table_offset));
-    json_object_set_new(rt, "clusters", json_integer(q->refcount_table_clusters));
-    json_object_set_new(rt, "entries", json_integer((json_int_t)q->reftable_entries));
-    json_object_set_new(rt, "refcount-blocks", json_integer((json_int_t)q->refcount_blocks));
-    json_object_set_new(rt, "refcounts-per-block", json_integer(q->refblock_entries));
-    json_object_set_new(r, "refcount-table", rt);
-    json_object_set_new(r, "file-size", json_integer((json_int_t)q->file_size));
-    return r;
-}
-
-static json_t *layer_json(struct rb_image *img, const struct rb_qcow2_info *q)
-{
-    json_t *o = json_object();
-
-    if (q && q->nb_snapshots)
-        json_object_set_new(o, "snapshots", snapshots_json(q));
-    json_object_set_new(o, "virtual-size", json_integer((json_int_t)img->size));
-    json_object_set_new(o, "filename", json_string(img->filename));
-    if (q)
-        json_object_set_new(o, "cluster-size", json_integer(q->cluster_bytes));
-    json_object_set_new(o, "format", json_string(img->ops->format));
-    json_object_set_new(o, "actual-size", json_integer((json_int_t)actual_size(img->filename)));
-    if (q)
-        json_object_set_new(o, "format-specific", format_specific(q));
-    if (img->backing_name) {
-        json_object_set_new(o, "backing-filename", json_string(img->backing_name));
-        if (img->backing_path)
-            json_object_set_new(o, "full-backing-filename", json_string(img->backing_path));
-        if (img->backing_format)
-            json_object_set_new(o, "backing-filename-format", json_string(img->backing_format));
-    }
-    json_object_set_new(o, "dirty-flag", json_boolean(q && q->dirty));
-    if (q)
-        json_object_set_new(o, "rblock", rblock_json(q));
-    return o;
 }
 
 static void print_human(struct rb_image *img, const struct rb_qcow2_info *q)
@@ -330,7 +160,6 @@ int cmd_info(int argc, char **argv)
     struct rb_open_opts oo = {0};
     struct rb_error err = {0};
     bool json = false, chain = false;
-    json_t *arr = NULL;
     struct rb_image *img;
     int c, ret = 0;
 
@@ -366,8 +195,19 @@ int cmd_info(int argc, char **argv)
         complain("%s", rb_error_msg(&err, -1));
         return 1;
     }
-    if (json && chain)
-        arr = json_array();
+    if (json) {
+        json_t *o = rb_view_info(img, chain, &err);
+        if (o) {
+            json_dumpf(o, stdout, JSON_INDENT(4));
+            putchar('\n');
+            json_decref(o);
+        } else {
+            complain("%s", rb_error_msg(&err, -1));
+            ret = 1;
+        }
+        rb_image_close(img);
+        return ret;
+    }
     for (struct rb_image *l = img; l; l = chain ? l->backing : NULL) {
         struct rb_qcow2_info q;
         bool is_q = rb_qcow2_is(l);
@@ -377,29 +217,11 @@ int cmd_info(int argc, char **argv)
             ret = 1;
             break;
         }
-        if (json) {
-            json_t *o = layer_json(l, is_q ? &q : NULL);
-            if (arr) {
-                json_array_append_new(arr, o);
-            } else {
-                json_dumpf(o, stdout, JSON_INDENT(4));
-                putchar('\n');
-                json_decref(o);
-            }
-        } else {
-            if (l != img)
-                putchar('\n');
-            print_human(l, is_q ? &q : NULL);
-        }
+        if (l != img)
+            putchar('\n');
+        print_human(l, is_q ? &q : NULL);
         if (is_q)
             rb_qcow2_info_free(&q);
-    }
-    if (arr) {
-        if (ret == 0) {
-            json_dumpf(arr, stdout, JSON_INDENT(4));
-            putchar('\n');
-        }
-        json_decref(arr);
     }
     rb_image_close(img);
     return ret;
