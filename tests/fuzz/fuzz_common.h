@@ -105,4 +105,53 @@ static int fuzz_export_image(bool qcow2, char path[64])
 }
 #endif
 
+#ifdef FUZZ_WANT_FEED
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+/* A fuzz input fed to a server over a socketpair: what fits at once is
+ * sent inline, the rest by a writer thread, so a server that answers
+ * before reading everything cannot deadlock the harness. */
+struct feed {
+    int fd;
+    const uint8_t *data;
+    size_t size, done;
+};
+
+/* Send what fits without blocking; true when all of it went. */
+static bool feed_now(struct feed *f)
+{
+    while (f->done < f->size) {
+        ssize_t n = send(f->fd, f->data + f->done, f->size - f->done,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        f->done += (size_t)n;
+    }
+    shutdown(f->fd, SHUT_WR);
+    return true;
+}
+
+static void *writer(void *arg)
+{
+    struct feed *f = arg;
+    size_t done = f->done;
+
+    while (done < f->size) {
+        ssize_t n = send(f->fd, f->data + done, f->size - done, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* the server closed: it had enough */
+        done += (size_t)n;
+    }
+    shutdown(f->fd, SHUT_WR);
+    return NULL;
+}
+#endif
+
 #endif

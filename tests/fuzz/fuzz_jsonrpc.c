@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #define FUZZ_WANT_EXPORT
+#define FUZZ_WANT_FEED
 #include "fuzz_common.h"
 #include "core/conn.h"
 #include "core/export.h"
@@ -21,44 +22,6 @@
 #include "jsonrpc/jsonrpc.h"
 #include "jsonrpc/rpc.h"
 
-struct feed {
-    int fd;
-    const uint8_t *data;
-    size_t size, done;
-};
-
-/* Send what fits without blocking; true when all of it went. */
-static bool feed_now(struct feed *f)
-{
-    while (f->done < f->size) {
-        ssize_t n = send(f->fd, f->data + f->done, f->size - f->done,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        f->done += (size_t)n;
-    }
-    shutdown(f->fd, SHUT_WR);
-    return true;
-}
-
-static void *writer(void *arg)
-{
-    struct feed *f = arg;
-    size_t done = f->done;
-
-    while (done < f->size) {
-        ssize_t n = send(f->fd, f->data + done, f->size - done, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    shutdown(f->fd, SHUT_WR);
-    return NULL;
-}
 
 static void *drainer(void *arg)
 {
