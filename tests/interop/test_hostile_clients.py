@@ -194,7 +194,20 @@ def test_more_clients_than_max_connections(image, tmp_path):
         for s in held:
             s.close()
         held = []
-        # once they left, everyone is served again (the count went down)
+        # The server counts a client gone when its thread reads the EOF,
+        # which happens after close() returns here: wait (bounded) until a
+        # new connection gets a greeting again, then everyone is served.
+        deadline = time.monotonic() + 10
+        while True:
+            s = srv.connect_raw()
+            try:
+                greeting = s.recv(18)
+            except ConnectionResetError:
+                greeting = b""
+            s.close()
+            if greeting or time.monotonic() > deadline:
+                break
+        assert greeting, "slots were not freed after the clients left"
         for _ in range(20):
             assert served(srv, image)
     finally:
