@@ -4,7 +4,9 @@
  * refcount blocks).
  *
  * A fixed array of slots (count = max_bytes / entry_bytes, at least 2) is
- * set up at creation: memory never grows.  Lookup is by host offset in a
+ * set up at creation: memory never grows past it.  The table memory is an
+ * anonymous mapping, so a slot costs RAM only once it is first used (a
+ * small image never touches most of a large cache).  Lookup is by host offset in a
  * hash table; eviction takes the least recently used unpinned slot.  Dirty
  * slots are written back on eviction and on flush, and that is where the
  * write ordering of DESIGN.md section 4 is kept:
@@ -22,6 +24,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "qcow2/qcow2.h"
 #include "rblock/io.h"
@@ -42,11 +45,12 @@ struct qcow2_cache {
     int fd;
     size_t entry_bytes;
     int32_t n;
-    uint8_t *mem;
+    uint8_t *mem;      /* n * entry_bytes, mmap'ed; MAP_FAILED when none */
     struct slot *slots;
     int32_t *buckets;
     uint32_t nbuckets; /* power of two */
-    int32_t free_head;
+    int32_t free_head; /* released slots */
+    int32_t fresh;     /* slots [fresh, n) were never used */
     int32_t lru_head, lru_tail;
     struct qcow2_cache *dep;
     bool barriers;
@@ -77,26 +81,23 @@ struct qcow2_cache *qcow2_cache_new(int fd, size_t entry_bytes, size_t max_bytes
     c->nbuckets = 1;
     while (c->nbuckets < n)
         c->nbuckets <<= 1;
-    c->mem = calloc(n, entry_bytes);
+    c->mem = mmap(NULL, n * entry_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                  -1, 0);
     c->slots = calloc(n, sizeof(*c->slots));
     c->buckets = malloc(c->nbuckets * sizeof(*c->buckets));
-    if (!c->mem || !c->slots || !c->buckets)
+    if (c->mem == MAP_FAILED || !c->slots || !c->buckets)
         goto fail;
-    for (uint32_t i = 0; i < c->nbuckets; i++)
-        c->buckets[i] = NONE;
-    for (int32_t i = 0; i < c->n; i++) {
-        c->slots[i].off = NO_OFF;
-        c->slots[i].hnext = i + 1 < c->n ? i + 1 : NONE;
-        c->slots[i].prev = c->slots[i].next = NONE;
-    }
-    c->free_head = 0;
+    memset(c->buckets, 0xff, c->nbuckets * sizeof(*c->buckets)); /* all NONE */
+    c->free_head = NONE;
+    c->fresh = 0;
     c->lru_head = c->lru_tail = NONE;
     c->barriers = true;
     c->flush_fd[0] = c->flush_fd[1] = -1;
     return c;
 fail:
     if (c) {
-        free(c->mem);
+        if (c->mem && c->mem != MAP_FAILED)
+            munmap(c->mem, (size_t)c->n * c->entry_bytes);
         free(c->slots);
         free(c->buckets);
         free(c);
@@ -108,7 +109,7 @@ void qcow2_cache_free(struct qcow2_cache *c)
 {
     if (!c)
         return;
-    free(c->mem);
+    munmap(c->mem, (size_t)c->n * c->entry_bytes);
     free(c->slots);
     free(c->buckets);
     free(c);
@@ -230,6 +231,10 @@ static int get_slot(struct qcow2_cache *c, int32_t *out)
         i = c->free_head;
         c->free_head = c->slots[i].hnext;
         *out = i;
+        return 0;
+    }
+    if (c->fresh < c->n) {
+        *out = c->fresh++;
         return 0;
     }
     for (i = c->lru_tail; i != NONE; i = c->slots[i].prev) {

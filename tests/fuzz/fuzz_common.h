@@ -76,32 +76,50 @@ static int fuzz_memfd(const char *name, const void *data, size_t size, unsigned 
 }
 
 /* The export of the protocol targets: 1 MiB with a few bytes of data, raw
- * or (qcow2) a fresh qcow2 image with 4 KiB clusters, in a memfd. */
+ * or (qcow2) a fresh qcow2 image with 4 KiB clusters.  The qcow2 image is
+ * created once, kept as a template, and copied into one reused memfd for
+ * every input, so each input starts from the same bytes without paying for
+ * a create (the protocol targets were bound by per-input setup). */
 #ifdef FUZZ_WANT_EXPORT
 #include "rblock/qcow2-create.h"
 #define FUZZ_EXPORT_BYTES (1u << 20)
 
-static int fuzz_export_image(bool qcow2, char path[64])
+static void fuzz_export_image(bool qcow2, char path[64])
 {
-    int fd = fuzz_memfd(qcow2 ? "fuzz.qcow2" : "fuzz.raw", NULL, qcow2 ? 0 : FUZZ_EXPORT_BYTES,
-                        0, path);
+    static int fd = -1;
+    static char fd_path[64];
+    static uint8_t *tmpl;
+    static size_t tmpl_len;
 
-    if (qcow2) {
+    if (fd < 0) {
         struct rb_qcow2_create_opts o;
         struct rb_error err = {0};
+        off_t end;
 
+        fd = fuzz_memfd("fuzz.export", NULL, 0, 0, fd_path);
         rb_qcow2_create_opts_init(&o);
         o.size = FUZZ_EXPORT_BYTES;
         o.size_set = true;
         o.cluster_bytes = 4096;
-        if (rb_qcow2_create(path, &o, &err) < 0) {
+        if (rb_qcow2_create(fd_path, &o, &err) < 0) {
             fprintf(stderr, "fuzz: %s\n", rb_error_msg(&err, -EIO));
             abort();
         }
-    } else if (pwrite(fd, "rblock", 6, 65536) != 6) {
+        end = lseek(fd, 0, SEEK_END);
+        tmpl_len = end > 0 ? (size_t)end : 0;
+        tmpl = malloc(tmpl_len);
+        if (!tmpl || pread(fd, tmpl, tmpl_len, 0) != (ssize_t)tmpl_len)
+            abort();
+    }
+    if (ftruncate(fd, 0) < 0)
+        abort();
+    if (qcow2) {
+        if (pwrite(fd, tmpl, tmpl_len, 0) != (ssize_t)tmpl_len)
+            abort();
+    } else if (ftruncate(fd, FUZZ_EXPORT_BYTES) < 0 || pwrite(fd, "rblock", 6, 65536) != 6) {
         abort();
     }
-    return fd;
+    snprintf(path, 64, "%s", fd_path);
 }
 #endif
 
@@ -134,6 +152,65 @@ static bool feed_now(struct feed *f)
     }
     shutdown(f->fd, SHUT_WR);
     return true;
+}
+
+/* One long-lived thread drains the replies of every input (creating a
+ * thread per input cost more than most inputs do). */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int fd;        /* socket to drain until EOF; -1 when idle */
+    bool started;
+} drain = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, -1, false};
+
+static void *drain_loop(void *arg)
+{
+    static char buf[1 << 16];
+
+    (void)arg;
+    pthread_mutex_lock(&drain.lock);
+    for (;;) {
+        while (drain.fd < 0)
+            pthread_cond_wait(&drain.cond, &drain.lock);
+        int fd = drain.fd;
+        pthread_mutex_unlock(&drain.lock);
+        for (;;) {
+            ssize_t n = recv(fd, buf, sizeof(buf), 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+        }
+        pthread_mutex_lock(&drain.lock);
+        drain.fd = -1;
+        pthread_cond_broadcast(&drain.cond);
+    }
+    return NULL;
+}
+
+/* Start draining @fd (until it reads EOF). */
+static void drain_start(int fd)
+{
+    pthread_mutex_lock(&drain.lock);
+    if (!drain.started) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, drain_loop, NULL) != 0)
+            abort();
+        pthread_detach(t);
+        drain.started = true;
+    }
+    drain.fd = fd;
+    pthread_cond_broadcast(&drain.cond);
+    pthread_mutex_unlock(&drain.lock);
+}
+
+/* Wait until the socket given to drain_start() read EOF. */
+static void drain_wait(void)
+{
+    pthread_mutex_lock(&drain.lock);
+    while (drain.fd >= 0)
+        pthread_cond_wait(&drain.cond, &drain.lock);
+    pthread_mutex_unlock(&drain.lock);
 }
 
 static void *writer(void *arg)

@@ -5,7 +5,7 @@
  * whole input through the real protocol handler (rb_jsonrpc_protocol.serve:
  * framing, envelope, methods, the backend over server/core/exports.c) on
  * one end of a socketpair, with a small line cap, over a 1 MiB export in a
- * memfd; a thread writes the input and closes, another drains the
+ * memfd; a thread writes the input and closes, a long-lived thread drains the
  * replies.  The input's first byte is the harness's: bit 0 serves
  * read-only, bit 1 a qcow2 image (else raw).
  */
@@ -23,21 +23,6 @@
 #include "jsonrpc/rpc.h"
 
 
-static void *drainer(void *arg)
-{
-    static __thread char buf[1 << 16];
-    int fd = *(int *)arg;
-
-    for (;;) {
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-    }
-    return NULL;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct rb_export_config cfg = {.name = "fuzz"};
@@ -47,15 +32,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct rb_error err = {0};
     struct rb_rpc_backend be;
     struct rb_conn *c;
-    pthread_t wt, dt;
+    pthread_t wt;
     char path[64];
-    int sv[2], mfd;
+    int sv[2];
 
     if (size < 1)
         return 0;
     cfg.read_only = data[0] & 1;
     cfg.format = data[0] & 2 ? "qcow2" : "raw";
-    mfd = fuzz_export_image(data[0] & 2, path);
+    fuzz_export_image(data[0] & 2, path);
     data++;
     size--;
     cfg.path = path;
@@ -94,14 +79,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * buffer goes in at once; a thread sends the rest. */
     struct feed f = {sv[1], data, size, 0};
     bool inline_write = feed_now(&f);
-    if ((!inline_write && pthread_create(&wt, NULL, writer, &f)) ||
-        pthread_create(&dt, NULL, drainer, &sv[1]))
+    if (!inline_write && pthread_create(&wt, NULL, writer, &f))
         abort();
+    drain_start(sv[1]);
     c->proto->serve(c);
     shutdown(sv[0], SHUT_RDWR);
     if (!inline_write)
         pthread_join(wt, NULL);
-    pthread_join(dt, NULL);
+    drain_wait();
     close(sv[0]);
     close(sv[1]);
     pthread_mutex_destroy(&c->send_lock);
@@ -109,6 +94,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rb_server_destroy(&srv);
     rb_export_close(srv.export, NULL);
     fuzz_sandbox = false;
-    close(mfd);
     return 0;
 }

@@ -4,7 +4,7 @@
  * NBD server, from the first byte of the handshake through transmission.
  * It runs the real protocol handler (rb_nbd_protocol.serve) on one end of
  * a socketpair over a 1 MiB export in a memfd; a thread writes the input
- * to the other end and then closes it for writing, another drains the
+ * to the other end and then closes it for writing, a long-lived thread drains the
  * replies.  The input's first byte is the harness's: bit 0 serves
  * read-only, bit 1 a qcow2 image (else raw).
  */
@@ -21,36 +21,21 @@
 
 
 
-static void *drainer(void *arg)
-{
-    static __thread char buf[1 << 16];
-    int fd = *(int *)arg;
-
-    for (;;) {
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-    }
-    return NULL;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct rb_export_config cfg = {.name = "fuzz", .description = "fuzzing"};
     struct rb_server srv = {0};
     struct rb_conn *c;
     struct rb_error err = {0};
-    pthread_t wt, dt;
+    pthread_t wt;
     char path[64];
-    int sv[2], mfd;
+    int sv[2];
 
     if (size < 1)
         return 0;
     cfg.read_only = data[0] & 1;
     cfg.format = data[0] & 2 ? "qcow2" : "raw";
-    mfd = fuzz_export_image(data[0] & 2, path);
+    fuzz_export_image(data[0] & 2, path);
     data++;
     size--;
     cfg.path = path;
@@ -79,16 +64,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* What fits the socket buffer goes in at once; a thread sends the rest. */
     struct feed f = {sv[1], data, size, 0};
     bool inline_write = feed_now(&f);
-    if ((!inline_write && pthread_create(&wt, NULL, writer, &f)) ||
-        pthread_create(&dt, NULL, drainer, &sv[1]))
+    if (!inline_write && pthread_create(&wt, NULL, writer, &f))
         abort();
+    drain_start(sv[1]);
 
     c->proto->serve(c);
 
     shutdown(sv[0], SHUT_RDWR);
     if (!inline_write)
         pthread_join(wt, NULL);
-    pthread_join(dt, NULL);
+    drain_wait();
     close(sv[0]);
     close(sv[1]);
     pthread_mutex_destroy(&c->send_lock);
@@ -96,6 +81,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rb_server_destroy(&srv);
     rb_export_close(srv.export, NULL);
     fuzz_sandbox = false;
-    close(mfd);
     return 0;
 }
