@@ -44,7 +44,8 @@ static void on_progress(void *opaque, uint64_t done)
 static struct rb_image *make_raw(const char *path, uint64_t size, bool *created,
                                  bool *zeroed, struct rb_error *err)
 {
-    struct rb_open_opts oo = {.format = "raw", .write = true, .lock = true};
+    struct rb_open_opts oo = {.format = "raw", .write = true, .lock = true,
+                              .sequential = true};
     struct stat st;
     int fd, ret;
 

@@ -106,6 +106,8 @@ struct rb_open_opts {
                                 or writes it; without, while one writes it.
                                 Fails with EAGAIN, "image is locked by
                                 another process" */
+    bool sequential;         /* the caller writes in ascending order (convert):
+                                the raw driver starts writeback behind it */
     unsigned max_depth;      /* cap on the backing chain; 0 = RB_MAX_CHAIN */
     size_t cache_bytes;      /* metadata cache cap; 0 = default */
 };

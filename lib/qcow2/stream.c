@@ -30,6 +30,8 @@
 #include "qcow2/qcow2w.h"
 #include "rblock/io.h"
 
+#define WRITEBEHIND_BYTES (16u << 20)
+
 struct stream {
     int fd;
     struct rb_qcow2_create_opts o;
@@ -53,6 +55,7 @@ struct stream {
     uint64_t next_cluster; /* allocation pointer */
     uint64_t next_guest;   /* writes must start at or after this */
     uint64_t file_end;     /* highest byte written */
+    uint64_t wb_end;       /* writeback started up to here */
     uint64_t cdata_end;    /* highest byte of compressed data written */
 
     uint64_t cbyte;        /* next free byte for compressed data, 0: none */
@@ -81,6 +84,11 @@ static int put(struct rb_image *img, const void *buf, size_t len, uint64_t off,
         return io_err(img, ret, "write error", err);
     if (off + len > s->file_end)
         s->file_end = off + len;
+    /* write-behind: the disk works while we fill the page cache */
+    if (s->file_end - s->wb_end >= WRITEBEHIND_BYTES) {
+        rb_io_writeback(s->fd, s->wb_end, s->file_end - s->wb_end);
+        s->wb_end = s->file_end;
+    }
     return 0;
 }
 

@@ -105,6 +105,15 @@ int rb_io_sync(int fd)
     return do_sync(fd);
 }
 
+void rb_io_writeback(int fd, uint64_t off, uint64_t len)
+{
+    /* A hint: errors (a pipe, a file system without it) show at the
+     * fdatasync that follows; no durability is promised, so the fault
+     * layer does not count it. */
+    if (len && off <= INT64_MAX && len <= INT64_MAX - off)
+        (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
 static int do_truncate(int fd, uint64_t size)
 {
     if (size > INT64_MAX)

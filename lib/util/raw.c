@@ -13,9 +13,14 @@
 #include "rblock/image.h"
 #include "rblock/io.h"
 
+/* With a sequential writer, writeback is started every this many bytes. */
+#define WRITEBEHIND_BYTES (16u << 20)
+
 struct raw_state {
     int fd;
     bool blockdev;
+    bool sequential;  /* opts->sequential: write-behind */
+    uint64_t wb_end;  /* writeback started below this offset */
 };
 
 static struct raw_state *raw(struct rb_image *img)
@@ -47,11 +52,18 @@ static int raw_flush(struct rb_image *img, struct rb_error *err)
 static int raw_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
                      unsigned flags, struct rb_error *err)
 {
-    int ret = rb_io_pwrite(raw(img)->fd, buf, len, off);
+    struct raw_state *s = raw(img);
+    int ret = rb_io_pwrite(s->fd, buf, len, off);
 
     if (ret < 0)
         return rb_error_set(err, -ret, "%s: write error: %s", img->filename,
                             strerror(-ret));
+    /* write-behind: the disk works while the writer fills the page cache,
+     * so the final flush has little left (convert's output) */
+    if (s->sequential && off + len >= s->wb_end + WRITEBEHIND_BYTES) {
+        rb_io_writeback(s->fd, s->wb_end, off + len - s->wb_end);
+        s->wb_end = off + len;
+    }
     if (flags & RB_WRITE_FUA)
         return raw_flush(img, err);
     return 0;
@@ -136,6 +148,7 @@ struct rb_image *rb_raw_open(const char *path, int fd, const struct rb_open_opts
     }
     s->fd = fd;
     s->blockdev = rb_io_is_blockdev(fd);
+    s->sequential = opts->sequential;
     img->priv = s;
     img->read_only = !opts->write;
     ret = rb_io_size(fd, &img->size);
