@@ -39,6 +39,16 @@ const char *rb_image_probe(int fd)
     return "raw";
 }
 
+/* True when the first bytes of raw image @img are the qcow2 magic. */
+static bool looks_like_qcow2(struct rb_image *img)
+{
+    struct rb_error err = {0};
+    uint8_t magic[4];
+
+    return img->size >= sizeof(magic) && rb_image_read(img, magic, 0, sizeof(magic), &err) == 0 &&
+           memcmp(magic, "QFI\xfb", 4) == 0;
+}
+
 /* Resolve a backing name against the folder of the overlay, as QEMU does:
  * absolute names stay, relative ones are relative to the overlay's folder. */
 static char *resolve_backing(const char *overlay, const char *name)
@@ -223,12 +233,23 @@ struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts
             rb_error_set(err, ENOMEM, "%s: out of memory", path);
             goto fail;
         }
-        /* The recorded backing format is used; without one the backing is
-         * probed, as QEMU does for images made before -F was required. */
-        bo.format = cur->backing_format;
+        /* The recorded backing format is used and a backing file is never
+         * probed: a raw disk a guest wrote can hold a qcow2 header naming
+         * any host file.  Without a recorded format (images of QEMU
+         * before -F was required) it is raw, and refused when it looks
+         * like qcow2, with the fix in the message. */
+        bo.format = cur->backing_format ? cur->backing_format : "raw";
         cur->backing = open_one(cur->backing_path, &bo, false, err);
         if (!cur->backing) {
             rb_error_prefix(err, "%s: cannot open backing file", cur->filename);
+            goto fail;
+        }
+        if (!cur->backing_format && looks_like_qcow2(cur->backing)) {
+            rb_error_set(err, EINVAL, "%s: backing file '%s' has no recorded format and "
+                         "holds a qcow2 header; backing files are not probed: record "
+                         "its format with 'qemu-img rebase -u -b %s -F qcow2 %s' (or -F raw)",
+                         cur->filename, cur->backing_name, cur->backing_name,
+                         cur->filename);
             goto fail;
         }
         /* A loop: the new layer is a file already in the chain. */

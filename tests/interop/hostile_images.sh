@@ -71,4 +71,23 @@ grep -q "backing file format: raw" info.txt || fail "info: $(cat info.txt)"
 # served, it reads back the raw bytes (the qcow2 header), not /etc/hostname
 "$RBLOCK" serve -r f.qcow2 --run 'nbdcopy "$uri" out.raw'
 cmp out.raw evil.raw || fail "backing read through a probed format"
+
+step "a backing file without a recorded format is raw, never probed"
+# drop the backing-format extension (the first one, right after the
+# 112-byte v3 header) by making it the end-of-extensions marker
+nofmt() { cp "$1" "$2"; printf '\0\0\0\0' | dd of="$2" bs=1 seek=112 conv=notrunc status=none; }
+# a raw backing file is read as raw
+head -c 1M /dev/urandom > plain.raw
+qemu-img create -q -f qcow2 -b plain.raw -F raw p.qcow2
+nofmt p.qcow2 p-nofmt.qcow2
+qemu-img info p-nofmt.qcow2 | grep -q "backing file format" && fail "the format extension is still there"
+"$RBLOCK" serve -r p-nofmt.qcow2 --run 'nbdcopy "$uri" out2.raw'
+cmp out2.raw plain.raw || fail "a raw backing without a recorded format reads wrong"
+# one that holds a qcow2 header (a guest wrote it) is refused, not probed
+nofmt f.qcow2 g.qcow2
+refused "raw backing with a qcow2 header, no recorded format" "no recorded format and holds a qcow2 header" g.qcow2
+qemu-img create -q -f qcow2 base.qcow2 1M
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+nofmt top.qcow2 top-nofmt.qcow2
+refused "qcow2 backing without a recorded format" "no recorded format.*qemu-img rebase -u -b base.qcow2 -F qcow2" top-nofmt.qcow2
 echo "hostile image tests passed"
