@@ -29,11 +29,14 @@ int rb_io_pwrite(int fd, const void *buf, size_t len, uint64_t off);
 /* fdatasync(), retried on EINTR.  Returns 0 or -errno. */
 int rb_io_sync(int fd);
 
-/* Start writing [off, off+len) back to the disk without waiting
- * (sync_file_range SYNC_FILE_RANGE_WRITE).  A sequential writer calls it
- * behind itself so the disk works while it fills the page cache and the
- * final rb_io_sync has little left to do.  Not a durability point. */
-void rb_io_writeback(int fd, uint64_t off, uint64_t len);
+/* Write-behind for a writer that fills a file in ascending order: once
+ * [*started, end) reaches RB_WRITEBEHIND_BYTES, start writing it back to
+ * the disk without waiting (sync_file_range SYNC_FILE_RANGE_WRITE) and
+ * move *started to @end.  The disk then works while the writer fills the
+ * page cache, and the final rb_io_sync has little left to do.  A hint,
+ * not a durability point: errors show at that sync. */
+#define RB_WRITEBEHIND_BYTES (16u << 20)
+void rb_io_writebehind(int fd, uint64_t *started, uint64_t end);
 
 /* Size in bytes of a regular file or a block device (BLKGETSIZE64).
  * Returns 0 and sets *size, or -errno. */

@@ -30,8 +30,6 @@
 #include "qcow2/qcow2w.h"
 #include "rblock/io.h"
 
-#define WRITEBEHIND_BYTES (16u << 20)
-
 struct stream {
     int fd;
     struct rb_qcow2_create_opts o;
@@ -85,10 +83,7 @@ static int put(struct rb_image *img, const void *buf, size_t len, uint64_t off,
     if (off + len > s->file_end)
         s->file_end = off + len;
     /* write-behind: the disk works while we fill the page cache */
-    if (s->file_end - s->wb_end >= WRITEBEHIND_BYTES) {
-        rb_io_writeback(s->fd, s->wb_end, s->file_end - s->wb_end);
-        s->wb_end = s->file_end;
-    }
+    rb_io_writebehind(s->fd, &s->wb_end, s->file_end);
     return 0;
 }
 

@@ -105,13 +105,13 @@ int rb_io_sync(int fd)
     return do_sync(fd);
 }
 
-void rb_io_writeback(int fd, uint64_t off, uint64_t len)
+void rb_io_writebehind(int fd, uint64_t *started, uint64_t end)
 {
-    /* A hint: errors (a pipe, a file system without it) show at the
-     * fdatasync that follows; no durability is promised, so the fault
-     * layer does not count it. */
-    if (len && off <= INT64_MAX && len <= INT64_MAX - off)
-        (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+    /* Not counted by the fault layer: no durability is promised. */
+    if (end < *started + RB_WRITEBEHIND_BYTES || end > INT64_MAX)
+        return;
+    (void)sync_file_range(fd, (off_t)*started, (off_t)(end - *started), SYNC_FILE_RANGE_WRITE);
+    *started = end;
 }
 
 static int do_truncate(int fd, uint64_t size)

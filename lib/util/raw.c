@@ -13,9 +13,6 @@
 #include "rblock/image.h"
 #include "rblock/io.h"
 
-/* With a sequential writer, writeback is started every this many bytes. */
-#define WRITEBEHIND_BYTES (16u << 20)
-
 struct raw_state {
     int fd;
     bool blockdev;
@@ -60,10 +57,8 @@ static int raw_write(struct rb_image *img, const void *buf, uint64_t off, size_t
                             strerror(-ret));
     /* write-behind: the disk works while the writer fills the page cache,
      * so the final flush has little left (convert's output) */
-    if (s->sequential && off + len >= s->wb_end + WRITEBEHIND_BYTES) {
-        rb_io_writeback(s->fd, s->wb_end, off + len - s->wb_end);
-        s->wb_end = off + len;
-    }
+    if (s->sequential)
+        rb_io_writebehind(s->fd, &s->wb_end, off + len);
     if (flags & RB_WRITE_FUA)
         return raw_flush(img, err);
     return 0;

@@ -266,6 +266,38 @@ static void test_power_fds(void **state)
     close(fd);
 }
 
+/* Write-behind starts writeback in steps of RB_WRITEBEHIND_BYTES, only
+ * forward, and leaves the bytes alone. */
+static void test_writebehind(void **state)
+{
+    const size_t mib = 1u << 20;
+    int fd = new_file("wb", 0, 0);
+    uint8_t *buf = malloc(mib), *back = malloc(mib);
+    uint64_t started = 0;
+
+    (void)state;
+    assert_non_null(buf);
+    assert_non_null(back);
+    for (uint64_t i = 0; i < 40; i++) {
+        memset(buf, (int)('a' + i % 26), mib);
+        assert_int_equal(rb_io_pwrite(fd, buf, mib, i * mib), 0);
+        rb_io_writebehind(fd, &started, (i + 1) * mib);
+        /* moved at 16 and 32 MiB, nowhere else */
+        assert_int_equal(started, (i + 1) / 16 * 16 * mib);
+    }
+    rb_io_writebehind(fd, &started, 8 * mib); /* behind: nothing */
+    assert_int_equal(started, 32 * mib);
+    assert_int_equal(rb_io_sync(fd), 0);
+    for (uint64_t i = 0; i < 40; i++) {
+        memset(buf, (int)('a' + i % 26), mib);
+        assert_int_equal(rb_io_pread(fd, back, mib, i * mib), 0);
+        assert_memory_equal(back, buf, mib);
+    }
+    free(buf);
+    free(back);
+    close(fd);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -289,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_power),
         cmocka_unit_test(test_power_seed),
         cmocka_unit_test(test_power_fds),
+        cmocka_unit_test(test_writebehind),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
