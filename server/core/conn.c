@@ -398,9 +398,17 @@ int rb_conn_send(struct rb_conn *c, const void *buf, size_t len)
     return rb_conn_sendv(c, &iov, 1);
 }
 
-void rb_conn_handshake_done(struct rb_conn *c)
+bool rb_conn_handshake_done(struct rb_conn *c)
 {
+    bool kept;
+
+    /* Under the lock evict_one() holds: either it chose this connection
+     * first (and shut it down), or it can no longer choose it. */
+    pthread_mutex_lock(&c->srv->lock);
+    kept = !c->evicted;
     atomic_store(&c->in_handshake, false);
+    pthread_mutex_unlock(&c->srv->lock);
+    return kept;
 }
 
 void rb_conn_abort(struct rb_conn *c)

@@ -144,8 +144,11 @@ void rb_conn_lock(struct rb_conn *c);
 void rb_conn_unlock(struct rb_conn *c);
 int rb_conn_sendv_locked(struct rb_conn *c, const struct iovec *iov, int iovcnt);
 
-/* The handshake is over: no deadline any more, not evictable. */
-void rb_conn_handshake_done(struct rb_conn *c);
+/* The handshake is over: no deadline any more, not evictable.  False when
+ * the connection was evicted first (its socket is shut down).  A protocol
+ * calls it before the reply that tells the client it is in, so a client
+ * that got that reply is never evicted. */
+bool rb_conn_handshake_done(struct rb_conn *c);
 
 /* Stop this connection: shut its socket down both ways (reads fail). */
 void rb_conn_abort(struct rb_conn *c);

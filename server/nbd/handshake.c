@@ -103,6 +103,9 @@ static int opt_export_name(struct rb_conn *c, struct nbd_session *s, struct opt 
     s->tflags = transmission_flags(c, s);
     put64(reply, rb_export_size(e));
     put16(reply + 8, s->tflags);
+    /* not evictable from here: the client is in once it has the reply */
+    if (!rb_conn_handshake_done(c))
+        return -ECONNRESET;
     return rb_conn_send(c, reply, s->no_zeroes ? 10 : sizeof(reply));
 }
 
@@ -178,6 +181,9 @@ static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
         put32(buf + 8, NBD_MAX_REQUEST_BYTES);
         ret = send_info(c, o->code, NBD_INFO_BLOCK_SIZE, buf, 12);
     }
+    /* GO: not evictable from here, the client is in once it has the ACK */
+    if (!ret && o->code == NBD_OPT_GO && !rb_conn_handshake_done(c))
+        ret = -ECONNRESET;
     if (!ret)
         ret = send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
     if (ret < 0)

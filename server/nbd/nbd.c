@@ -6,9 +6,9 @@ static void nbd_serve(struct rb_conn *c)
 {
     struct nbd_session s;
 
+    /* the handshake ends with rb_conn_handshake_done (before its last reply) */
     if (nbd_handshake(c, &s) != 0)
         return;
-    rb_conn_handshake_done(c);
     nbd_transmission(c, &s);
 }
 
