@@ -26,7 +26,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: rblock serve [--nbd ADDR]... [--rpc ADDR]... [--read-only]\n"
             "                    [--export-name NAME] [--description TEXT]\n"
-            "                    [--max-connections N]\n"
+            "                    [--max-connections N] [--max-inflight SIZE]\n"
             "                    [--tls=off|on|require] [--tls-cert DIR | --tls-psk FILE]\n"
             "                    [--tls-verify-peer]\n"
             "                    [--handshake-timeout SECONDS] [--run CMD] [-f FMT] IMAGE\n"
@@ -42,6 +42,8 @@ static void usage(FILE *f)
             "  -x, --export-name NAME export name (\"\" is always accepted)\n"
             "  -d, --description TEXT description shown to clients\n"
             "  -m, --max-connections N  (default %u)\n"
+            "      --max-inflight SIZE  NBD request data buffered for all clients\n"
+            "                         together (default 1G; each client also at most 64M)\n"
             "      --handshake-timeout SECONDS  (default %u)\n"
             "      --run CMD          run CMD with $uri, $nbd, $port/$unixsocket set; stop\n"
             "                         when it ends and exit with its status\n"
@@ -122,7 +124,7 @@ static void tls_uri_env(void)
 int cmd_serve(int argc, char **argv)
 {
     enum { OPT_NBD = 256, OPT_RUN, OPT_HS_TIMEOUT, OPT_RPC, OPT_TLS, OPT_TLS_CERT,
-           OPT_TLS_PSK, OPT_TLS_VERIFY };
+           OPT_TLS_PSK, OPT_TLS_VERIFY, OPT_MAX_INFLIGHT };
     static const struct option longopts[] = {
         {"nbd", required_argument, NULL, OPT_NBD},
         {"rpc", required_argument, NULL, OPT_RPC},
@@ -131,6 +133,7 @@ int cmd_serve(int argc, char **argv)
         {"description", required_argument, NULL, 'd'},
         {"max-connections", required_argument, NULL, 'm'},
         {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
+        {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
         {"run", required_argument, NULL, OPT_RUN},
         {"format", required_argument, NULL, 'f'},
         {"tls", required_argument, NULL, OPT_TLS},
@@ -189,6 +192,15 @@ int cmd_serve(int argc, char **argv)
             if (parse_count(optarg, "--max-connections", 65536, &srv.max_connections))
                 return 1;
             break;
+        case OPT_MAX_INFLIGHT: {
+            uint64_t v;
+            if (parse_size(optarg, &v) < 0 || v < (1u << 20) || v > ((uint64_t)1 << 40)) {
+                complain("--max-inflight: '%s' is not a size from 1M to 1T", optarg);
+                return 1;
+            }
+            srv.max_inflight_bytes = (size_t)v;
+            break;
+        }
         case OPT_HS_TIMEOUT:
             if (parse_count(optarg, "--handshake-timeout", 3600, &hs_seconds))
                 return 1;

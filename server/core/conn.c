@@ -39,13 +39,46 @@ int rb_server_init(struct rb_server *srv)
         pthread_mutex_destroy(&srv->lock);
         return -ret;
     }
+    if (!srv->max_inflight_bytes)
+        srv->max_inflight_bytes = RB_DEFAULT_MAX_INFLIGHT_BYTES;
+    srv->inflight_bytes = 0;
+    if ((ret = pthread_mutex_init(&srv->budget_lock, NULL)) == 0 &&
+        (ret = pthread_cond_init(&srv->budget_room, NULL)) != 0)
+        pthread_mutex_destroy(&srv->budget_lock);
+    if (ret) {
+        pthread_cond_destroy(&srv->gone);
+        pthread_mutex_destroy(&srv->lock);
+        return -ret;
+    }
     return 0;
 }
 
 void rb_server_destroy(struct rb_server *srv)
 {
+    pthread_cond_destroy(&srv->budget_room);
+    pthread_mutex_destroy(&srv->budget_lock);
     pthread_cond_destroy(&srv->gone);
     pthread_mutex_destroy(&srv->lock);
+}
+
+void rb_server_take(struct rb_server *srv, size_t n, const _Atomic size_t *held)
+{
+    pthread_mutex_lock(&srv->budget_lock);
+    while (srv->inflight_bytes + n > srv->max_inflight_bytes && atomic_load(held) > 0)
+        pthread_cond_wait(&srv->budget_room, &srv->budget_lock);
+    srv->inflight_bytes += n;
+    pthread_mutex_unlock(&srv->budget_lock);
+}
+
+void rb_server_give(struct rb_server *srv, size_t n)
+{
+    if (!n)
+        return;
+    pthread_mutex_lock(&srv->budget_lock);
+    srv->inflight_bytes -= n;
+    pthread_mutex_unlock(&srv->budget_lock);
+    /* every waiter: each checks its own connection's bytes */
+    pthread_cond_broadcast(&srv->budget_room);
 }
 
 static void describe_peer(struct rb_conn *c)

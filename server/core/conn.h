@@ -62,6 +62,9 @@ struct rb_server {
     struct rb_tls *tls;
     /* Per-protocol settings owned by cmd/serve.c, read by the protocol. */
     void *proto_config[RB_PROTO_COUNT];
+    /* Request data (NBD read and write payloads) buffered for all
+     * connections together; 0 = RB_DEFAULT_MAX_INFLIGHT_BYTES. */
+    size_t max_inflight_bytes;
 
     /* Private to conn.c. */
     pthread_mutex_t lock;
@@ -70,10 +73,26 @@ struct rb_server {
     unsigned nconns;
     unsigned nevicted;     /* of which shut down, their thread not yet ended */
     uint64_t next_id;
+    pthread_mutex_t budget_lock;
+    pthread_cond_t budget_room; /* signalled when request bytes are given back */
+    size_t inflight_bytes;      /* taken from max_inflight_bytes */
 };
 
 #define RB_DEFAULT_MAX_CONNECTIONS 128
 #define RB_DEFAULT_HANDSHAKE_MS 10000
+#define RB_DEFAULT_MAX_INFLIGHT_BYTES ((size_t)1 << 30)
+
+/*
+ * The server-wide budget of buffered request data.  rb_server_take waits
+ * while taking @n bytes would pass srv->max_inflight_bytes, except when
+ * *@held (the caller's connection's bytes in flight) is zero: a connection
+ * with nothing in flight always gets one request through, so it never
+ * waits on itself and needs no other client to make progress (memory is
+ * then at most the budget plus one request per connection).  Every byte
+ * taken is given back with rb_server_give once its request is done.
+ */
+void rb_server_take(struct rb_server *srv, size_t n, const _Atomic size_t *held);
+void rb_server_give(struct rb_server *srv, size_t n);
 
 /*
  * Optional replacement for the plain socket calls (TLS).  Each returns

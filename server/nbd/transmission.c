@@ -8,7 +8,9 @@
  * connection's send lock, so replies go out in any order and one slow
  * request does not hold up the others.  The reader stops taking requests
  * while NBD_MAX_INFLIGHT requests or NBD_MAX_INFLIGHT_BYTES of payload
- * are queued, so a client cannot make us buffer without bound.
+ * are queued, or while the server's budget for all connections is spent
+ * (rb_server_take), before it allocates anything for the next one, so
+ * clients cannot make us buffer without bound.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -58,7 +60,7 @@ struct tx {
     unsigned busy;   /* being run */
     unsigned idle;   /* workers waiting for work */
     unsigned nworkers;
-    size_t bytes; /* payload bytes queued or running */
+    _Atomic size_t bytes; /* payload bytes admitted: queued or running */
     bool stop;
     /* A range block status last reported as data: reads inside it skip
      * the look-up.  Only data is remembered, never holes, so a stale
@@ -459,6 +461,9 @@ static void run_request(struct tx *t, const struct req *r, struct buf *b)
 
 static size_t req_bytes(const struct req *r)
 {
+    /* an oversize READ is refused before any buffer is made */
+    if (r->len > NBD_MAX_REQUEST_BYTES)
+        return 0;
     return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_READ ? r->len : 0;
 }
 
@@ -489,28 +494,56 @@ static void *worker(void *arg)
         run_request(t, r, &b);
         buf_trim(&b);
 
-        pthread_mutex_lock(&t->lock);
-        t->busy--;
-        t->bytes -= req_bytes(r);
-        pthread_cond_signal(&t->room);
+        size_t n = req_bytes(r);
         free(r->payload);
         free(r);
+        pthread_mutex_lock(&t->lock);
+        t->busy--;
+        t->bytes -= n;
+        pthread_cond_signal(&t->room);
+        pthread_mutex_unlock(&t->lock);
+        rb_server_give(t->c->srv, n);
+        pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
     free(b.p);
     return NULL;
 }
 
-/* Queue @r, starting a worker when none is idle.  Waits while the
- * connection has too much in flight. */
+/* Wait until the connection and the server have room for @r's bytes, and
+ * count them.  Only the connection's own thread adds to t->bytes, so the
+ * room it waited for is still there. */
+static void admit(struct tx *t, struct req *r)
+{
+    size_t n = req_bytes(r);
+
+    pthread_mutex_lock(&t->lock);
+    while (t->queued + t->busy > 0 && (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
+                                       t->bytes + n > NBD_MAX_INFLIGHT_BYTES))
+        pthread_cond_wait(&t->room, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+    rb_server_take(t->c->srv, n, &t->bytes);
+    t->bytes += n;
+}
+
+/* Give back what admit() counted for @r (a request that will not run). */
+static void unadmit(struct tx *t, struct req *r)
+{
+    size_t n = req_bytes(r);
+
+    pthread_mutex_lock(&t->lock);
+    t->bytes -= n;
+    pthread_cond_signal(&t->room);
+    pthread_mutex_unlock(&t->lock);
+    rb_server_give(t->c->srv, n);
+}
+
+/* Queue admitted @r, starting a worker when none is idle. */
 static void enqueue(struct tx *t, struct req *r)
 {
     struct buf b = {0};
 
     pthread_mutex_lock(&t->lock);
-    while (t->queued + t->busy > 0 && (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
-                                       t->bytes + req_bytes(r) > NBD_MAX_INFLIGHT_BYTES))
-        pthread_cond_wait(&t->room, &t->lock);
     r->next = NULL;
     if (t->tail)
         t->tail->next = r;
@@ -518,7 +551,6 @@ static void enqueue(struct tx *t, struct req *r)
         t->head = r;
     t->tail = r;
     t->queued++;
-    t->bytes += req_bytes(r);
     if (t->idle < t->queued && t->nworkers < NBD_WORKERS &&
         pthread_create(&t->workers[t->nworkers], NULL, worker, t) == 0)
         t->nworkers++;
@@ -526,10 +558,10 @@ static void enqueue(struct tx *t, struct req *r)
         /* Not even one worker could start: run it here, in order. */
         t->head = t->tail = NULL;
         t->queued--;
-        t->bytes -= req_bytes(r);
         pthread_mutex_unlock(&t->lock);
         run_request(t, r, &b);
         free(b.p);
+        unadmit(t, r);
         free(r->payload);
         free(r);
         return;
@@ -569,22 +601,22 @@ static int read_request(struct tx *t, struct req **out)
             free(r);
             return -E2BIG;
         }
-        /* Page-aligned, as the read buffers (see buf_get). */
-        if (posix_memalign((void **)&r->payload, 4096, r->len ? r->len : 1) != 0)
-            r->payload = NULL;
-        if (!r->payload) {
-            free(r);
-            return -ENOMEM;
-        }
-        ret = rb_conn_recv(t->c, r->payload, r->len);
-        if (ret) {
-            free(r->payload);
-            free(r);
-            return ret;
-        }
     }
     *out = r;
     return 1;
+}
+
+/* Receive the payload of admitted WRITE @r. */
+static int read_payload(struct tx *t, struct req *r)
+{
+    if (r->type != NBD_CMD_WRITE)
+        return 0;
+    /* Page-aligned, as the read buffers (see buf_get). */
+    if (posix_memalign((void **)&r->payload, 4096, r->len ? r->len : 1) != 0) {
+        r->payload = NULL;
+        return -ENOMEM;
+    }
+    return rb_conn_recv(t->c, r->payload, r->len);
 }
 
 void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
@@ -598,14 +630,22 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
         struct req *r = NULL;
         int ret = read_request(&t, &r);
 
-        if (ret <= 0) {
-            /* A broken protocol, end of stream or DISC: answer what is in
-             * flight (the spec asks it for DISC), then close. */
-            if (ret == -EPROTO || ret == -E2BIG)
-                rb_conn_abort(c);
-            break;
+        if (ret > 0) {
+            admit(&t, r);
+            ret = read_payload(&t, r);
+            if (ret == 0) {
+                enqueue(&t, r);
+                continue;
+            }
+            unadmit(&t, r);
+            free(r->payload);
+            free(r);
         }
-        enqueue(&t, r);
+        /* A broken protocol, end of stream or DISC: answer what is in
+         * flight (the spec asks it for DISC), then close. */
+        if (ret == -EPROTO || ret == -E2BIG)
+            rb_conn_abort(c);
+        break;
     }
     pthread_mutex_lock(&t.lock);
     t.stop = true;
