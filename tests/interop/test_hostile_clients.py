@@ -117,33 +117,41 @@ def slow_reader(srv, nreads, length):
     return s
 
 
-def test_slow_readers_cannot_starve_or_bloat(image, tmp_path):
-    srv = Server(image, tmpdir=tmp_path)
+def growth_with_slow_readers(srv, image, count, nreads):
+    """How much the server's RSS grows while `count` slow readers, each
+    asking `nreads` reads of 4 MiB, hang on; real clients and a raw
+    request on a fresh connection are served meanwhile, and again after
+    the slow readers leave."""
     slow = []
     try:
+        assert served(srv, image)
         base = rss_bytes(srv.proc.pid)
-        # 1000 reads of 4 MiB each = 4 GB asked per client, none read back
-        for _ in range(3):
-            slow.append(slow_reader(srv, 1000, 4 << 20))
+        for _ in range(count):
+            slow.append(slow_reader(srv, nreads, 4 << 20))
         for _ in range(3):
             assert served(srv, image)
         grown = rss_bytes(srv.proc.pid) - base
-        print(f"server RSS grew by {grown >> 20} MiB with {len(slow)} slow readers")
-        # Bounded per connection by the in-flight cap (128 MiB), not by what
-        # was asked (12 GB); generous for sanitizer builds.
-        assert grown < len(slow) * (128 << 20) + (256 << 20), grown
-        # More requests on a fresh connection while the others are stuck.
+        print(f"server RSS grew by {grown >> 20} MiB with {count} slow readers")
         s = connect_go(srv)
         request(s, 0, 0, 512, handle=9)
         assert simple_reply(s, 512)[:2] == (0, 9)
         s.close()
-        for s in slow:
-            s.close()
-        slow = []
-        assert served(srv, image)
     finally:
         for s in slow:
             s.close()
+    assert served(srv, image)
+    return grown
+
+
+def test_slow_readers_cannot_starve_or_bloat(image, tmp_path):
+    srv = Server(image, tmpdir=tmp_path)
+    try:
+        # 1000 reads of 4 MiB each = 4 GB asked per client, none read back:
+        # bounded per connection by the in-flight cap (64 MiB), not by what
+        # was asked (12 GB); generous for sanitizer builds.
+        grown = growth_with_slow_readers(srv, image, 3, 1000)
+        assert grown < 3 * (128 << 20) + (256 << 20), grown
+    finally:
         stop_ok(srv)
 
 
@@ -153,26 +161,12 @@ def test_server_wide_budget_bounds_slow_readers(image, tmp_path):
     with only the per-connection cap; under a 16 MiB budget they hold the
     budget plus one request each, and real clients are still served."""
     srv = Server(image, "--max-inflight", "16M", tmpdir=tmp_path)
-    slow = []
     try:
-        assert served(srv, image)
-        base = rss_bytes(srv.proc.pid)
-        for _ in range(8):
-            slow.append(slow_reader(srv, 200, 4 << 20))
-        for _ in range(3):
-            assert served(srv, image)
-        grown = rss_bytes(srv.proc.pid) - base
-        print(f"server RSS grew by {grown >> 20} MiB with {len(slow)} slow readers")
+        grown = growth_with_slow_readers(srv, image, 8, 200)
         # budget 16 + one 4 MiB request per slow reader 32 + thread stacks
         # and sanitizer slack; without the budget it is 256 MiB or more
         assert grown < (120 << 20), grown
-        for s in slow:
-            s.close()
-        slow = []
-        assert served(srv, image)
     finally:
-        for s in slow:
-            s.close()
         stop_ok(srv)
 
 
