@@ -135,7 +135,8 @@ static int read_bitmaps(struct qcow2_state *s, struct rb_qcow2_info *info,
         struct rb_qcow2_bitmap *b = &info->bitmaps[i];
         uint64_t name_len, extra, gbits;
 
-        if (size - pos < 24) {
+        /* the padding of the entry before may end past the directory */
+        if (pos > size || size - pos < 24) {
             ret = -EINVAL;
             break;
         }
