@@ -231,4 +231,81 @@ static void *writer(void *arg)
 }
 #endif
 
+#if defined(FUZZ_WANT_EXPORT) && defined(FUZZ_WANT_FEED)
+#include "core/conn.h"
+#include "core/export.h"
+
+/* One served connection per input: the export the input's first byte
+ * chose (bit 0 read-only, bit 1 qcow2), a server over it (its fields set
+ * by the caller beforehand), and a connection on one end of a socketpair
+ * whose other end carries the input and drains the replies. */
+struct fuzz_session {
+    struct rb_server srv;
+    struct rb_conn *c;
+    int sv[2];
+};
+
+/* Open @fs for @proto; consumes the harness byte of *@data. */
+static void fuzz_session_open(struct fuzz_session *fs, struct rb_export_config *cfg,
+                              const struct rb_protocol *proto, const uint8_t **data,
+                              size_t *size)
+{
+    static char path[64];
+    struct rb_error err = {0};
+
+    cfg->read_only = (*data)[0] & 1;
+    cfg->format = (*data)[0] & 2 ? "qcow2" : "raw";
+    fuzz_export_image((*data)[0] & 2, path);
+    (*data)++;
+    (*size)--;
+    cfg->path = path;
+    fuzz_sandbox = true;
+    fs->srv.export = rb_export_open(cfg, &err);
+    if (!fs->srv.export) {
+        fprintf(stderr, "fuzz %s: %s\n", proto->name, rb_error_msg(&err, -EIO));
+        abort();
+    }
+    if (rb_server_init(&fs->srv) < 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fs->sv) < 0)
+        abort();
+    fs->c = calloc(1, sizeof(*fs->c));
+    if (!fs->c)
+        abort();
+    fs->c->fd = fs->sv[0];
+    fs->c->proto = proto;
+    fs->c->srv = &fs->srv;
+    snprintf(fs->c->peer, sizeof(fs->c->peer), "fuzz");
+    pthread_mutex_init(&fs->c->send_lock, NULL);
+}
+
+/* Send @data to the connection (what fits the socket buffer at once, a
+ * thread the rest), serve it until the input ends, drain the replies. */
+static void fuzz_session_serve(struct fuzz_session *fs, const uint8_t *data, size_t size)
+{
+    struct feed f = {fs->sv[1], data, size, 0};
+    bool inline_write = feed_now(&f);
+    pthread_t wt;
+
+    if (!inline_write && pthread_create(&wt, NULL, writer, &f))
+        abort();
+    drain_start(fs->sv[1]);
+    fs->c->proto->serve(fs->c);
+    shutdown(fs->sv[0], SHUT_RDWR);
+    if (!inline_write)
+        pthread_join(wt, NULL);
+    drain_wait();
+}
+
+static void fuzz_session_close(struct fuzz_session *fs)
+{
+    close(fs->sv[0]);
+    close(fs->sv[1]);
+    pthread_mutex_destroy(&fs->c->send_lock);
+    free(fs->c);
+    rb_server_destroy(&fs->srv);
+    rb_export_close(fs->srv.export, NULL);
+    fuzz_sandbox = false;
+}
+#endif
+
 #endif

@@ -15,8 +15,6 @@
 #define FUZZ_WANT_EXPORT
 #define FUZZ_WANT_FEED
 #include "fuzz_common.h"
-#include "core/conn.h"
-#include "core/export.h"
 #include "nbd/nbd.h"
 
 
@@ -24,62 +22,15 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct rb_export_config cfg = {.name = "fuzz", .description = "fuzzing"};
-    struct rb_server srv = {0};
-    struct rb_conn *c;
-    struct rb_error err = {0};
-    pthread_t wt;
-    char path[64];
-    int sv[2];
+    struct fuzz_session fs = {.srv.handshake_timeout_ms = 60000};
 
     if (size < 1)
         return 0;
-    cfg.read_only = data[0] & 1;
-    cfg.format = data[0] & 2 ? "qcow2" : "raw";
-    fuzz_export_image(data[0] & 2, path);
-    data++;
-    size--;
-    cfg.path = path;
-    fuzz_sandbox = true;
-    srv.export = rb_export_open(&cfg, &err);
-    if (!srv.export) {
-        fprintf(stderr, "fuzz_nbd: %s\n", rb_error_msg(&err, -EIO));
-        abort();
-    }
-    srv.handshake_timeout_ms = 60000;
-    if (rb_server_init(&srv) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        abort();
-
-    c = calloc(1, sizeof(*c));
-    if (!c)
-        abort();
-    c->fd = sv[0];
-    c->proto = &rb_nbd_protocol;
-    c->srv = &srv;
-    snprintf(c->peer, sizeof(c->peer), "fuzz");
-    pthread_mutex_init(&c->send_lock, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &c->deadline);
-    c->deadline.tv_sec += 60;
-    atomic_store(&c->in_handshake, true);
-
-    /* What fits the socket buffer goes in at once; a thread sends the rest. */
-    struct feed f = {sv[1], data, size, 0};
-    bool inline_write = feed_now(&f);
-    if (!inline_write && pthread_create(&wt, NULL, writer, &f))
-        abort();
-    drain_start(sv[1]);
-
-    c->proto->serve(c);
-
-    shutdown(sv[0], SHUT_RDWR);
-    if (!inline_write)
-        pthread_join(wt, NULL);
-    drain_wait();
-    close(sv[0]);
-    close(sv[1]);
-    pthread_mutex_destroy(&c->send_lock);
-    free(c);
-    rb_server_destroy(&srv);
-    rb_export_close(srv.export, NULL);
-    fuzz_sandbox = false;
+    fuzz_session_open(&fs, &cfg, &rb_nbd_protocol, &data, &size);
+    clock_gettime(CLOCK_MONOTONIC, &fs.c->deadline);
+    fs.c->deadline.tv_sec += 60;
+    atomic_store(&fs.c->in_handshake, true);
+    fuzz_session_serve(&fs, data, size);
+    fuzz_session_close(&fs);
     return 0;
 }
