@@ -75,14 +75,17 @@ static int fuzz_memfd(const char *name, const void *data, size_t size, unsigned 
     return fd;
 }
 
-/* The export of the protocol targets: 1 MiB with a few bytes of data, raw
- * or (qcow2) a fresh qcow2 image with 4 KiB clusters.  The qcow2 image is
+/* The export of the protocol targets: FUZZ_EXPORT_BYTES (1 MiB unless the
+ * target says otherwise) with a few bytes of data at 1/16 of it, raw or
+ * (qcow2) a fresh qcow2 image with 4 KiB clusters.  The qcow2 image is
  * created once, kept as a template, and copied into one reused memfd for
  * every input, so each input starts from the same bytes without paying for
  * a create (the protocol targets were bound by per-input setup). */
 #ifdef FUZZ_WANT_EXPORT
 #include "rblock/qcow2-create.h"
+#ifndef FUZZ_EXPORT_BYTES
 #define FUZZ_EXPORT_BYTES (1u << 20)
+#endif
 
 static void fuzz_export_image(bool qcow2, char path[64])
 {
@@ -116,7 +119,7 @@ static void fuzz_export_image(bool qcow2, char path[64])
     if (qcow2) {
         if (pwrite(fd, tmpl, tmpl_len, 0) != (ssize_t)tmpl_len)
             abort();
-    } else if (ftruncate(fd, FUZZ_EXPORT_BYTES) < 0 || pwrite(fd, "rblock", 6, 65536) != 6) {
+    } else if (ftruncate(fd, FUZZ_EXPORT_BYTES) < 0 || pwrite(fd, "rblock", 6, FUZZ_EXPORT_BYTES / 16) != 6) {
         abort();
     }
     snprintf(path, 64, "%s", fd_path);
