@@ -171,6 +171,16 @@ unsigned rb_image_chain_length(const struct rb_image *img);
 /* The image at @depth in the chain or NULL. */
 struct rb_image *rb_image_layer(struct rb_image *img, unsigned depth);
 
+/*
+ * Lock the image file @fd (named @path in messages) as QEMU does
+ * (block/file-posix.c lock bytes 100+n / 200+n): a writer uses read,
+ * write and resize; every opener refuses to share write and resize.
+ * Returns 0 (also where the file system has no OFD locks), or -EAGAIN with
+ * "image is locked by another process" when a conflicting user holds it.
+ * The locks belong to the open file description and go with its close.
+ */
+int rb_image_lock(int fd, const char *path, bool write, struct rb_error *err);
+
 /* Driver entry points (used by rb_image_open). */
 struct rb_image *rb_raw_open(const char *path, int fd, const struct rb_open_opts *opts,
                              struct rb_error *err);
