@@ -1,12 +1,16 @@
-# Thin front over meson/ninja.  Every target installs missing Debian
-# packages first (scripts/install-deps), so a fresh machine needs only
-# `make demo` or `make check`.
+# Thin front over meson/ninja.  `make` only builds; demo, check, bench and
+# fuzz first install missing Debian packages (scripts/install-deps), so a
+# fresh machine needs only `make demo` or `make check`.
 BUILD ?= build
 CHECK_BUILD ?= build-check
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all deps demo check bench fuzz crash clean
+.PHONY: all build deps demo check bench fuzz crash install clean
 
-all: deps
+all: build
+
+build:
 	@if [ -f $(BUILD)/build.ninja ]; then meson setup --reconfigure $(BUILD) >/dev/null; \
 	 else meson setup $(BUILD) >/dev/null; fi
 	ninja -C $(BUILD)
@@ -14,7 +18,8 @@ all: deps
 deps:
 	@scripts/install-deps
 
-demo: all
+demo: deps
+	@$(MAKE) --no-print-directory build
 	scripts/demo
 
 # Sanitizer build (ASan + UBSan) and every test.
@@ -25,14 +30,23 @@ check: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  meson test -C $(CHECK_BUILD) --print-errorlogs --num-processes 2 $(TESTS)
 
-bench: all
+bench: deps
+	@$(MAKE) --no-print-directory build
 	bench/run
 
 fuzz: deps
 	tests/fuzz/run long
 
-crash: all
+crash: deps
+	@$(MAKE) --no-print-directory build
 	RBLOCK_CRASH_ALL=1 tests/crash/run
+
+# bin/rblock, the man page rblock(1) and bash completion under PREFIX.
+install:
+	@if [ -f $(BUILD)/build.ninja ]; then meson setup --reconfigure -Dprefix=$(abspath $(PREFIX)) $(BUILD) >/dev/null; \
+	 else meson setup -Dprefix=$(abspath $(PREFIX)) $(BUILD) >/dev/null; fi
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir $(DESTDIR))
 
 clean:
 	rm -rf $(BUILD) $(CHECK_BUILD) build-fuzz

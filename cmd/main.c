@@ -29,8 +29,53 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n  --inspect IMAGE   same as 'info IMAGE'\n"
-               "  --version         print the version\n"
-               "\nrun 'rblock <command> --help' for a command's options\n");
+               "  -V, --version     print the version\n"
+               "\nrun 'rblock help <command>' for a command's options\n");
+}
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* qemu-img and qemu-nbd words a user may type, and what rblock calls it. */
+static const char *equivalent_of(const char *name)
+{
+    static const struct {
+        const char *theirs, *ours;
+    } words[] = {
+        {"compare", "rblock diff (exit status as cmp: 0 same, 1 different)"},
+        {"dd", "rblock convert"},
+        {"nbd", "rblock serve"},
+        {"qemu-nbd", "rblock serve"},
+        {"inspect", "rblock info"},
+    };
+
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strcmp(name, words[i].theirs) == 0)
+            return words[i].ours;
+    return NULL;
+}
+
+/* rblock help [COMMAND]: the command's own --help. */
+static int help(int argc, char **argv)
+{
+    const struct command *c;
+    char *args[] = {argv[1], (char *)"--help", NULL};
+
+    if (argc < 2) {
+        usage(stdout);
+        return 0;
+    }
+    c = find_command(argv[1]);
+    if (!c) {
+        complain("help: unknown command '%s' (try 'rblock --help')", argv[1]);
+        return 1;
+    }
+    return c->fn(2, args);
 }
 
 int main(int argc, char **argv)
@@ -47,7 +92,7 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (strcmp(argv[1], "--version") == 0) {
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
         printf("rblock %s\n", RBLOCK_VERSION);
         return 0;
     }
@@ -55,10 +100,15 @@ int main(int argc, char **argv)
         argv[1] = (char *)"info";
         return cmd_info(argc - 1, argv + 1);
     }
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        if (strcmp(argv[1], commands[i].name) == 0)
-            return commands[i].fn(argc - 1, argv + 1);
-    }
-    complain("unknown command '%s' (try 'rblock --help')", argv[1]);
+    if (strcmp(argv[1], "help") == 0)
+        return help(argc - 1, argv + 1);
+    const struct command *c = find_command(argv[1]);
+    if (c)
+        return c->fn(argc - 1, argv + 1);
+    const char *eq = equivalent_of(argv[1]);
+    if (eq)
+        complain("unknown command '%s'; rblock's equivalent: %s", argv[1], eq);
+    else
+        complain("unknown command '%s' (try 'rblock --help')", argv[1]);
     return 1;
 }

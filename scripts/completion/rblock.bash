@@ -1,0 +1,53 @@
+# bash completion for rblock                          -*- shell-script -*-
+# SPDX-License-Identifier: MIT
+
+_rblock()
+{
+    local cur prev words cword
+    _init_completion || return
+
+    local cmds="info map check create convert diff delta serve help"
+    if [[ $cword -eq 1 ]]; then
+        COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
+        return
+    fi
+
+    local opts=""
+    case ${words[1]} in
+        info)    opts="--output= --backing-chain -f -U --force-share --help" ;;
+        map)     opts="--output= -f -U --force-share --help" ;;
+        check)   opts="-r --output= -f -U --force-share --help" ;;
+        create)  opts="-f -o -b -F -q --help" ;;
+        convert) opts="-f -O -o -c -p -q -U --force-share --help" ;;
+        diff)    opts="--sector-size --output= --count -p -f -F -U --force-share --help" ;;
+        delta)   opts="-o -b -f -F -p -q -U --force-share --help" ;;
+        serve)   opts="--nbd --rpc --read-only --export-name --description
+                       --max-connections --max-inflight --handshake-timeout --run
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f --help" ;;
+        help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
+    esac
+
+    case $prev in
+        -f|-F|-O|--format)
+            COMPREPLY=($(compgen -W "qcow2 raw" -- "$cur")); return ;;
+        -r)
+            COMPREPLY=($(compgen -W "leaks all" -- "$cur")); return ;;
+        --tls-cert)
+            _filedir -d; return ;;
+        --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m)
+            return ;;
+    esac
+    case $cur in
+        --output=*)
+            COMPREPLY=($(compgen -W "human json" -- "${cur#--output=}")); return ;;
+        --tls=*)
+            COMPREPLY=($(compgen -W "off on require" -- "${cur#--tls=}")); return ;;
+        -*)
+            COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+            [[ ${COMPREPLY-} == *= ]] && compopt -o nospace
+            return ;;
+    esac
+    _filedir
+} &&
+    complete -F _rblock rblock
