@@ -17,44 +17,6 @@
 
 #include "jsonrpc/rpc.h"
 
-int rb_rpc_fault_set(struct rb_rpc_fault *f, int code, json_t *data, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (f->code) { /* keep the first error */
-        json_decref(data);
-        return -1;
-    }
-    f->code = code;
-    f->data = data;
-    va_start(ap, fmt);
-    vsnprintf(f->msg, sizeof(f->msg), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-const char *rb_rpc_type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "a value";
-}
-
 /* True when a line holds only JSON whitespace (and a CR). */
 static bool blank(const char *p, size_t len)
 {

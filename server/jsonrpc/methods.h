@@ -5,7 +5,8 @@
  *
  *   methods.c  the table, dispatch, and the methods about the server
  *   params.c   parameters by name or position, checked once
- *   io.c       read, write, write_zeroes, trim, flush
+ *   data.c     read, write, write_zeroes, trim, flush
+ *   fault.c    faults, JSON type names, errno -> error code (a leaf)
  *   extents.c  block_status and map
  */
 #ifndef RBLOCK_RPC_METHODS_H
@@ -67,7 +68,7 @@ int rpc_io_fault(struct rpc_call *c, int ret, const struct rb_error *err);
  * (-32001, offset/length/size in data). */
 int rpc_check_range(struct rpc_call *c, uint64_t off, uint64_t len);
 
-/* The methods of io.c and extents.c (the table is in methods.c). */
+/* The methods of data.c and extents.c (the table is in methods.c). */
 int rpc_m_read(struct rpc_call *c, json_t **result);
 int rpc_m_write(struct rpc_call *c, json_t **result);
 int rpc_m_write_zeroes(struct rpc_call *c, json_t **result);

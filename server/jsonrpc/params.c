@@ -2,7 +2,8 @@
 /*
  * params.c - a method's parameters, by name (an object) or by position (an
  * array, in the declared order), checked once against its declaration so
- * that a method body only sees valid values.
+ * that a method body only sees valid values; and the range check of an
+ * offset and length against the image's size.
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "jsonrpc/methods.h"
+#include "rblock/io.h"
 
 int rpc_param_fault(struct rpc_call *c, const char *fmt, ...)
 {
@@ -127,4 +129,20 @@ int rpc_parse_args(struct rpc_call *c, json_t *params)
                                    "missing parameter '%s' of method '%s' (it takes %s)",
                                    m->params[i].name, m->name, list);
     return 0;
+}
+
+/* Check [off, off + len) against the virtual size (NBD's rule too). */
+int rpc_check_range(struct rpc_call *c, uint64_t off, uint64_t len)
+{
+    uint64_t size = c->be->ops->size(c->be->opaque), end;
+
+    if (rb_add_ok(off, len, &end) && end <= size)
+        return 0;
+    return rb_rpc_fault_set(c->f, RB_RPC_OUT_OF_RANGE,
+                            json_pack("{s:I, s:I, s:I}", "offset", (json_int_t)off,
+                                      "length", (json_int_t)len, "size",
+                                      (json_int_t)size),
+                            "offset %" PRIu64 " + length %" PRIu64
+                            " is past the end of the image (size %" PRIu64 ")",
+                            off, len, size);
 }

@@ -6,8 +6,9 @@
  *   framing.c   newline-delimited JSON on a stream socket (framing.h)
  *   envelope.c  requests, batches, notifications -> response text
  *   methods.c   the method table and dispatch (methods.h, internal), with
- *               params.c (checking parameters), io.c (read, write, zeroes,
- *               trim, flush), extents.c (block_status, map)
+ *               params.c (checking parameters), data.c (read, write, zeroes,
+ *               trim, flush), extents.c (block_status, map), fault.c
+ *               (errors and the errno mapping: every file may call it)
  *   backend.c   the backend over server/core/export.h (the shared image)
  *               and the protocol's entry point (jsonrpc.h)
  *   inspect.c   info and check, as `rblock info|check --output=json`

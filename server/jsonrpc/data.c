@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * io.c - the methods that move data: read, write, write_zeroes, trim,
- * flush; and the mapping of the image layer's errors to JSON-RPC codes.
+ * data.c - the methods that move data: read, write, write_zeroes, trim,
+ * flush.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -11,54 +11,6 @@
 #include "jsonrpc/methods.h"
 #include "rblock/base64.h"
 #include "rblock/io.h"
-
-int rb_rpc_code_from_errno(int neg_errno)
-{
-    switch (-neg_errno) {
-    case EROFS:
-    case EPERM:
-    case EACCES:
-        return RB_RPC_READ_ONLY;
-    case ENOSPC:
-    case EDQUOT:
-    case EFBIG:
-        return RB_RPC_NO_SPACE;
-    case ENOTSUP:
-        return RB_RPC_NOT_SUPPORTED;
-    case ESHUTDOWN:
-        return RB_RPC_SHUTTING_DOWN;
-    case ENOMEM:
-        return RB_RPC_INTERNAL_ERROR;
-    default:
-        return RB_RPC_IO_ERROR;
-    }
-}
-
-/* A failure of the backend -> fault, with errno's name in data. */
-int rpc_io_fault(struct rpc_call *c, int ret, const struct rb_error *err)
-{
-    const char *name = strerrorname_np(-ret);
-    json_t *data = json_pack("{s:i, s:s}", "errno", -ret, "name", name ? name : "?");
-
-    return rb_rpc_fault_set(c->f, rb_rpc_code_from_errno(ret), data, "%s: %s", c->m->name,
-                            rb_error_msg(err, ret));
-}
-
-/* Check [off, off + len) against the virtual size (NBD's rule too). */
-int rpc_check_range(struct rpc_call *c, uint64_t off, uint64_t len)
-{
-    uint64_t size = c->be->ops->size(c->be->opaque), end;
-
-    if (rb_add_ok(off, len, &end) && end <= size)
-        return 0;
-    return rb_rpc_fault_set(c->f, RB_RPC_OUT_OF_RANGE,
-                            json_pack("{s:I, s:I, s:I}", "offset", (json_int_t)off,
-                                      "length", (json_int_t)len, "size",
-                                      (json_int_t)size),
-                            "offset %" PRIu64 " + length %" PRIu64
-                            " is past the end of the image (size %" PRIu64 ")",
-                            off, len, size);
-}
 
 int rpc_m_read(struct rpc_call *c, json_t **result)
 {
