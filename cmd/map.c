@@ -12,29 +12,10 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "rblock/ops.h"
 #include "rblock/qcow2.h"
 
-struct map_entry {
-    uint64_t start, length, offset;
-    unsigned depth;
-    bool present, zero, data, has_offset, compressed;
-};
-
-/* qemu-img's entry_mergeable */
-static bool mergeable(const struct map_entry *a, const struct map_entry *b)
-{
-    if (a->length == 0)
-        return false;
-    if (a->zero != b->zero || a->data != b->data || a->depth != b->depth ||
-        a->present != b->present || a->has_offset != b->has_offset ||
-        a->compressed != b->compressed)
-        return false;
-    if (a->has_offset && a->offset + a->length != b->offset)
-        return false;
-    return true;
-}
-
-static void print_entry(const struct map_entry *e, bool json, bool more,
+static void print_entry(const struct rb_map_entry *e, bool json, bool more,
                         struct rb_image *img)
 {
     if (json) {
@@ -112,45 +93,29 @@ static void usage(FILE *f)
 
 static int walk(struct rb_image *img, bool json)
 {
-    struct map_entry curr = {0};
-    uint64_t off = 0;
+    struct rb_map_walk w;
+    struct rb_map_entry cur, next;
+    struct rb_error err = {0};
+    int ret;
 
     if (json)
         printf("[");
     else
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
-    while (off < img->size) {
-        struct rb_error err = {0};
-        struct rb_extent ext;
-        struct map_entry next;
-        int ret = rb_image_block_status(img, off, img->size - off, &ext, &err);
-
-        if (ret < 0) {
-            if (json)
-                printf("]\n");
-            fflush(stdout);
-            complain("%s", rb_error_msg(&err, ret));
-            return 1;
-        }
-        next = (struct map_entry){
-            .start = off, .length = ext.length, .depth = ext.depth,
-            .present = ext.flags & RB_BS_ALLOCATED, .zero = ext.flags & RB_BS_ZERO,
-            .data = ext.flags & RB_BS_DATA, .has_offset = ext.flags & RB_BS_OFFSET_VALID,
-            .offset = ext.host_off, .compressed = ext.flags & RB_BS_COMPRESSED,
-        };
-        if (mergeable(&curr, &next)) {
-            curr.length += next.length;
-        } else {
-            if (curr.length)
-                print_entry(&curr, json, true, img);
-            curr = next;
-        }
-        off += ext.length;
+    rb_map_init(&w, rb_map_image_status, img, 0, img->size);
+    ret = rb_map_next(&w, &cur, &err);
+    while (ret > 0) {
+        ret = rb_map_next(&w, &next, &err);
+        print_entry(&cur, json, ret > 0, img);
+        cur = next;
     }
-    if (curr.length)
-        print_entry(&curr, json, false, img);
     if (json)
         printf("]\n");
+    if (ret < 0) {
+        fflush(stdout);
+        complain("%s", rb_error_msg(&err, ret));
+        return 1;
+    }
     return 0;
 }
 

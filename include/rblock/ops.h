@@ -60,4 +60,43 @@ int rb_copy_image(struct rb_image *src, struct rb_image *dst,
 int rb_copy_count_data(struct rb_image *src, uint64_t granule, uint64_t *bytes,
                        struct rb_error *err);
 
+/* ---- map: qemu-img map's model of an image (lib/ops/map.c) -------------- */
+
+/* One entry of `qemu-img map --output=json`: a run of extents that agree
+ * on every field (qemu-img's entry_mergeable), offsets contiguous. */
+struct rb_map_entry {
+    uint64_t start, length;
+    uint64_t offset;   /* host offset in the layer at depth, with has_offset */
+    unsigned depth;
+    bool present, zero, data, compressed, has_offset;
+};
+
+/* Block status of a whole chain, as rb_image_block_status answers it. */
+typedef int (*rb_block_status_fn)(void *opaque, uint64_t off, uint64_t len,
+                                  struct rb_extent *ext, struct rb_error *err);
+
+/* A walk over [off, end): entries come out merged, in order.  Memory is one
+ * pending entry, whatever the size of the image. */
+struct rb_map_walk {
+    rb_block_status_fn block_status;
+    void *opaque;
+    uint64_t off, end;
+    struct rb_map_entry pending;
+    bool have_pending;
+};
+
+/* Start a walk of [@off, @end) over @fn (see rb_map_image_status for an
+ * image). */
+void rb_map_init(struct rb_map_walk *w, rb_block_status_fn fn, void *opaque, uint64_t off,
+                 uint64_t end);
+
+/* The next merged entry: 1 with *@e set, 0 when the walk is over, or a
+ * negative errno with @err set.  An extent longer than asked is cut, and an
+ * empty one taken as the rest of the range, so a driver bug cannot loop. */
+int rb_map_next(struct rb_map_walk *w, struct rb_map_entry *e, struct rb_error *err);
+
+/* rb_block_status_fn over an image (opaque is the struct rb_image). */
+int rb_map_image_status(void *opaque, uint64_t off, uint64_t len, struct rb_extent *ext,
+                        struct rb_error *err);
+
 #endif

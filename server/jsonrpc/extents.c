@@ -8,6 +8,7 @@
 #include <errno.h>
 
 #include "jsonrpc/methods.h"
+#include "rblock/ops.h"
 
 /* Bytes one extent costs in a reply, charged to the batch's budget. */
 #define EXTENT_COST 128
@@ -68,24 +69,7 @@ int rpc_m_block_status(struct rpc_call *c, json_t **result)
     return 0;
 }
 
-/* One entry of `qemu-img map --output=json` (merged as its
- * entry_mergeable does). */
-struct map_entry {
-    uint64_t start, length, offset;
-    unsigned depth;
-    bool present, zero, data, compressed, has_offset;
-};
-
-static bool map_mergeable(const struct map_entry *a, const struct map_entry *b)
-{
-    if (a->depth != b->depth || a->present != b->present || a->zero != b->zero ||
-        a->data != b->data || a->compressed != b->compressed ||
-        a->has_offset != b->has_offset)
-        return false;
-    return !a->has_offset || a->offset + a->length == b->offset;
-}
-
-static json_t *map_json(const struct map_entry *e)
+static json_t *map_json(const struct rb_map_entry *e)
 {
     /* The fields of qemu-img 7.2 and `rblock map`: "compressed" only
      * splits extents, as there (block_status reports it). */
@@ -105,65 +89,34 @@ int rpc_m_map(struct rpc_call *c, json_t **result)
 {
     uint64_t size = c->be->ops->size(c->be->opaque);
     uint64_t off = c->a.present[0] ? c->a.u[0] : 0;
-    uint64_t len = c->a.present[1] ? c->a.u[1] : (off <= size ? size - off : 0), end;
+    uint64_t len = c->a.present[1] ? c->a.u[1] : (off <= size ? size - off : 0);
     size_t max = extent_allowance(c), n = 0;
-    struct map_entry cur = {0};
-    bool have = false;
+    struct rb_map_walk w;
+    struct rb_map_entry e;
+    struct rb_error err = {0};
     json_t *arr;
+    int ret = 0;
 
     if (rpc_check_range(c, off, len) < 0)
         return -1;
-    end = off + len;
-    arr = json_array();
-    while (arr && off < end) {
-        struct rb_extent ext = {0};
-        struct rb_error err = {0};
-        int ret = c->be->ops->block_status(c->be->opaque, off, end - off, &ext, &err);
-        if (ret < 0) {
-            json_decref(arr);
-            return rpc_io_fault(c, ret, &err);
+    if (!(arr = json_array()))
+        return rpc_io_fault(c, -ENOMEM, NULL);
+    /* At most @max entries: a reply that ends before the range does is
+     * continued by the client from where its last entry ends. */
+    rb_map_init(&w, c->be->ops->block_status, c->be->opaque, off, off + len);
+    while (n < max && (ret = rb_map_next(&w, &e, &err)) > 0) {
+        json_t *j = map_json(&e);
+        if (!j || json_array_append_new(arr, j) != 0) {
+            ret = -ENOMEM;
+            break;
         }
-        if (ext.length == 0 || ext.length > end - off)
-            ext.length = end - off;
-        struct map_entry e = {
-            .start = off,
-            .length = ext.length,
-            .present = ext.flags & RB_BS_ALLOCATED,
-            .zero = ext.flags & RB_BS_ZERO,
-            .data = ext.flags & RB_BS_DATA,
-            .compressed = ext.flags & RB_BS_COMPRESSED,
-            .has_offset = ext.flags & RB_BS_OFFSET_VALID, /* as qemu-img */
-            .offset = ext.host_off,
-            .depth = ext.depth, /* as qemu-img: the last layer asked */
-        };
-        off += ext.length;
-        if (have && map_mergeable(&cur, &e)) {
-            cur.length += e.length;
-            continue;
-        }
-        if (have) {
-            if (n == max)
-                break; /* the reply ends before @end: the client asks again */
-            json_t *j = map_json(&cur);
-            if (!j || json_array_append_new(arr, j) != 0)
-                goto oom;
-            n++;
-        }
-        cur = e;
-        have = true;
-    }
-    if (arr && have && n < max) {
-        json_t *j = map_json(&cur);
-        if (!j || json_array_append_new(arr, j) != 0)
-            goto oom;
         n++;
     }
-    if (!arr)
-        return rpc_io_fault(c, -ENOMEM, NULL);
+    if (ret < 0) {
+        json_decref(arr);
+        return rpc_io_fault(c, ret, &err);
+    }
     charge_extents(c, n);
     *result = arr;
     return 0;
-oom:
-    json_decref(arr);
-    return rpc_io_fault(c, -ENOMEM, NULL);
 }
