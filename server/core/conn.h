@@ -56,7 +56,7 @@ struct rb_server {
     struct rb_export *export;
     unsigned max_connections;     /* 0 = RB_DEFAULT_MAX_CONNECTIONS */
     unsigned handshake_timeout_ms; /* 0 = RB_DEFAULT_HANDSHAKE_MS */
-    /* Transport hooks for TLS (issue 7): NULL for plain sockets. */
+    /* Transport hooks for TLS: NULL for plain sockets. */
     const struct rb_transport *transport;
     /* TLS credentials and mode (core/tls.h), NULL without --tls. */
     struct rb_tls *tls;

@@ -137,7 +137,7 @@ static void rpc_serve(struct rb_conn *c)
 {
     struct rb_rpc_backend be;
 
-    /* TLS is NBD's (issue 7): JSON-RPC listens on loopback or unix
+    /* TLS is NBD's: JSON-RPC listens on loopback or unix
      * sockets only in plain text. */
     if (c->tr)
         return;
