@@ -1,0 +1,24 @@
+#!/bin/bash
+# README's first session runs verbatim: the sh block between the
+# readme-example markers, in a scratch folder, with this build's rblock first
+# on PATH.  Any failing line fails the test.
+set -euo pipefail
+
+: "${RBLOCK:?RBLOCK must name the rblock binary}"
+src=${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+awk '/<!-- readme-example:/ {on = 1; next}
+     /<!-- end readme-example -->/ {on = 0}
+     on && !/^```/' "$src/README.md" > "$work/example.sh"
+lines=$(grep -c . "$work/example.sh" || true)
+if [ "$lines" -lt 5 ]; then
+    echo "readme.sh: README.md has no readme-example block (found $lines lines)" >&2
+    exit 1
+fi
+mkdir "$work/bin"
+ln -s "$(readlink -f "$RBLOCK")" "$work/bin/rblock"
+cd "$work"
+PATH="$work/bin:$PATH" bash -euo pipefail -x example.sh
+echo "readme.sh: README's first session ran ($lines lines)"
