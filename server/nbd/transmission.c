@@ -67,8 +67,9 @@ struct tx {
 
     pthread_mutex_t lock;
     pthread_cond_t work; /* a request was queued, or stop */
-    /* A request finished: the worker wakes the reader with rb_conn_wake
-     * (the reader waits in rb_conn_wait, which also sees the client go). */
+    /* The reader waits for a request to finish (rb_conn_wait, which also
+     * sees the client go): a worker that finishes one wakes it. */
+    bool reader_waits;
     struct req *head, *tail;
     unsigned queued; /* in the queue */
     unsigned busy;   /* being run */
@@ -509,14 +510,17 @@ static void *worker(void *arg)
         buf_trim(&b);
 
         size_t n = req_bytes(r);
+        bool wake;
         free(r->payload);
         free(r);
         pthread_mutex_lock(&t->lock);
         t->busy--;
         t->bytes -= n;
+        wake = t->reader_waits;
         pthread_mutex_unlock(&t->lock);
         rb_server_give(t->c->srv, n);
-        rb_conn_wake(t->c);
+        if (wake)
+            rb_conn_wake(t->c);
         pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
@@ -539,11 +543,12 @@ static int admit(struct tx *t, struct req *r)
         pthread_mutex_lock(&t->lock);
         full = t->queued + t->busy > 0 && (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
                                            t->bytes + n > NBD_MAX_INFLIGHT_BYTES);
+        t->reader_waits = full;
         pthread_mutex_unlock(&t->lock);
         if (!full)
             break;
-        /* Workers wake us after each request; a wake after the check
-         * above is not lost (rb_conn_wait). */
+        /* A worker that finishes a request after the check above sees
+         * reader_waits and wakes us; that wake is not lost (rb_conn_wait). */
         if ((ret = rb_conn_wait(t->c)) < 0)
             return ret;
     }
@@ -595,6 +600,7 @@ static int drain(struct tx *t)
 
         pthread_mutex_lock(&t->lock);
         done = t->queued + t->busy == 0;
+        t->reader_waits = !done;
         pthread_mutex_unlock(&t->lock);
         if (done)
             return 0;
@@ -697,24 +703,27 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
 
         if (ret > 0) {
             ret = admit(&t, r);
-            if (ret == 0) {
-                ret = read_payload(&t, r);
-                if (ret == 0) {
-                    enqueue(&t, r);
-                    /* (a reset client's requests may still be read) */
-                    if (!atomic_load(&c->broken))
-                        continue;
-                    ret = -EPIPE;
-                } else {
-                    unadmit(&t, r);
-                }
+            if (ret < 0) {
+                rb_conn_abort(c); /* gone, or waiting failed: hang up */
+            } else if ((ret = read_payload(&t, r)) < 0) {
+                unadmit(&t, r);
+            } else {
+                enqueue(&t, r); /* the queue owns @r now */
+                /* (a reset client's requests may still be read) */
+                if (!atomic_load(&c->broken))
+                    continue;
+                ret = -EPIPE;
+                r = NULL;
             }
-            free(r->payload);
-            free(r);
+            if (r) {
+                free(r->payload);
+                free(r);
+            }
         }
         /* DISC: every request before it is run (the spec asks it), also
          * if the client does not wait for the replies; it had at most
-         * one window (NBD_MAX_INFLIGHT*) queued.  A broken protocol: hang
+         * one window (NBD_MAX_INFLIGHT*) queued.  (A client seen gone
+         * before its DISC was read is gone.)  A broken protocol: hang
          * up.  The client is gone (a reset, a failed send): drop what it
          * queued.  End of stream: answer what is queued while the client
          * is there to read it (it may have closed only its sending side). */
@@ -728,8 +737,10 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
     t.stop = true;
     pthread_cond_broadcast(&t.work);
     pthread_mutex_unlock(&t.lock);
-    if (!disc && !gone)
-        gone = drain(&t) < 0;
+    if (!disc && !gone && drain(&t) < 0) {
+        rb_conn_abort(c); /* gone, or waiting failed: hang up */
+        gone = true;
+    }
     if (gone) {
         drop_queued(&t);
         /* A new client may take the slot now; the requests running

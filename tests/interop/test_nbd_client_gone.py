@@ -167,3 +167,57 @@ def test_reset_clients_free_their_slots(image, transport, args):
         status, err = srv.stop()
     assert status == 0, err
     assert "AddressSanitizer" not in err and "runtime error" not in err, err
+
+
+def test_half_closed_client_still_gets_its_replies(image, tmp_path):
+    """An end of stream alone is not a client gone: one that shuts down
+    only its sending side after pipelining reads gets every reply."""
+    srv = Server(image, "-f", "raw", "--nbd", "tcp:127.0.0.1:0")
+    try:
+        s = established(srv.uri)
+        n, length = 48, 1 << 20
+        for i in range(n):
+            request(s, 0, i * length, length, handle=1000 + i)
+        s.shutdown(socket.SHUT_WR)
+        with open(image, "rb") as f:
+            want = f.read(n * length)
+        got = {}
+        for _ in range(n):
+            err, handle, data = simple_reply(s, length)
+            assert err == 0
+            got[handle] = data
+        assert sorted(got) == [1000 + i for i in range(n)]
+        for i in range(n):
+            assert got[1000 + i] == want[i * length:(i + 1) * length]
+        s.close()
+    finally:
+        status, err = srv.stop()
+    assert status == 0, err
+
+
+def test_disc_runs_and_answers_every_request_before_it(tmp_path):
+    """NBD_CMD_DISC right behind pipelined writes, the client reading only
+    afterwards: every write is acknowledged before the server closes, and
+    a fresh client reads them all."""
+    path = tmp_path / "w.raw"
+    with open(path, "wb") as f:
+        f.truncate(8 << 20)
+    srv = Server(str(path), "-f", "raw")
+    try:
+        s = established(srv.uri)
+        blocks = [os.urandom(64 << 10) for _ in range(64)]
+        buf = b"".join(struct.pack(">IHHQQI", 0x25609513, 0, 1, i, i * len(b), len(b)) + b
+                       for i, b in enumerate(blocks))
+        s.sendall(buf + struct.pack(">IHHQQI", 0x25609513, 0, 2, 999, 0, 0))
+        handles = sorted(simple_reply(s)[:2] for _ in blocks)
+        assert handles == [(0, i) for i in range(len(blocks))]
+        assert s.recv(1) == b""  # then the server closes
+        s.close()
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        assert h.pread(64 * (64 << 10), 0) == b"".join(blocks)
+        h.shutdown()
+    finally:
+        status, err = srv.stop()
+    assert status == 0, err
+    assert "AddressSanitizer" not in err and "runtime error" not in err, err
