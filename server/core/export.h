@@ -49,8 +49,8 @@ struct rb_proto_stats {
     /* Released (client gone, or evicted) but still finishing requests
      * already started; not in connections_now. */
     uint64_t connections_closing;
-    uint64_t requests;          /* I/O calls made through the export */
-    uint64_t errors;            /* of which failed */
+    uint64_t requests; /* I/O calls made through the export */
+    uint64_t errors;   /* of which failed */
     uint64_t bytes_read;
     uint64_t bytes_written; /* write payloads (not zeroes or trims) */
 };

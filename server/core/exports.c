@@ -14,8 +14,8 @@
 #include "rblock/io.h"
 
 struct counters {
-    atomic_uint_fast64_t connections_total, connections_now, connections_closing, requests,
-        errors, bytes_read, bytes_written;
+    atomic_uint_fast64_t connections_total, connections_now, connections_closing,
+        requests, errors, bytes_read, bytes_written;
 };
 
 struct rb_export {
