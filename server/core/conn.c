@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * conn.c - one thread per client connection, the registry of live
- * connections (limits, eviction, shutdown), and socket I/O with the
- * handshake deadline and a send lock.
+ * connections (limits, eviction, shutdown, slots given back as soon as a
+ * client is gone), and socket I/O with the handshake deadline and a send
+ * lock.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +30,8 @@ int rb_server_init(struct rb_server *srv)
         srv->handshake_timeout_ms = RB_DEFAULT_HANDSHAKE_MS;
     srv->conns = NULL;
     srv->nconns = 0;
+    srv->nreleased = 0;
+    srv->budget_waiters = NULL;
     ret = pthread_mutex_init(&srv->lock, NULL);
     if (ret)
         return -ret;
@@ -42,9 +46,7 @@ int rb_server_init(struct rb_server *srv)
     if (!srv->max_inflight_bytes)
         srv->max_inflight_bytes = RB_DEFAULT_MAX_INFLIGHT_BYTES;
     srv->inflight_bytes = 0;
-    if ((ret = pthread_mutex_init(&srv->budget_lock, NULL)) == 0 &&
-        (ret = pthread_cond_init(&srv->budget_room, NULL)) != 0)
-        pthread_mutex_destroy(&srv->budget_lock);
+    ret = pthread_mutex_init(&srv->budget_lock, NULL);
     if (ret) {
         pthread_cond_destroy(&srv->gone);
         pthread_mutex_destroy(&srv->lock);
@@ -55,19 +57,43 @@ int rb_server_init(struct rb_server *srv)
 
 void rb_server_destroy(struct rb_server *srv)
 {
-    pthread_cond_destroy(&srv->budget_room);
     pthread_mutex_destroy(&srv->budget_lock);
     pthread_cond_destroy(&srv->gone);
     pthread_mutex_destroy(&srv->lock);
 }
 
-void rb_server_take(struct rb_server *srv, size_t n, const _Atomic size_t *held)
+int rb_server_take(struct rb_conn *c, size_t n, const _Atomic size_t *held)
 {
+    struct rb_server *srv = c->srv;
+    int ret = 0;
+
     pthread_mutex_lock(&srv->budget_lock);
-    while (srv->inflight_bytes + n > srv->max_inflight_bytes && atomic_load(held) > 0)
-        pthread_cond_wait(&srv->budget_room, &srv->budget_lock);
-    srv->inflight_bytes += n;
+    while (srv->inflight_bytes + n > srv->max_inflight_bytes && atomic_load(held) > 0) {
+        /* Wait on the connection's wake fd rather than a condition
+         * variable, so that a client that goes away while we wait is
+         * seen at once (its slot and queue are then given back).  On the
+         * list before the lock is dropped: no give is missed. */
+        c->budget_prev = NULL;
+        c->budget_next = srv->budget_waiters;
+        if (srv->budget_waiters)
+            srv->budget_waiters->budget_prev = c;
+        srv->budget_waiters = c;
+        pthread_mutex_unlock(&srv->budget_lock);
+        ret = rb_conn_wait(c);
+        pthread_mutex_lock(&srv->budget_lock);
+        if (c->budget_prev)
+            c->budget_prev->budget_next = c->budget_next;
+        else
+            srv->budget_waiters = c->budget_next;
+        if (c->budget_next)
+            c->budget_next->budget_prev = c->budget_prev;
+        if (ret < 0)
+            break;
+    }
+    if (ret == 0)
+        srv->inflight_bytes += n;
     pthread_mutex_unlock(&srv->budget_lock);
+    return ret;
 }
 
 void rb_server_give(struct rb_server *srv, size_t n)
@@ -76,9 +102,10 @@ void rb_server_give(struct rb_server *srv, size_t n)
         return;
     pthread_mutex_lock(&srv->budget_lock);
     srv->inflight_bytes -= n;
-    pthread_mutex_unlock(&srv->budget_lock);
     /* every waiter: each checks its own connection's bytes */
-    pthread_cond_broadcast(&srv->budget_room);
+    for (struct rb_conn *w = srv->budget_waiters; w; w = w->budget_next)
+        rb_conn_wake(w);
+    pthread_mutex_unlock(&srv->budget_lock);
 }
 
 static void describe_peer(struct rb_conn *c)
@@ -122,8 +149,36 @@ static void unlink_conn(struct rb_server *srv, struct rb_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
-    if (c->evicted)
-        srv->nevicted--;
+    if (c->released)
+        srv->nreleased--;
+}
+
+/* Give back @c's slot.  Caller holds srv->lock. */
+static void release_locked(struct rb_server *srv, struct rb_conn *c)
+{
+    if (c->released)
+        return;
+    c->released = true;
+    srv->nreleased++;
+    rb_export_count_connection(srv->export, c->proto->id, -1);
+    rb_export_count_closing(srv->export, c->proto->id, +1);
+}
+
+void rb_conn_release(struct rb_conn *c)
+{
+    struct rb_server *srv = c->srv;
+
+    pthread_mutex_lock(&srv->lock);
+    release_locked(srv, c);
+    pthread_mutex_unlock(&srv->lock);
+}
+
+static void free_conn(struct rb_conn *c)
+{
+    pthread_mutex_destroy(&c->send_lock);
+    if (c->wake_fd >= 0)
+        close(c->wake_fd);
+    free(c);
 }
 
 static void *conn_thread(void *arg)
@@ -135,17 +190,17 @@ static void *conn_thread(void *arg)
 
     if (c->tr && c->tr->close)
         c->tr->close(c->tr_ctx);
-    rb_export_count_connection(srv->export, c->proto->id, -1);
     /* Last use of srv: once nconns drops to 0 under the lock, the main
      * thread may close the export and free srv (rb_conn_wait_all), so the
-     * unlink, the close and the signal go together. */
+     * release, the unlink, the close and the signal go together. */
     pthread_mutex_lock(&srv->lock);
+    release_locked(srv, c);
+    rb_export_count_closing(srv->export, c->proto->id, -1);
     unlink_conn(srv, c);
     close(c->fd);
     pthread_cond_broadcast(&srv->gone);
     pthread_mutex_unlock(&srv->lock);
-    pthread_mutex_destroy(&c->send_lock);
-    free(c);
+    free_conn(c);
     return NULL;
 }
 
@@ -156,7 +211,7 @@ static bool evict_one(struct rb_server *srv)
     struct rb_conn *victim = NULL;
 
     for (struct rb_conn *c = srv->conns; c; c = c->next)
-        if (!c->evicted && atomic_load(&c->in_handshake) &&
+        if (!c->released && atomic_load(&c->in_handshake) &&
             (!victim || c->id < victim->id))
             victim = c;
     if (!victim)
@@ -165,7 +220,7 @@ static bool evict_one(struct rb_server *srv)
     shutdown(victim->fd, SHUT_RDWR);
     atomic_store(&victim->in_handshake, false);
     victim->evicted = true;
-    srv->nevicted++;
+    release_locked(srv, victim);
     return true;
 }
 
@@ -178,22 +233,25 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
 
     pthread_mutex_lock(&srv->lock);
     /* Full: make room by dropping the oldest connection still in its
-     * handshake; refuse only when every connection is established. */
-    if (srv->nconns - srv->nevicted >= srv->max_connections && !evict_one(srv)) {
+     * handshake; refuse only when every connection is established.
+     * Released connections (evicted, or their client is gone) count no
+     * more, though their threads may still be finishing. */
+    if (srv->nconns - srv->nreleased >= srv->max_connections && !evict_one(srv)) {
         pthread_mutex_unlock(&srv->lock);
         close(fd);
         return -EAGAIN;
     }
-    /* An evicted connection holds its thread until that thread runs and
-     * notices (slow on a loaded machine).  Bound the threads at 2 x max
-     * by waiting for them (briefly; new clients wait in the backlog)
-     * rather than by refusing a real client. */
-    if (srv->nconns >= 2 * srv->max_connections && srv->nevicted > 0) {
+    /* A released connection holds its thread until that thread notices
+     * (slow on a loaded machine) and finishes the requests it had
+     * started.  Bound the threads at 2 x max by waiting for them
+     * (briefly; new clients wait in the backlog) rather than by refusing
+     * a real client. */
+    if (srv->nconns >= 2 * srv->max_connections && srv->nreleased > 0) {
         struct timespec until;
 
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += 5;
-        while (srv->nconns >= 2 * srv->max_connections && srv->nevicted > 0)
+        while (srv->nconns >= 2 * srv->max_connections && srv->nreleased > 0)
             if (pthread_cond_timedwait(&srv->gone, &srv->lock, &until) == ETIMEDOUT)
                 break;
     }
@@ -213,6 +271,13 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
     c->proto = proto;
     c->srv = srv;
     c->tr = srv->transport;
+    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->wake_fd < 0) {
+        ret = -errno;
+        close(fd);
+        free(c);
+        return ret;
+    }
     pthread_mutex_init(&c->send_lock, NULL);
     tune_socket(fd);
     describe_peer(c);
@@ -245,12 +310,12 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
     pthread_attr_destroy(&attr);
     if (ret) {
         pthread_mutex_lock(&srv->lock);
+        release_locked(srv, c);
+        rb_export_count_closing(srv->export, proto->id, -1);
         unlink_conn(srv, c);
         pthread_mutex_unlock(&srv->lock);
-        rb_export_count_connection(srv->export, proto->id, -1);
-        pthread_mutex_destroy(&c->send_lock);
         close(fd);
-        free(c);
+        free_conn(c);
         return -ret;
     }
     return 0;
@@ -447,6 +512,67 @@ bool rb_conn_handshake_done(struct rb_conn *c)
 void rb_conn_abort(struct rb_conn *c)
 {
     shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Poll the socket and the wake fd; POLLHUP and POLLERR are reported
+ * whatever is asked.  Not POLLRDHUP: an end of stream may be a half
+ * close, and it would stay set. */
+static int poll_conn(struct rb_conn *c, int timeout_ms, bool *woken)
+{
+    struct pollfd pfd[2] = {{.fd = c->fd, .events = 0},
+                            {.fd = c->wake_fd, .events = POLLIN}};
+
+    *woken = false;
+    for (;;) {
+        int r = poll(pfd, timeout_ms == 0 ? 1 : 2, timeout_ms);
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL))
+            return -ECONNRESET;
+        *woken = pfd[1].revents & POLLIN;
+        return 0;
+    }
+}
+
+bool rb_conn_gone(struct rb_conn *c)
+{
+    bool woken;
+
+    return atomic_load(&c->broken) || poll_conn(c, 0, &woken) == -ECONNRESET;
+}
+
+int rb_conn_wait(struct rb_conn *c)
+{
+    for (;;) {
+        bool woken;
+        uint64_t v;
+        int ret;
+
+        if (atomic_load(&c->broken))
+            return -ECONNRESET;
+        ret = poll_conn(c, -1, &woken);
+        if (ret < 0)
+            return ret;
+        if (woken) {
+            /* Reset the counter: the caller checks its condition next. */
+            if (read(c->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                return -errno;
+            return 0;
+        }
+    }
+}
+
+void rb_conn_wake(struct rb_conn *c)
+{
+    uint64_t one = 1;
+
+    /* Fails only when the counter would overflow: it is then set. */
+    if (write(c->wake_fd, &one, sizeof(one)) < 0) {
+        /* nothing to do */
+    }
 }
 
 void rb_conn_set_transport(struct rb_conn *c, const struct rb_transport *tr, void *ctx)

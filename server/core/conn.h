@@ -15,6 +15,12 @@
  * honour the handshake deadline and serialise replies from several
  * threads (a per-connection send lock), so a protocol may answer
  * requests out of order from worker threads.
+ *
+ * A connection holds a slot of --max-connections from rb_conn_start until
+ * rb_conn_release: when it is evicted, when its protocol sees that the
+ * client is gone (rb_conn_gone), or at the latest when its thread ends.
+ * The connection itself (struct rb_conn, its socket and thread) lives on
+ * until serve() returns, so the protocol's workers may still use it.
  */
 #ifndef RBLOCK_SERVER_CONN_H
 #define RBLOCK_SERVER_CONN_H
@@ -69,13 +75,16 @@ struct rb_server {
     /* Private to conn.c. */
     pthread_mutex_t lock;
     pthread_cond_t gone;   /* signalled when a connection ends */
-    struct rb_conn *conns; /* list of live connections */
+    struct rb_conn *conns; /* list of live connections (their threads) */
     unsigned nconns;
-    unsigned nevicted;     /* of which shut down, their thread not yet ended */
+    /* Of which released (rb_conn_release: evicted, or the client is
+     * gone): they no longer count against max_connections, but their
+     * thread is still finishing the requests it had started. */
+    unsigned nreleased;
     uint64_t next_id;
     pthread_mutex_t budget_lock;
-    pthread_cond_t budget_room; /* signalled when request bytes are given back */
-    size_t inflight_bytes;      /* taken from max_inflight_bytes */
+    struct rb_conn *budget_waiters; /* waiting in rb_server_take */
+    size_t inflight_bytes;          /* taken from max_inflight_bytes */
 };
 
 #define RB_DEFAULT_MAX_CONNECTIONS 128
@@ -83,15 +92,18 @@ struct rb_server {
 #define RB_DEFAULT_MAX_INFLIGHT_BYTES ((size_t)1 << 30)
 
 /*
- * The server-wide budget of buffered request data.  rb_server_take waits
- * while taking @n bytes would pass srv->max_inflight_bytes, except when
- * *@held (the caller's connection's bytes in flight) is zero: a connection
- * with nothing in flight always gets one request through, so it never
- * waits on itself and needs no other client to make progress (memory is
- * then at most the budget plus one request per connection).  Every byte
- * taken is given back with rb_server_give once its request is done.
+ * The server-wide budget of buffered request data.  rb_server_take, on
+ * connection @c's thread, waits while taking @n bytes would pass
+ * srv->max_inflight_bytes, except when *@held (the connection's bytes in
+ * flight) is zero: a connection with nothing in flight always gets one
+ * request through, so it never waits on itself and needs no other client
+ * to make progress (memory is then at most the budget plus one request
+ * per connection).  Returns 0 with the bytes taken, or -ECONNRESET (or
+ * -errno) when @c's client went away while it waited (rb_conn_wait):
+ * nothing taken.  Every byte taken is given back with rb_server_give
+ * once its request is done; that wakes the waiting connections.
  */
-void rb_server_take(struct rb_server *srv, size_t n, const _Atomic size_t *held);
+int rb_server_take(struct rb_conn *c, size_t n, const _Atomic size_t *held);
 void rb_server_give(struct rb_server *srv, size_t n);
 
 /*
@@ -117,11 +129,15 @@ struct rb_conn {
     struct timespec deadline;        /* CLOCK_MONOTONIC */
     atomic_bool in_handshake;        /* deadline applies; evictable */
     atomic_bool broken;              /* a send failed: stop replying */
+    int wake_fd;                     /* eventfd: rb_conn_wake -> rb_conn_wait */
     const struct rb_transport *tr;   /* NULL: plain socket */
     void *tr_ctx;
     void *proto_data;                /* the protocol's own */
     struct rb_conn *next, *prev;     /* srv->conns, under srv->lock */
     bool evicted;                    /* under srv->lock */
+    bool released;                   /* under srv->lock (rb_conn_release) */
+    /* srv->budget_waiters, under srv->budget_lock */
+    struct rb_conn *budget_next, *budget_prev;
 };
 
 /* Initialise / destroy the server's private fields (not the settings). */
@@ -171,6 +187,38 @@ bool rb_conn_handshake_done(struct rb_conn *c);
 
 /* Stop this connection: shut its socket down both ways (reads fail). */
 void rb_conn_abort(struct rb_conn *c);
+
+/*
+ * The client is gone: a send failed (c->broken), or the socket reports a
+ * hang-up or an error -- the peer reset the connection (or closed it
+ * while replies were on their way, which makes TCP reset it), a unix
+ * socket's peer closed it, or the server shut it down both ways
+ * (eviction, rb_conn_abort, a hard quit).  An end of stream alone (TCP
+ * FIN: the client may have shut down only its sending side and still
+ * read replies) is not gone.  Never blocks.
+ */
+bool rb_conn_gone(struct rb_conn *c);
+
+/*
+ * Wait, on the connection's own thread, until another thread calls
+ * rb_conn_wake(@c) or the client is gone (as rb_conn_gone), whichever
+ * comes first; a wake that came since the last rb_conn_wait returned
+ * counts, so a caller that checks its condition under its own lock, drops
+ * the lock and then waits never misses the wake of a thread that changed
+ * the condition under that lock.  Returns 0 after a wake (check again: it
+ * may be spurious), -ECONNRESET when the client is gone, or -errno.
+ */
+int rb_conn_wait(struct rb_conn *c);
+void rb_conn_wake(struct rb_conn *c);
+
+/*
+ * The client is gone: stop counting this connection against
+ * --max-connections and in the statistics' connections_now (it counts in
+ * connections_closing until its thread ends), so a new client can take
+ * its place at once while the connection's thread finishes the requests
+ * it had started.  Idempotent; the core calls it when the thread ends.
+ */
+void rb_conn_release(struct rb_conn *c);
 
 /* Replace the transport (after STARTTLS).  Called by the connection's
  * own thread while no other thread uses the connection. */

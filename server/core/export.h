@@ -45,9 +45,12 @@ struct rb_export_config {
 /* Counters of one protocol (a snapshot; see rb_export_stats). */
 struct rb_proto_stats {
     uint64_t connections_total; /* accepted since start */
-    uint64_t connections_now;   /* open now */
-    uint64_t requests;          /* I/O calls made through the export */
-    uint64_t errors;            /* of which failed */
+    uint64_t connections_now;   /* open now (holding a --max-connections slot) */
+    /* Released (client gone, or evicted) but still finishing requests
+     * already started; not in connections_now. */
+    uint64_t connections_closing;
+    uint64_t requests; /* I/O calls made through the export */
+    uint64_t errors;   /* of which failed */
     uint64_t bytes_read;
     uint64_t bytes_written; /* write payloads (not zeroes or trims) */
 };
@@ -102,8 +105,10 @@ int rb_export_cache(struct rb_export *e, enum rb_proto_id p, uint64_t off, uint6
 int rb_export_block_status(struct rb_export *e, enum rb_proto_id p, uint64_t off,
                            uint64_t len, struct rb_extent *ext, struct rb_error *err);
 
-/* Connection accounting (called by server/core/conn.c). */
+/* Connection accounting (called by server/core/conn.c): a connection
+ * opened (+1) or released (-1); one released (+1) or ended (-1). */
 void rb_export_count_connection(struct rb_export *e, enum rb_proto_id p, int delta);
+void rb_export_count_closing(struct rb_export *e, enum rb_proto_id p, int delta);
 /* Snapshot of protocol @p's counters. */
 void rb_export_stats(const struct rb_export *e, enum rb_proto_id p,
                      struct rb_proto_stats *out);

@@ -14,8 +14,8 @@
 #include "rblock/io.h"
 
 struct counters {
-    atomic_uint_fast64_t connections_total, connections_now, requests, errors, bytes_read,
-        bytes_written;
+    atomic_uint_fast64_t connections_total, connections_now, connections_closing,
+        requests, errors, bytes_read, bytes_written;
 };
 
 struct rb_export {
@@ -243,6 +243,13 @@ void rb_export_count_connection(struct rb_export *e, enum rb_proto_id p, int del
     atomic_fetch_add(&c->connections_now, (uint_fast64_t)(int_fast64_t)delta);
 }
 
+void rb_export_count_closing(struct rb_export *e, enum rb_proto_id p, int delta)
+{
+    struct counters *c = &e->stats[p < RB_PROTO_COUNT ? p : 0];
+
+    atomic_fetch_add(&c->connections_closing, (uint_fast64_t)(int_fast64_t)delta);
+}
+
 void rb_export_stats(const struct rb_export *e, enum rb_proto_id p,
                      struct rb_proto_stats *out)
 {
@@ -250,6 +257,7 @@ void rb_export_stats(const struct rb_export *e, enum rb_proto_id p,
 
     out->connections_total = atomic_load(&c->connections_total);
     out->connections_now = atomic_load(&c->connections_now);
+    out->connections_closing = atomic_load(&c->connections_closing);
     out->requests = atomic_load(&c->requests);
     out->errors = atomic_load(&c->errors);
     out->bytes_read = atomic_load(&c->bytes_read);

@@ -78,9 +78,10 @@ static json_t *be_stats(void *o, struct rb_error *err)
     for (int p = 0; protos && p < RB_PROTO_COUNT; p++) {
         struct rb_proto_stats s;
         rb_export_stats(e, (enum rb_proto_id)p, &s);
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "connections_total",
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections_total",
                               (json_int_t)s.connections_total, "connections_now",
-                              (json_int_t)s.connections_now, "requests",
+                              (json_int_t)s.connections_now, "connections_closing",
+                              (json_int_t)s.connections_closing, "requests",
                               (json_int_t)s.requests, "errors", (json_int_t)s.errors,
                               "bytes_read", (json_int_t)s.bytes_read, "bytes_written",
                               (json_int_t)s.bytes_written);

@@ -11,6 +11,19 @@
  * are queued, or while the server's budget for all connections is spent
  * (rb_server_take), before it allocates anything for the next one, so
  * clients cannot make us buffer without bound.
+ *
+ * A client that goes away (resets, or closes while replies are on their
+ * way, rb_conn_gone) is noticed at once, also while the reader waits for
+ * room: the reader waits on the socket too (rb_conn_wait), and a failed
+ * send marks the connection broken.  Its queued requests are then dropped
+ * unrun (none was acknowledged, so no write the client was told about is
+ * lost), their budget is given back, and the connection's slot is freed
+ * (rb_conn_release) while the requests already running finish -- writes
+ * complete -- and the workers are joined before anything they use is
+ * freed.  After an end of stream alone the client may still read (it may
+ * have shut down only its sending side): what it sent is answered while
+ * it is there.  After NBD_CMD_DISC every request before it is run, as the
+ * spec asks.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -54,7 +67,9 @@ struct tx {
 
     pthread_mutex_t lock;
     pthread_cond_t work; /* a request was queued, or stop */
-    pthread_cond_t room; /* a request finished */
+    /* The reader waits for a request to finish (rb_conn_wait, which also
+     * sees the client go): a worker that finishes one wakes it. */
+    bool reader_waits;
     struct req *head, *tail;
     unsigned queued; /* in the queue */
     unsigned busy;   /* being run */
@@ -495,14 +510,17 @@ static void *worker(void *arg)
         buf_trim(&b);
 
         size_t n = req_bytes(r);
+        bool wake;
         free(r->payload);
         free(r);
         pthread_mutex_lock(&t->lock);
         t->busy--;
         t->bytes -= n;
-        pthread_cond_signal(&t->room);
+        wake = t->reader_waits;
         pthread_mutex_unlock(&t->lock);
         rb_server_give(t->c->srv, n);
+        if (wake)
+            rb_conn_wake(t->c);
         pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
@@ -512,18 +530,32 @@ static void *worker(void *arg)
 
 /* Wait until the connection and the server have room for @r's bytes, and
  * count them.  Only the connection's own thread adds to t->bytes, so the
- * room it waited for is still there. */
-static void admit(struct tx *t, struct req *r)
+ * room it waited for is still there.  Returns 0, or -ECONNRESET (-errno)
+ * when the client went away meanwhile: nothing counted. */
+static int admit(struct tx *t, struct req *r)
 {
     size_t n = req_bytes(r);
+    int ret;
 
-    pthread_mutex_lock(&t->lock);
-    while (t->queued + t->busy > 0 && (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
-                                       t->bytes + n > NBD_MAX_INFLIGHT_BYTES))
-        pthread_cond_wait(&t->room, &t->lock);
-    pthread_mutex_unlock(&t->lock);
-    rb_server_take(t->c->srv, n, &t->bytes);
+    for (;;) {
+        bool full;
+
+        pthread_mutex_lock(&t->lock);
+        full = t->queued + t->busy > 0 && (t->queued + t->busy >= NBD_MAX_INFLIGHT ||
+                                           t->bytes + n > NBD_MAX_INFLIGHT_BYTES);
+        t->reader_waits = full;
+        pthread_mutex_unlock(&t->lock);
+        if (!full)
+            break;
+        /* A worker that finishes a request after the check above sees
+         * reader_waits and wakes us; that wake is not lost (rb_conn_wait). */
+        if ((ret = rb_conn_wait(t->c)) < 0)
+            return ret;
+    }
+    if ((ret = rb_server_take(t->c, n, &t->bytes)) < 0)
+        return ret;
     t->bytes += n;
+    return 0;
 }
 
 /* Give back what admit() counted for @r (a request that will not run). */
@@ -533,9 +565,48 @@ static void unadmit(struct tx *t, struct req *r)
 
     pthread_mutex_lock(&t->lock);
     t->bytes -= n;
-    pthread_cond_signal(&t->room);
     pthread_mutex_unlock(&t->lock);
     rb_server_give(t->c->srv, n);
+}
+
+/* The client is gone: drop the requests no worker has started, giving
+ * back their budget (t->stop is set: the workers end when idle). */
+static void drop_queued(struct tx *t)
+{
+    struct req *r;
+
+    pthread_mutex_lock(&t->lock);
+    r = t->head;
+    t->head = t->tail = NULL;
+    t->queued = 0;
+    pthread_mutex_unlock(&t->lock);
+    while (r) {
+        struct req *next = r->next;
+
+        unadmit(t, r);
+        free(r->payload);
+        free(r);
+        r = next;
+    }
+}
+
+/* Answer what was queued: wait until the workers have run it all, or the
+ * client is gone (then -ECONNRESET). */
+static int drain(struct tx *t)
+{
+    for (;;) {
+        bool done;
+        int ret;
+
+        pthread_mutex_lock(&t->lock);
+        done = t->queued + t->busy == 0;
+        t->reader_waits = !done;
+        pthread_mutex_unlock(&t->lock);
+        if (done)
+            return 0;
+        if ((ret = rb_conn_wait(t->c)) < 0)
+            return ret;
+    }
 }
 
 /* Queue admitted @r, starting a worker when none is idle. */
@@ -622,38 +693,62 @@ static int read_payload(struct tx *t, struct req *r)
 void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
 {
     struct tx t = {.c = c, .s = s, .e = c->srv->export};
+    bool gone = false, disc = false;
 
     pthread_mutex_init(&t.lock, NULL);
     pthread_cond_init(&t.work, NULL);
-    pthread_cond_init(&t.room, NULL);
     for (;;) {
         struct req *r = NULL;
         int ret = read_request(&t, &r);
 
         if (ret > 0) {
-            admit(&t, r);
-            ret = read_payload(&t, r);
-            if (ret == 0) {
-                enqueue(&t, r);
-                continue;
+            ret = admit(&t, r);
+            if (ret < 0) {
+                rb_conn_abort(c); /* gone, or waiting failed: hang up */
+            } else if ((ret = read_payload(&t, r)) < 0) {
+                unadmit(&t, r);
+            } else {
+                enqueue(&t, r); /* the queue owns @r now */
+                /* (a reset client's requests may still be read) */
+                if (!atomic_load(&c->broken))
+                    continue;
+                ret = -EPIPE;
+                r = NULL;
             }
-            unadmit(&t, r);
-            free(r->payload);
-            free(r);
+            if (r) {
+                free(r->payload);
+                free(r);
+            }
         }
-        /* A broken protocol, end of stream or DISC: answer what is in
-         * flight (the spec asks it for DISC), then close. */
+        /* DISC: every request before it is run (the spec asks it), also
+         * if the client does not wait for the replies; it had at most
+         * one window (NBD_MAX_INFLIGHT*) queued.  (A client seen gone
+         * before its DISC was read is gone.)  A broken protocol: hang
+         * up.  The client is gone (a reset, a failed send): drop what it
+         * queued.  End of stream: answer what is queued while the client
+         * is there to read it (it may have closed only its sending side). */
         if (ret == -EPROTO || ret == -E2BIG)
             rb_conn_abort(c);
+        disc = ret == 0;
+        gone = !disc && rb_conn_gone(c);
         break;
     }
     pthread_mutex_lock(&t.lock);
     t.stop = true;
     pthread_cond_broadcast(&t.work);
     pthread_mutex_unlock(&t.lock);
+    if (!disc && !gone && drain(&t) < 0) {
+        rb_conn_abort(c); /* gone, or waiting failed: hang up */
+        gone = true;
+    }
+    if (gone) {
+        drop_queued(&t);
+        /* A new client may take the slot now; the requests running
+         * finish first, and the workers are joined before we return. */
+        rb_conn_release(c);
+    }
     for (unsigned i = 0; i < t.nworkers; i++)
         pthread_join(t.workers[i], NULL);
-    pthread_cond_destroy(&t.room);
     pthread_cond_destroy(&t.work);
     pthread_mutex_destroy(&t.lock);
 }

@@ -235,6 +235,8 @@ static void *writer(void *arg)
 #endif
 
 #if defined(FUZZ_WANT_EXPORT) && defined(FUZZ_WANT_FEED)
+#include <sys/eventfd.h>
+
 #include "core/conn.h"
 #include "core/export.h"
 
@@ -279,6 +281,9 @@ static void fuzz_session_open(struct fuzz_session *fs, struct rb_export_config *
     fs->c->srv = &fs->srv;
     snprintf(fs->c->peer, sizeof(fs->c->peer), "fuzz");
     pthread_mutex_init(&fs->c->send_lock, NULL);
+    fs->c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fs->c->wake_fd < 0)
+        abort();
 }
 
 /* Send @data to the connection (what fits the socket buffer at once, a
@@ -304,6 +309,7 @@ static void fuzz_session_close(struct fuzz_session *fs)
     close(fs->sv[0]);
     close(fs->sv[1]);
     pthread_mutex_destroy(&fs->c->send_lock);
+    close(fs->c->wake_fd);
     free(fs->c);
     rb_server_destroy(&fs->srv);
     rb_export_close(fs->srv.export, NULL);
