@@ -16,8 +16,6 @@
 #include "nbd/proto.h"
 #include "nbd/wire.h"
 
-#define META_ALLOC "base:allocation"
-#define META_DEPTH "qemu:allocation-depth"
 
 struct opt {
     uint32_t code;
@@ -191,19 +189,17 @@ static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
     return o->code == NBD_OPT_GO ? 1 : 0;
 }
 
+/* One NBD_REP_META_CONTEXT: the id (0 in a LIST reply) and the name. */
 static int send_context(struct rb_conn *c, uint32_t opt, uint32_t id, const char *name)
 {
-    uint8_t buf[4 + 64];
+    uint8_t buf[4 + 256];
     size_t n = strlen(name);
 
+    if (n > sizeof(buf) - 4)
+        return -EINVAL; /* our own table: names are short */
     put32(buf, id);
     memcpy(buf + 4, name, n);
     return send_reply(c, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + n));
-}
-
-static bool query_is(const uint8_t *q, uint32_t qlen, const char *name)
-{
-    return qlen == strlen(name) && memcmp(q, name, qlen) == 0;
 }
 
 /*
@@ -216,7 +212,7 @@ static bool query_is(const uint8_t *q, uint32_t qlen, const char *name)
 static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
 {
     bool set = o->code == NBD_OPT_SET_META_CONTEXT;
-    bool alloc = false, depth = false;
+    nbd_meta_set sel = 0;
     uint32_t nlen, nq, pos;
     int ret;
 
@@ -251,27 +247,20 @@ static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
                           (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
 
     if (nq == 0 && !set)
-        alloc = depth = true;
+        sel = nbd_meta_all();
     for (uint32_t i = 0; i < nq; i++) {
         uint32_t ql = get32(o->data + pos);
-        const uint8_t *q = o->data + pos + 4;
 
+        sel |= nbd_meta_query(o->data + pos + 4, ql, !set);
         pos += 4 + ql;
-        if (query_is(q, ql, META_ALLOC) || (!set && query_is(q, ql, "base:")))
-            alloc = true;
-        if (query_is(q, ql, META_DEPTH) || (!set && query_is(q, ql, "qemu:")))
-            depth = true;
     }
-    if (set) {
-        s->meta_alloc = alloc;
-        s->meta_depth = depth;
-    }
+    if (set)
+        s->meta = sel;
     ret = 0;
-    if (alloc)
-        ret = send_context(c, o->code, set ? NBD_META_ID_BASE_ALLOCATION : 0, META_ALLOC);
-    if (!ret && depth)
-        ret = send_context(c, o->code, set ? NBD_META_ID_ALLOCATION_DEPTH : 0,
-                           META_DEPTH);
+    for (unsigned i = 0; i < nbd_meta_count && !ret; i++)
+        if (sel & ((nbd_meta_set)1 << i))
+            ret = send_context(c, o->code, set ? nbd_meta_id(i) : 0,
+                               nbd_meta_contexts[i].name);
     return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
 }
 

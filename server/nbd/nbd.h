@@ -7,6 +7,7 @@
  *                   STRUCTURED_REPLY, LIST/SET_META_CONTEXT
  *   transmission.c  requests: a reader per connection, a small pool of
  *                   workers, replies out of order under the send lock
+ *   meta.c          the metadata contexts, one table row each
  *   errno.c         errno -> NBD error values
  */
 #ifndef RBLOCK_NBD_H
@@ -16,6 +17,7 @@
 #include <stdint.h>
 
 #include "core/conn.h"
+#include "nbd/meta.h"
 
 extern const struct rb_protocol rb_nbd_protocol;
 
@@ -25,8 +27,7 @@ struct nbd_session {
     bool no_zeroes;
     bool tls;        /* NBD_OPT_STARTTLS done: the stream is TLS */
     bool structured; /* NBD_OPT_STRUCTURED_REPLY acknowledged */
-    bool meta_alloc; /* base:allocation selected */
-    bool meta_depth; /* qemu:allocation-depth selected */
+    nbd_meta_set meta; /* the metadata contexts selected (meta.h) */
     uint16_t tflags; /* transmission flags sent */
 };
 

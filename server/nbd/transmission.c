@@ -329,60 +329,61 @@ static void do_block_status(struct tx *t, const struct req *r)
     struct rb_error err = {0};
     uint64_t pos = r->off, end = r->off + r->len;
     bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
-    uint8_t hdr[2][NBD_CHUNK_HDR_BYTES + 4];
-    struct iovec iov[4];
-    int niov = 0, nchunks = 0, ret = 0;
-    uint8_t(*av)[8] = malloc(2 * NBD_MAX_DESCRIPTORS * sizeof(*av));
-    struct desc a = {0, av}, d = {0, av ? av + NBD_MAX_DESCRIPTORS : NULL};
+    unsigned rows[8 * sizeof(nbd_meta_set)], n = 0;
+    bool full = false;
+    int ret = 0;
 
-    if (!av) {
+    for (unsigned i = 0; i < nbd_meta_count; i++)
+        if (t->s->meta & ((nbd_meta_set)1 << i))
+            rows[n++] = i;
+    /* One descriptor list per selected context, with its chunk header. */
+    uint8_t(*hdr)[NBD_CHUNK_HDR_BYTES + 4] = malloc(n * sizeof(*hdr));
+    uint8_t(*av)[8] = malloc(n * NBD_MAX_DESCRIPTORS * sizeof(*av));
+    struct desc *lists = calloc(n, sizeof(*lists));
+    struct iovec *iov = malloc(2 * n * sizeof(*iov));
+
+    if (!hdr || !av || !lists || !iov) {
         reply_status(t, r, -ENOMEM, "out of memory");
-        return;
+        goto out;
     }
+    for (unsigned k = 0; k < n; k++)
+        lists[k].v = av + k * NBD_MAX_DESCRIPTORS;
     /* Walk extents until the range is covered or a context's list is
      * full; each list merges neighbours with equal status.  A merged
      * length cannot overflow: it is at most r->len. */
-    for (unsigned i = 0; pos < end && i < NBD_MAX_DESCRIPTORS; i++) {
+    for (unsigned i = 0; pos < end && i < NBD_MAX_DESCRIPTORS && !full; i++) {
         struct rb_extent ext;
 
         ret = rb_export_block_status(t->e, RB_PROTO_NBD, pos, end - pos, &ext, &err);
         if (ret < 0)
             break;
-        desc_add(&a, (uint32_t)ext.length,
-                 (ext.flags & RB_BS_DATA ? 0 : NBD_STATE_HOLE) |
-                     (ext.flags & RB_BS_ZERO ? NBD_STATE_ZERO : 0));
-        desc_add(&d, (uint32_t)ext.length,
-                 ext.flags & RB_BS_ALLOCATED ? ext.depth + 1 : 0);
+        for (unsigned k = 0; k < n; k++) {
+            desc_add(&lists[k], (uint32_t)ext.length,
+                     nbd_meta_contexts[rows[k]].status_of(&ext));
+            full |= lists[k].n == NBD_MAX_DESCRIPTORS;
+        }
         pos += ext.length;
-        if (one || a.n == NBD_MAX_DESCRIPTORS || d.n == NBD_MAX_DESCRIPTORS)
-            break;
+        full |= one;
     }
     log_error(t, r, ret, &err);
     if (ret < 0 && pos == r->off) {
-        free(av);
         reply_status(t, r, ret, "block status failed");
-        return;
+        goto out;
     }
     /* (A later failure just ends the reply early, as the spec allows.) */
-    if (t->s->meta_alloc)
-        nchunks++;
-    if (t->s->meta_depth)
-        nchunks++;
-    for (int k = 0; k < 2; k++) {
-        struct desc *x = k == 0 ? &a : &d;
-        uint32_t id = k == 0 ? NBD_META_ID_BASE_ALLOCATION : NBD_META_ID_ALLOCATION_DEPTH;
-        bool on = k == 0 ? t->s->meta_alloc : t->s->meta_depth;
-
-        if (!on)
-            continue;
-        chunk_hdr(hdr[k], niov / 2 + 1 == nchunks ? NBD_REPLY_FLAG_DONE : 0,
-                  NBD_REPLY_TYPE_BLOCK_STATUS, r->handle, 4 + 8 * x->n);
-        put32(hdr[k] + NBD_CHUNK_HDR_BYTES, id);
-        iov[niov++] = (struct iovec){hdr[k], sizeof(hdr[k])};
-        iov[niov++] = (struct iovec){x->v, 8 * (size_t)x->n};
+    for (unsigned k = 0; k < n; k++) {
+        chunk_hdr(hdr[k], k + 1 == n ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS,
+                  r->handle, 4 + 8 * lists[k].n);
+        put32(hdr[k] + NBD_CHUNK_HDR_BYTES, nbd_meta_id(rows[k]));
+        iov[2 * k] = (struct iovec){hdr[k], sizeof(hdr[k])};
+        iov[2 * k + 1] = (struct iovec){lists[k].v, 8 * (size_t)lists[k].n};
     }
-    rb_conn_sendv(t->c, iov, niov);
+    rb_conn_sendv(t->c, iov, (int)(2 * n));
+out:
+    free(iov);
+    free(lists);
     free(av);
+    free(hdr);
 }
 
 /* ---- dispatch ------------------------------------------------------------- */
@@ -457,7 +458,7 @@ static void run_request(struct tx *t, const struct req *r, struct buf *b)
         ret = rb_export_write_zeroes(t->e, RB_PROTO_NBD, r->off, r->len, wflags, &err);
         break;
     case NBD_CMD_BLOCK_STATUS:
-        if (!t->s->structured || !(t->s->meta_alloc || t->s->meta_depth))
+        if (!t->s->structured || !t->s->meta)
             reply_status(t, r, -EINVAL, "no metadata context was negotiated");
         else if (r->len == 0 || !in_range(t, r))
             reply_status(t, r, -EINVAL, "block status range is empty or past the end");
