@@ -116,13 +116,17 @@ def writer(uri, k, sh):
                 if stopping:
                     break
                 continue
-            h.poll(-1)
+            # bounded, so that a writer gives up when another thread has
+            # already failed (a hung server must not hang the test)
+            if h.poll(1000) == 0 and sh.failed.is_set():
+                return
             for cookie in [c for c in pending if h.aio_command_completed(c)]:
                 chunk, off, data = pending.pop(cookie)
                 sh.model[off:off + len(data)] = data
                 busy.discard(chunk)
-        h.flush()
-        h.shutdown()
+        if not sh.failed.is_set():
+            h.flush()
+            h.shutdown()
     except Exception as e:  # an NBD error, or the server went away
         sh.fail(f"writer {k}: {e!r}")
 
