@@ -10,7 +10,8 @@
  *    clean check, one cluster in flight; an abandoned one is given back;
  *  - a data write that fails: the cluster goes back, nothing in flight;
  *  - a writer thread (512-byte clusters, so the refcount table grows
- *    several times) and a checker thread: every check clean.
+ *    several times; plain, zero and compressed writes) and a checker
+ *    thread: every check clean.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -228,6 +229,9 @@ static void test_check_while_writing(void **state)
             assert_int_equal(rb_image_write(r.img, buf, off, n, 0, &err), 0);
         else
             assert_int_equal(rb_image_write_zeroes(r.img, off, n, 0, &err), 0);
+        /* a compressed cluster where nothing else writes (past 12 MiB) */
+        if (r.img->ops->write_compressed(r.img, buf, size - (i + 1) * 512, 512, &err) < 0)
+            fail_msg("compressed write: %s", err.msg);
     }
     __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
     assert_int_equal(pthread_join(th, NULL), 0);
@@ -235,6 +239,12 @@ static void test_check_while_writing(void **state)
         fail_msg("%s", r.failure);
     assert_true(r.checks > 0);
     assert_true(s->h.refcount_table_clusters > table0);
+    {
+        struct rb_qcow2_check res;
+        assert_int_equal(rb_qcow2_check(r.img, &res, &err), 0);
+        assert_int_equal(res.compressed_clusters, 192); /* the path was taken */
+        rb_qcow2_check_free(&res);
+    }
     print_message("%lu live checks, %lu saw clusters in flight\n", r.checks, r.in_flight);
     want_check(r.img, 0, 0, 0);
     free(buf);
