@@ -59,8 +59,9 @@ static int add_feature(struct rb_qcow2_info *info, unsigned type, unsigned bit,
                        const char *name)
 {
     /* the bits as copied under the lock (a served image may change them) */
-    uint64_t bits = type == 0 ? info->incompatible_features
-                    : type == 1 ? info->compatible_features : info->autoclear_features;
+    uint64_t bits = type == 0   ? info->incompatible_features
+                    : type == 1 ? info->compatible_features
+                                : info->autoclear_features;
     struct rb_qcow2_feature *f;
 
     for (size_t i = 0; i < info->nb_features; i++) {
@@ -87,8 +88,9 @@ static int list_features(struct rb_qcow2_info *info, const struct qcow2_header *
             return -ENOMEM;
     }
     for (unsigned type = 0; type <= 2; type++) {
-        uint64_t bits = type == 0 ? info->incompatible_features
-                        : type == 1 ? info->compatible_features : info->autoclear_features;
+        uint64_t bits = type == 0   ? info->incompatible_features
+                        : type == 1 ? info->compatible_features
+                                    : info->autoclear_features;
         for (unsigned bit = 0; bit < 64; bit++) {
             const char *name = builtin_feature(type, bit);
             if ((name || ((bits >> bit) & 1)) &&

@@ -51,7 +51,8 @@ static int remove_dir(void **state)
 static struct rb_image *make_and_open(const char *name, unsigned cluster, uint64_t size)
 {
     struct rb_qcow2_create_opts o;
-    struct rb_open_opts oo = {.format = "qcow2", .write = true, .unsafe_no_barriers = true};
+    struct rb_open_opts oo = {.format = "qcow2", .write = true,
+                              .unsafe_no_barriers = true};
     struct rb_error err = {0};
     struct rb_image *img;
     char path[512];
