@@ -170,6 +170,8 @@ struct rb_qcow2_check {
     uint64_t allocated_clusters;  /* guest clusters allocated */
     uint64_t fragmented_clusters;
     uint64_t compressed_clusters;
+    uint64_t in_flight_clusters;  /* allocated by a write in progress, not yet
+                                     linked: counted as referenced */
     struct rb_qcow2_problem *problems; /* at most RB_QCOW2_MAX_PROBLEMS kept */
     size_t nb_problems;
     uint64_t problems_dropped;
@@ -185,6 +187,10 @@ struct rb_qcow2_check {
  * still report problems), -errno with @err set when it could not run.
  * Free with rb_qcow2_check_free.  Memory: 4 bytes per cluster of the file
  * (refused above RB_QCOW2_CHECK_MAX_CLUSTERS).
+ * Safe on an image that is being written (a served image): the whole
+ * check runs in one hold of the image's lock, so it sees one consistent
+ * state, and a cluster a write in progress has allocated but not linked
+ * yet counts as referenced (in_flight_clusters), never as a leak.
  */
 int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res,
                    struct rb_error *err);

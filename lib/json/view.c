@@ -260,6 +260,9 @@ json_t *rb_view_check(const char *filename, const struct rb_qcow2_check *r)
         o = put(o, "fragmented-clusters", jint(r->fragmented_clusters));
     if (r->compressed_clusters)
         o = put(o, "compressed-clusters", jint(r->compressed_clusters));
+    /* a live image only (JSON-RPC check while it is written) */
+    if (r->in_flight_clusters)
+        o = put(o, "rblock-in-flight-clusters", jint(r->in_flight_clusters));
     for (size_t i = 0; p && i < r->nb_problems; i++) {
         json_t *x = json_object();
         x = put(x, "kind",

@@ -318,3 +318,30 @@ int qcow2_alloc_cluster(struct qcow2_state *s, uint64_t *host_off, struct rb_err
         return 0;
     }
 }
+
+int qcow2_alloc_inflight(struct qcow2_state *s, struct qcow2_inflight *f,
+                         struct rb_error *err)
+{
+    int ret = qcow2_alloc_cluster(s, &f->host_off, err);
+
+    if (ret < 0)
+        return ret;
+    f->next = s->inflight;
+    s->inflight = f;
+    return 0;
+}
+
+void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool linked)
+{
+    struct qcow2_inflight **p = &s->inflight;
+
+    while (*p && *p != f)
+        p = &(*p)->next;
+    if (*p)
+        *p = f->next;
+    f->next = NULL;
+    /* unreferenced (the entry was never set): freeing it cannot leave a
+     * reference to a free cluster, so no ordering point is needed */
+    if (!linked)
+        (void)qcow2_refcount_set(s, f->host_off / s->cluster_bytes, 0, NULL);
+}

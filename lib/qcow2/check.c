@@ -458,22 +458,39 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
     s = img->priv;
     c.s = s;
     c.res = res;
+
+    /* One consistent state: a served image is written while we check, so
+     * everything the walk sizes (the file, the refcount table) and reads is
+     * taken in this one lock hold.  Writers change metadata only under the
+     * lock; what they do outside it (data of a cluster not linked yet) is
+     * on s->inflight, counted below.  Lock order: the lock alone (no
+     * writer lock, no data_rw), so a check never waits for a writer that
+     * waits for it. */
+    pthread_mutex_lock(&s->lock);
     c.nb = (s->file_size + s->cluster_bytes - 1) / s->cluster_bytes;
-    if (c.nb > RB_QCOW2_CHECK_MAX_CLUSTERS)
+    if (c.nb > RB_QCOW2_CHECK_MAX_CLUSTERS) {
+        pthread_mutex_unlock(&s->lock);
         return rb_error_set(err, EFBIG, "%s: file has too many clusters to check (%"
                             PRIu64 ", limit %llu)", img->filename, c.nb,
                             RB_QCOW2_CHECK_MAX_CLUSTERS);
+    }
     c.refs = calloc(c.nb ? c.nb : 1, sizeof(*c.refs));
     c.bad_refblock = calloc(s->reftable_entries ? s->reftable_entries : 1, 1);
     if (!c.refs || !c.bad_refblock) {
+        pthread_mutex_unlock(&s->lock);
         free(c.refs);
         free(c.bad_refblock);
         return rb_error_set(err, ENOMEM, "%s: out of memory", img->filename);
     }
     res->total_clusters = (s->h.size + s->cluster_bytes - 1) / s->cluster_bytes;
 
-    pthread_mutex_lock(&s->lock);
     inc_refs(&c, 0, s->cluster_bytes, "header");
+    /* allocated by a write in progress, its L2 entry not set yet: as good
+     * as referenced (an idle check sees the entry instead) */
+    for (const struct qcow2_inflight *f = s->inflight; f; f = f->next) {
+        inc_refs(&c, f->host_off, s->cluster_bytes, "cluster of a write in progress");
+        res->in_flight_clusters++;
+    }
     check_l1(&c, s->h.l1_table_offset, s->h.l1_size, s->l1, true, "active L1 table");
     for (uint32_t i = 0; i < s->h.nb_snapshots; i++) {
         char name[64];

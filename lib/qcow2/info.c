@@ -55,11 +55,13 @@ static const char *builtin_feature(unsigned type, unsigned bit)
     return NULL;
 }
 
-static int add_feature(struct rb_qcow2_info *info, const struct qcow2_header *h,
-                       unsigned type, unsigned bit, const char *name)
+static int add_feature(struct rb_qcow2_info *info, unsigned type, unsigned bit,
+                       const char *name)
 {
-    uint64_t bits = type == 0 ? h->incompatible_features
-                    : type == 1 ? h->compatible_features : h->autoclear_features;
+    /* the bits as copied under the lock (a served image may change them) */
+    uint64_t bits = type == 0   ? info->incompatible_features
+                    : type == 1 ? info->compatible_features
+                                : info->autoclear_features;
     struct rb_qcow2_feature *f;
 
     for (size_t i = 0; i < info->nb_features; i++) {
@@ -81,17 +83,18 @@ static int list_features(struct rb_qcow2_info *info, const struct qcow2_header *
      * any other set bit */
     for (size_t i = 0; i < h->nb_feature_names; i++) {
         const struct qcow2_feature_name *fn = &h->feature_names[i];
-        if (fn->type <= 2 && fn->bit < 64 && add_feature(info, h, fn->type, fn->bit,
+        if (fn->type <= 2 && fn->bit < 64 && add_feature(info, fn->type, fn->bit,
                                                          fn->name) < 0)
             return -ENOMEM;
     }
     for (unsigned type = 0; type <= 2; type++) {
-        uint64_t bits = type == 0 ? h->incompatible_features
-                        : type == 1 ? h->compatible_features : h->autoclear_features;
+        uint64_t bits = type == 0   ? info->incompatible_features
+                        : type == 1 ? info->compatible_features
+                                    : info->autoclear_features;
         for (unsigned bit = 0; bit < 64; bit++) {
             const char *name = builtin_feature(type, bit);
             if ((name || ((bits >> bit) & 1)) &&
-                add_feature(info, h, type, bit, name ? name : "unknown") < 0)
+                add_feature(info, type, bit, name ? name : "unknown") < 0)
                 return -ENOMEM;
         }
     }
@@ -202,13 +205,9 @@ int rb_qcow2_get_info(struct rb_image *img, struct rb_qcow2_info *info,
     info->crypt_method = h->crypt_method;
     info->l1_size = h->l1_size;
     info->l1_table_offset = h->l1_table_offset;
-    info->refcount_table_offset = h->refcount_table_offset;
-    info->refcount_table_clusters = h->refcount_table_clusters;
     info->nb_snapshots = h->nb_snapshots;
     info->snapshots_offset = h->snapshots_offset;
-    info->incompatible_features = h->incompatible_features;
     info->compatible_features = h->compatible_features;
-    info->autoclear_features = h->autoclear_features;
     info->refcount_order = h->refcount_order;
     info->header_length = h->header_length;
     info->compression_type = h->compression_type;
@@ -217,23 +216,29 @@ int rb_qcow2_get_info(struct rb_image *img, struct rb_qcow2_info *info,
     info->compat = h->version == 2 ? "0.10" : "1.1";
     info->compression_name = h->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd"
                                                                            : "zlib";
-    info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
-    info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
     info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
     info->extended_l2 = s->extended_l2;
     info->data_file_raw = s->data_file_raw;
-    info->bitmaps_consistent = h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
     info->backing_file = h->backing_file;
     info->backing_format = h->backing_format;
     info->data_file = s->has_data_file ? h->data_file : NULL;
-    info->file_size = s->file_size;
     info->nb_bitmaps = h->nb_bitmaps;
     info->bitmap_directory_offset = h->bitmap_directory_offset;
     info->bitmap_directory_size = h->bitmap_directory_size;
     info->l2_entries = s->l2_entries;
-    info->reftable_entries = s->reftable_entries;
     info->refblock_entries = s->refblock_entries;
+    /* what a write to a served image changes (refcount table growth, the
+     * dirty bit, autoclear bits, the file size): read in one lock hold */
     pthread_mutex_lock(&s->lock);
+    info->refcount_table_offset = h->refcount_table_offset;
+    info->refcount_table_clusters = h->refcount_table_clusters;
+    info->incompatible_features = h->incompatible_features;
+    info->autoclear_features = h->autoclear_features;
+    info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+    info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+    info->bitmaps_consistent = h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
+    info->file_size = s->file_size;
+    info->reftable_entries = s->reftable_entries;
     for (uint64_t i = 0; i < s->reftable_entries; i++)
         info->refcount_blocks += (s->reftable[i] & QCOW2_REFT_OFFSET_MASK) != 0;
     pthread_mutex_unlock(&s->lock);

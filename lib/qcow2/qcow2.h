@@ -192,6 +192,21 @@ size_t qcow2_cache_entries(const struct qcow2_cache *c);
 
 /* ---- driver state -------------------------------------------------------- */
 
+/*
+ * A host cluster that a write in progress has allocated (refcount 1) but
+ * not yet linked from an L2 entry: the write puts its data there outside
+ * the lock, and only then sets the entry (data before the metadata that
+ * points at it).  The record lives on the writer's stack and is on
+ * qcow2_state.inflight from the lock hold that allocates the cluster to
+ * the lock hold that links it (or gives it up), so whoever holds the lock
+ * sees each such cluster either in flight or referenced, never neither:
+ * check counts it as referenced (see qcow2_alloc_inflight).
+ */
+struct qcow2_inflight {
+    uint64_t host_off;
+    struct qcow2_inflight *next;
+};
+
 struct qcow2_state {
     pthread_mutex_t lock;
     /* Readers hold it shared from mapping to the end of their data reads;
@@ -242,6 +257,7 @@ struct qcow2_state {
 
     /* write path */
     uint64_t free_cluster_hint; /* first host cluster index that may be free */
+    struct qcow2_inflight *inflight; /* allocated, not yet linked; under lock */
     bool dirty_bit_set;         /* we set QCOW2_INCOMPAT_DIRTY on disk */
     struct qcow2_wstate *w;     /* write.c's private state (NULL read-only) */
 };

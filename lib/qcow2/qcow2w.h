@@ -142,6 +142,26 @@ int qcow2_refcount_add(struct qcow2_state *s, uint64_t idx, int64_t delta,
  */
 int qcow2_alloc_cluster(struct qcow2_state *s, uint64_t *host_off, struct rb_error *err);
 
+struct qcow2_inflight;
+
+/*
+ * For a write that drops the lock between allocating a cluster and
+ * linking it: allocate as qcow2_alloc_cluster (f->host_off) and put @f
+ * (caller-owned, e.g. on the stack) on s->inflight in the same lock hold,
+ * so that a check never sees the cluster as leaked.  Caller holds the
+ * lock.  0 or -errno with @err set (then @f is not registered).
+ */
+int qcow2_alloc_inflight(struct qcow2_state *s, struct qcow2_inflight *f,
+                         struct rb_error *err);
+/*
+ * Take @f off s->inflight.  @linked: the L2 entry that references the
+ * cluster was set in this same lock hold.  Otherwise the write gave up and
+ * nothing references the cluster: its refcount returns to 0 (best effort;
+ * if that fails the cluster leaks, which is harmless).  Caller holds the
+ * lock.
+ */
+void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool linked);
+
 /* Write @len bytes of header at @off (a field update) and, with barriers,
  * fdatasync.  0 or -errno with @err set. */
 int qcow2_header_update(struct qcow2_state *s, uint64_t off, const void *buf, size_t len,

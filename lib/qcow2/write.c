@@ -9,6 +9,9 @@
  * cluster no L2 entry points at yet is written outside s->lock (no reader
  * can reach it), and so is data written in place into a cluster that is
  * already ours.  Correctness over cleverness: one writer at a time.
+ * A cluster allocated for such a write is on s->inflight from the lock
+ * hold that allocates it to the one that links it (qcow2_alloc_inflight),
+ * so a check under s->lock in the gap sees it in flight, not leaked.
  *
  * Write ordering (DESIGN.md section 4), every point marked ORDER below:
  *  1. refcount of a new cluster before the L2 entry that references it:
@@ -247,6 +250,7 @@ static int write_cluster(struct rb_image *img, struct qcow2_state *s, const uint
 {
     uint64_t c = s->cluster_bytes, start = off - off % c, l2e, bitmap, host;
     const uint8_t *content = data;
+    struct qcow2_inflight fresh;
     bool reuse;
     int ret;
 
@@ -274,23 +278,37 @@ static int write_cluster(struct rb_image *img, struct qcow2_state *s, const uint
             !(l2e & QCOW2_OFLAG_COMPRESSED);
     host = l2e & QCOW2_L2E_OFFSET_MASK;
     if (!reuse) {
+        /* in flight from here to the L2 update: a check in between counts
+         * the new cluster as referenced, not leaked */
         pthread_mutex_lock(&s->lock);
-        ret = qcow2_alloc_cluster(s, &host, err);
+        ret = qcow2_alloc_inflight(s, &fresh, err);
         pthread_mutex_unlock(&s->lock);
         if (ret < 0)
             return ret;
+        host = fresh.host_off;
     }
     /* nothing points at a new cluster yet: written without s->lock */
     ret = rb_io_pwrite(s->data_fd, content, (size_t)c, host);
-    if (ret < 0)
-        return io_fail(s, ret, "write error", host, err);
+    if (ret < 0) {
+        ret = io_fail(s, ret, "write error", host, err);
+        if (!reuse) {
+            pthread_mutex_lock(&s->lock);
+            qcow2_inflight_end(s, &fresh, false);
+            pthread_mutex_unlock(&s->lock);
+        }
+        return ret;
+    }
     pthread_mutex_lock(&s->lock);
     /* ORDER: the data is durable before the L2 entry that points at it */
     qcow2_cache_depends_on_flush(s->l2_cache, s->data_fd);
     ret = set_entry(s, start, host | QCOW2_OFLAG_COPIED, s->extended_l2 ? ALL_ALLOC : 0,
                     err);
-    if (ret == 0 && !reuse)
-        ret = release(s, l2e, err);
+    if (!reuse) {
+        /* linked in this lock hold, or (set_entry failed) never */
+        qcow2_inflight_end(s, &fresh, ret == 0);
+        if (ret == 0)
+            ret = release(s, l2e, err);
+    }
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
@@ -472,6 +490,7 @@ int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
 {
     struct qcow2_state *s = qcow2_state_of(img);
     uint64_t c = s->cluster_bytes, l2e, bitmap, host, nb, entry;
+    struct qcow2_inflight fresh;
     const uint8_t *src = buf;
     long clen;
     int ret;
@@ -498,20 +517,32 @@ int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
         } else {
             clen = qcow2_compress(s->h.compression_type, src, c, out, c - 1);
             if (clen > 0) {
+                bool registered;
+
+                /* in flight until the L2 update, as in write_cluster */
                 pthread_mutex_lock(&s->lock);
-                ret = qcow2_alloc_cluster(s, &host, err);
+                ret = qcow2_alloc_inflight(s, &fresh, err);
                 pthread_mutex_unlock(&s->lock);
-                if (ret == 0 && (ret = rb_io_pwrite(s->fd, out, (size_t)clen, host)) < 0)
-                    ret = io_fail(s, ret, "write error", host, err);
+                registered = ret == 0;
                 if (ret == 0) {
-                    /* qcow2.txt "Compressed Clusters Descriptor" */
-                    nb = (host + (uint64_t)clen - 1) / 512 - host / 512;
-                    entry = QCOW2_OFLAG_COMPRESSED |
-                            nb << (62 - (s->h.cluster_bits - 8)) | host;
+                    host = fresh.host_off;
+                    ret = rb_io_pwrite(s->fd, out, (size_t)clen, host);
+                    if (ret < 0)
+                        ret = io_fail(s, ret, "write error", host, err);
+                }
+                if (registered) {
                     pthread_mutex_lock(&s->lock);
-                    /* ORDER: data before the L2 entry */
-                    qcow2_cache_depends_on_flush(s->l2_cache, s->fd);
-                    ret = set_entry(s, off, entry, 0, err);
+                    if (ret == 0) {
+                        /* qcow2.txt "Compressed Clusters Descriptor" */
+                        nb = (host + (uint64_t)clen - 1) / 512 - host / 512;
+                        entry = QCOW2_OFLAG_COMPRESSED |
+                                nb << (62 - (s->h.cluster_bits - 8)) | host;
+                        /* ORDER: data before the L2 entry */
+                        qcow2_cache_depends_on_flush(s->l2_cache, s->fd);
+                        ret = set_entry(s, off, entry, 0, err);
+                    }
+                    /* linked in this lock hold, or given back */
+                    qcow2_inflight_end(s, &fresh, ret == 0);
                     pthread_mutex_unlock(&s->lock);
                 }
             } else if (clen < 0) {
