@@ -175,6 +175,9 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
     }
     if (opts->write) {
         s->writable = true;
+        s->open_for_repair = opts->repair;
+        if (opts->repair)
+            img->read_only = true; /* metadata only: guest writes refused */
         ret = qcow2_write_open(img, s, err);
         if (ret < 0) {
             s->writable = false;

@@ -50,7 +50,10 @@ static int io_fail(struct qcow2_state *s, int ret, const char *what, uint64_t of
 int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_error *err)
 {
     struct qcow2_wstate *w;
+    int ret;
 
+    if (s->open_for_repair)
+        return 0; /* rb_qcow2_repair only: no write path state */
     if (s->has_data_file)
         return rb_error_set(err, ENOTSUP, "%s: writing images with an external data "
                             "file is not supported", s->name);
@@ -58,13 +61,26 @@ int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_erro
         return rb_error_set(err, ENOTSUP, "%s: writing images with internal snapshots "
                             "is not supported (%" PRIu32 " snapshots)", s->name,
                             s->h.nb_snapshots);
-    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
-        return rb_error_set(err, EINVAL, "%s: image was not closed cleanly (dirty bit "
-                            "set, lazy refcounts): repair it with 'qemu-img check -r "
-                            "all' first", s->name);
     if (s->h.crypt_method)
         return rb_error_set(err, ENOTSUP, "%s: writing encrypted images is not "
                             "supported", s->name);
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        /* not closed cleanly (lazy refcounts): its refcounts may be too
+         * low, so allocating would hand out clusters in use.  As QEMU at
+         * a read-write open: repair first (rebuild the refcounts, clear
+         * the dirty bit), before anything else is written. */
+        struct rb_qcow2_repair r;
+        ret = rb_qcow2_repair(img, RB_QCOW2_FIX_ALL, &r, err);
+        if (ret < 0)
+            return ret;
+        if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+            ret = rb_error_set(err, EIO, "%s: could not repair the image left dirty "
+                               "(%" PRIu64 " corruptions remain): see 'rblock check'",
+                               s->name, r.after.corruptions + r.after.check_errors);
+        rb_qcow2_repair_free(&r);
+        if (ret < 0)
+            return ret;
+    }
     w = calloc(1, sizeof(*w));
     if (w) {
         w->cbuf = malloc(s->cluster_bytes);
