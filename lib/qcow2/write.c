@@ -178,13 +178,13 @@ static int first_write(struct qcow2_state *s, struct rb_error *err)
     if (s->h.version >= 3) {
         if (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)
             incompat |= QCOW2_INCOMPAT_DIRTY;
-        if ((autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->h.nb_bitmaps) {
-            ret = bitmaps_in_use(s, err);
-            if (ret < 0)
-                return ret;
-            if (ret == 0)
-                autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
-        }
+        /* (spec: the bit without the extension is an error: cleared) */
+        ret = (autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->h.nb_bitmaps
+                  ? bitmaps_in_use(s, err) : 0;
+        if (ret < 0)
+            return ret;
+        if (ret == 0)
+            autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
         if (autoclear != s->h.autoclear_features) {
             qcow2w_be64(be, autoclear);
             ret = qcow2_header_update(s, 88, be, 8, err);
