@@ -76,12 +76,17 @@ static int refs_grow(struct qcow2_refs *r, uint64_t n)
 
 /* Take the first run of @count clusters that nothing references (cluster
  * 0 is the header), marking them referenced.  Past the end of the file
- * every cluster is free. */
-static int take_run(struct qcow2_refs *r, uint64_t count, uint64_t *first)
+ * every cluster is free.  *@hint: no free cluster before it (kept so that
+ * taking one block after another stays linear). */
+static int take_run(struct qcow2_refs *r, uint64_t count, uint64_t *hint, uint64_t *first)
 {
     uint64_t run = 0, i;
 
-    for (i = 1; i < r->nb && run < count; i++)
+    if (*hint < 1)
+        *hint = 1;
+    while (*hint < r->nb && r->refs[*hint])
+        (*hint)++;
+    for (i = *hint; i < r->nb && run < count; i++)
         run = r->refs[i] ? 0 : run + 1;
     if (run < count) {
         i = r->nb + (count - run);
@@ -113,6 +118,7 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
 {
     uint64_t c = s->cluster_bytes, E = s->refblock_entries;
     uint64_t *blocks = NULL, nblocks = 0, table_at = 0, tclusters = 0, entries, end;
+    uint64_t hint = 1;
     uint8_t *buf = NULL, hdr[12];
     struct qcow2_cache *cache;
     int ret = 0;
@@ -137,7 +143,7 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
                 }
                 if (blocks[k] || !range_used(r, k, E))
                     continue;
-                ret = take_run(r, 1, &blocks[k]);
+                ret = take_run(r, 1, &hint, &blocks[k]);
                 if (ret < 0)
                     goto out;
                 changed = true;
@@ -147,16 +153,19 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
         uint64_t need = (entries * 8 + c - 1) / c;
         if (tclusters && need <= tclusters)
             break;
-        if (tclusters) /* too small now: give it back and take a bigger one */
+        if (tclusters) { /* too small now: give it back and take a bigger one */
             for (uint64_t k = table_at; k < table_at + tclusters; k++)
                 r->refs[k] = 0;
+            if (table_at < hint)
+                hint = table_at;
+        }
         if (need * c > QCOW2_MAX_REFTABLE_BYTES) {
             ret = rb_error_set(err, EFBIG, "%s: cannot rebuild the refcounts: the "
                                "refcount table would exceed %u bytes", s->name,
                                QCOW2_MAX_REFTABLE_BYTES);
             goto out_set;
         }
-        ret = take_run(r, need, &table_at);
+        ret = take_run(r, need, &hint, &table_at);
         if (ret < 0)
             goto out;
         tclusters = need;
