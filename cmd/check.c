@@ -21,7 +21,8 @@ static void usage(FILE *f)
                "\nCheck a qcow2 image for leaked clusters and corruptions.\n"
                "  -r leaks  repair leaked clusters (refcounts above the references)\n"
                "  -r all    repair leaks and errors: refcounts below the references,\n"
-               "            COPIED flags, the dirty bit (rebuilding the refcounts)\n"
+               "            COPIED flags, the dirty and corrupt bits (rebuilding the\n"
+               "            refcounts when they cannot be trusted)\n"
                "exit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only\n");
 }
 

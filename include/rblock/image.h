@@ -100,8 +100,8 @@ struct rb_open_opts {
     bool no_backing;         /* do not open the backing chain */
     bool repair;             /* with write: open a qcow2 image for
                                 rb_qcow2_repair only (check -r): a dirty image
-                                is not repaired at open, guest writes are
-                                refused */
+                                is not repaired at open, a corrupt one is
+                                opened, guest writes are refused */
     bool unsafe_no_barriers; /* no fdatasync between metadata steps (convert
                                 output that is deleted on failure) */
     bool lock;               /* lock the top layer's file (fcntl OFD locks on

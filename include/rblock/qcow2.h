@@ -214,7 +214,8 @@ struct rb_qcow2_repair {
  * refcounts below it, rebuild the refcount structure when it cannot be
  * trusted (a cluster in use with refcount 0, as lazy refcounts leave it
  * after a crash; a broken refcount block), and correct COPIED flags.  When
- * the image is then free of corruptions its dirty bit is cleared.
+ * the image is then free of corruptions its dirty and corrupt bits are
+ * cleared.
  * Crash-safe at every step: a refcount may be left too high, never too
  * low; a rebuilt structure is durable before the header points at it.
  *

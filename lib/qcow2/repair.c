@@ -19,7 +19,8 @@
  *     refcounts below the references with RB_QCOW2_FIX_ERRORS);
  *   - with RB_QCOW2_FIX_ERRORS, COPIED flags of the active L1 and L2
  *     tables are set to "refcount == 1";
- *   - when the image is then free of corruptions, the dirty bit is cleared.
+ *   - when the image is then free of corruptions, the dirty bit (and the
+ *     corrupt bit, as QEMU) is cleared.
  *
  * Crash safety (DESIGN.md section 4): no reference changes, so setting a
  * refcount to the number of references never makes it too low; a new
@@ -410,9 +411,12 @@ static int fix_copied(struct qcow2_state *s, const struct qcow2_refs *r, uint64_
     return 0;
 }
 
+/* As qemu's qcow2_mark_clean and qcow2_mark_consistent: the dirty and
+ * corrupt bits go once the image checks clean. */
 static int clear_dirty(struct qcow2_state *s, struct rb_error *err)
 {
-    uint64_t incompat = s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
+    uint64_t incompat = s->h.incompatible_features &
+                        ~(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT);
     uint8_t be[8];
     int ret;
 
@@ -507,7 +511,7 @@ unlock:
     if (ret < 0)
         return ret;
     if (!res->after.corruptions && !res->after.check_errors &&
-        (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        (s->h.incompatible_features & (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT))) {
         ret = clear_dirty(s, err);
         if (ret < 0)
             return ret;

@@ -222,6 +222,21 @@ def test_dirty_bit_only(tmp_path):
     assert header(img)["incompat"] & 1 == 0
 
 
+def test_corrupt_bit_cleared(tmp_path):
+    """An image marked corrupt (QEMU does so when it finds metadata
+    overlapping) is refused for writing, but -r all may open it and, once
+    it checks clean, clears the bit, as qemu-img check -r all does."""
+    img = str(tmp_path / "marked.qcow2")
+    make_image(img, "write -P 1 0 1M")
+    l2 = l2_table(img)
+    put(img, l2 + 8, struct.pack(">Q", be64_at(img, l2 + 8) & ~(1 << 63)))
+    put(img, 72, struct.pack(">Q", header(img)["incompat"] | 2))
+    r = run(RBLOCK, "serve", "--run", "true", img, check=False)
+    assert r.returncode != 0 and "corrupt" in r.stderr
+    assert_like_qemu(img, tmp_path, "all", expect_fixed=(0, 1))
+    assert header(img)["incompat"] & 2 == 0
+
+
 def test_missing_refcount_block_rebuilt(tmp_path):
     """The refcount table entry of the only refcount block is zeroed: every
     cluster reads refcount 0, so the structure is rebuilt into new clusters
