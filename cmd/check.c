@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cmd.h"
 #include "rblock/qcow2.h"
@@ -16,8 +17,12 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rblock check [--output=human|json] [-f FMT] IMAGE\n"
+    fprintf(f, "usage: rblock check [-r leaks|all] [--output=human|json] [-f FMT] IMAGE\n"
                "\nCheck a qcow2 image for leaked clusters and corruptions.\n"
+               "  -r leaks  repair leaked clusters (refcounts above the references)\n"
+               "  -r all    repair leaks and errors: refcounts below the references,\n"
+               "            COPIED flags, the dirty and corrupt bits (rebuilding the\n"
+               "            refcounts when they cannot be trusted)\n"
                "exit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only\n");
 }
 
@@ -53,7 +58,8 @@ static void print_human(const struct rb_qcow2_check *r)
     printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
 
-static int print_json(const char *filename, const struct rb_qcow2_check *r)
+static int print_json(const char *filename, const struct rb_qcow2_check *r,
+                      const struct rb_qcow2_repair *fixed)
 {
     json_t *o = rb_view_check(filename, r);
 
@@ -61,9 +67,40 @@ static int print_json(const char *filename, const struct rb_qcow2_check *r)
         complain("%s: out of memory", filename);
         return -1;
     }
+    /* as qemu-img check -r: present when non-zero */
+    if (fixed && fixed->leaks_fixed)
+        json_object_set_new(o, "leaks-fixed", json_integer((json_int_t)fixed->leaks_fixed));
+    if (fixed && fixed->corruptions_fixed)
+        json_object_set_new(o, "corruptions-fixed",
+                            json_integer((json_int_t)fixed->corruptions_fixed));
     json_dumpf(o, stdout, JSON_INDENT(4));
     putchar('\n');
     json_decref(o);
+    return 0;
+}
+
+/* -r: repair, then report what was repaired and the state after, as
+ * qemu-img check -r does (the problems found before go to stderr). */
+static int repair(struct rb_image *img, unsigned fix, bool json, struct rb_qcow2_check *r,
+                  struct rb_qcow2_repair *fixed)
+{
+    struct rb_error err = {0};
+    const struct rb_qcow2_check *f = &fixed->found;
+
+    if (rb_qcow2_repair(img, fix, fixed, &err) < 0) {
+        complain("%s", rb_error_msg(&err, -1));
+        return -1;
+    }
+    for (size_t i = 0; i < f->nb_problems; i++)
+        fprintf(stderr, "%s %s\n", f->problems[i].kind == RB_QCOW2_LEAK ? "Leaked:" : "ERROR:",
+                f->problems[i].msg);
+    if (!json && (fixed->leaks_fixed || fixed->corruptions_fixed))
+        printf("The following inconsistencies were found and repaired:\n\n"
+               "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
+               "Double checking the fixed image now...\n", fixed->leaks_fixed,
+               fixed->corruptions_fixed);
+    *r = fixed->after;
+    memset(&fixed->after, 0, sizeof(fixed->after));
     return 0;
 }
 
@@ -72,19 +109,36 @@ int cmd_check(int argc, char **argv)
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'},
         {"format", required_argument, NULL, 'f'},
+        {"repair", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct rb_open_opts oo = {.no_backing = true};
     struct rb_error err = {0};
+    struct rb_qcow2_repair fixed = {0};
     struct rb_qcow2_check r;
     struct rb_image *img;
+    unsigned fix = 0;
     bool json = false;
     int c, ret;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:hr:", opts, NULL)) != -1) {
         switch (c) {
+        case 'r':
+            if (strcmp(optarg, "leaks") == 0) {
+                fix = RB_QCOW2_FIX_LEAKS;
+            } else if (strcmp(optarg, "all") == 0) {
+                fix = RB_QCOW2_FIX_ALL;
+            } else {
+                complain("unknown option value for -r (expecting 'leaks' or 'all'): %s",
+                         optarg);
+                return 1;
+            }
+            /* open for writing: locked against every other user */
+            oo.write = true;
+            oo.repair = true;
+            break;
         case 'o':
             if (parse_output(optarg, &json) < 0)
                 return 1;
@@ -115,13 +169,18 @@ int cmd_check(int argc, char **argv)
         rb_image_close(img);
         return 63;
     }
-    if (rb_qcow2_check(img, &r, &err) < 0) {
+    if (fix && repair(img, fix, json, &r, &fixed) < 0) {
+        rb_image_close(img);
+        return 1;
+    }
+    if (!fix && rb_qcow2_check(img, &r, &err) < 0) {
         complain("%s", rb_error_msg(&err, -1));
         rb_image_close(img);
         return 1;
     }
-    if (json && print_json(img->filename, &r) < 0) {
+    if (json && print_json(img->filename, &r, fix ? &fixed : NULL) < 0) {
         rb_qcow2_check_free(&r);
+        rb_qcow2_repair_free(&fixed);
         rb_image_close(img);
         return 1;
     }
@@ -132,6 +191,7 @@ int cmd_check(int argc, char **argv)
     if (r.check_errors)
         complain("%s: check failed", img->filename);
     rb_qcow2_check_free(&r);
+    rb_qcow2_repair_free(&fixed);
     rb_image_close(img);
     return ret;
 }

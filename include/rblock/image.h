@@ -98,6 +98,10 @@ struct rb_open_opts {
     const char *format;      /* "raw", "qcow2" or NULL to probe */
     bool write;              /* open the top layer read-write */
     bool no_backing;         /* do not open the backing chain */
+    bool repair;             /* with write: open a qcow2 image for
+                                rb_qcow2_repair only (check -r): a dirty image
+                                is not repaired at open, a corrupt one is
+                                opened, guest writes are refused */
     bool unsafe_no_barriers; /* no fdatasync between metadata steps (convert
                                 output that is deleted on failure) */
     bool lock;               /* lock the top layer's file (fcntl OFD locks on

@@ -198,4 +198,41 @@ void rb_qcow2_check_free(struct rb_qcow2_check *res);
 
 #define RB_QCOW2_CHECK_MAX_CLUSTERS (1ull << 26) /* 256 MiB of counters */
 
+/* ---- repair (repair.c) ----------------------------------------------------- */
+
+#define RB_QCOW2_FIX_LEAKS 0x1  /* lower refcounts above the references */
+#define RB_QCOW2_FIX_ERRORS 0x2 /* refcounts below the references, COPIED flags */
+#define RB_QCOW2_FIX_ALL (RB_QCOW2_FIX_LEAKS | RB_QCOW2_FIX_ERRORS)
+
+struct rb_qcow2_repair {
+    struct rb_qcow2_check found; /* the check before any change */
+    struct rb_qcow2_check after; /* the check after the repair */
+    uint64_t leaks_fixed;        /* as qemu-img check -r's "leaks-fixed" */
+    uint64_t corruptions_fixed;  /* ... and "corruptions-fixed" */
+    bool rebuilt;                /* the refcount structure was rebuilt */
+    bool dirty_cleared;          /* the dirty bit was cleared */
+};
+
+/*
+ * Repair the qcow2 image @img as qemu-img check -r does: with
+ * RB_QCOW2_FIX_LEAKS lower every refcount above the number of references
+ * (freeing unreferenced clusters); with RB_QCOW2_FIX_ERRORS also raise
+ * refcounts below it, rebuild the refcount structure when it cannot be
+ * trusted (a cluster in use with refcount 0, as lazy refcounts leave it
+ * after a crash; a broken refcount block), and correct COPIED flags.  When
+ * the image is then free of corruptions its dirty and corrupt bits are
+ * cleared.
+ * Crash-safe at every step: a refcount may be left too high, never too
+ * low; a rebuilt structure is durable before the header points at it.
+ *
+ * @img must be opened read-write (which locks it against other processes)
+ * and must not be used by other threads meanwhile.  Leaks only, when the
+ * structure must be rebuilt, fails with -EIO and changes nothing.
+ * Returns 0 (@res filled: free with rb_qcow2_repair_free) or -errno with
+ * @err set; on failure @res holds nothing to free.
+ */
+int rb_qcow2_repair(struct rb_image *img, unsigned fix, struct rb_qcow2_repair *res,
+                    struct rb_error *err);
+void rb_qcow2_repair_free(struct rb_qcow2_repair *res);
+
 #endif

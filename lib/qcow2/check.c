@@ -447,7 +447,8 @@ static void compare(struct ctx *c)
     c->res->image_end_offset = (highest + 1) * s->cluster_bytes;
 }
 
-int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_error *err)
+int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
+                     struct qcow2_refs *keep, struct rb_error *err)
 {
     struct qcow2_state *s;
     struct ctx c = {0};
@@ -511,6 +512,11 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
     pthread_mutex_unlock(&s->lock);
 
     free(c.bad_refblock);
+    if (keep && !c.err) { /* the references, for repair.c */
+        keep->refs = c.refs;
+        keep->nb = c.nb;
+        c.refs = NULL;
+    }
     free(c.refs);
     if (c.err) {
         rb_qcow2_check_free(res);
@@ -522,6 +528,11 @@ int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_e
                             img->filename);
     }
     return 0;
+}
+
+int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_error *err)
+{
+    return qcow2_check_refs(img, res, NULL, err);
 }
 
 void rb_qcow2_check_free(struct rb_qcow2_check *res)

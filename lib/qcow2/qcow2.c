@@ -136,8 +136,10 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
     s->data_file_raw = s->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
     s->barriers = !opts->unsafe_no_barriers;
 
-    /* spec: a corrupt image "must not be written to"; reading is allowed */
-    if (opts->write && (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT))
+    /* spec: a corrupt image "must not be written to"; reading is allowed,
+     * and so is repairing it (check -r, as qemu-img check -r) */
+    if (opts->write && !opts->repair &&
+        (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT))
         return rb_error_set(err, EROFS, "%s: image is marked corrupt; it can only be "
                             "opened read-only", s->name);
     ret = load_l1(s, err);
@@ -175,6 +177,9 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
     }
     if (opts->write) {
         s->writable = true;
+        s->open_for_repair = opts->repair;
+        if (opts->repair)
+            img->read_only = true; /* metadata only: guest writes refused */
         ret = qcow2_write_open(img, s, err);
         if (ret < 0) {
             s->writable = false;

@@ -15,6 +15,7 @@
  *   compress.c  zlib (raw deflate) and zstd clusters
  *   header.c    parse and validate the header and its extensions (a leaf)
  *   check.c     consistency check (reads both mappings and refcounts)
+ *   repair.c    check -r: refcount repair and rebuild, COPIED flags, dirty bit
  *   create.c    write a new empty image
  *
  * Locking: struct qcow2_state.lock (a mutex) guards all metadata and the
@@ -30,6 +31,7 @@
 
 #include "rblock/error.h"
 #include "rblock/image.h"
+#include "rblock/qcow2.h"
 
 /* ---- on-disk constants (qcow2.txt) ------------------------------------ */
 
@@ -259,6 +261,8 @@ struct qcow2_state {
     uint64_t free_cluster_hint; /* first host cluster index that may be free */
     struct qcow2_inflight *inflight; /* allocated, not yet linked; under lock */
     bool dirty_bit_set;         /* we set QCOW2_INCOMPAT_DIRTY on disk */
+    bool open_for_repair;       /* rb_open_opts.repair: metadata only, no
+                                   repair at open (check -r repairs) */
     struct qcow2_wstate *w;     /* write.c's private state (NULL read-only) */
 };
 
@@ -437,6 +441,22 @@ int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error
 int qcow2_flush(struct rb_image *img, struct rb_error *err);
 int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
                            size_t len, struct rb_error *err);
+
+/* ---- references and repair (check.c, repair.c) ------------------------------ */
+
+/* References to each host cluster of the file, counted by check.c's walk
+ * (saturating at UINT32_MAX). */
+struct qcow2_refs {
+    uint32_t *refs;
+    uint64_t nb; /* clusters counted: the file, rounded up */
+};
+
+/*
+ * rb_qcow2_check, also handing the references it counted to @keep (owned
+ * by the caller, free keep->refs) when @keep is not NULL and the check ran.
+ */
+int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
+                     struct qcow2_refs *keep, struct rb_error *err);
 
 /* ---- inline index helpers -------------------------------------------------- */
 

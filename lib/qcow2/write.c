@@ -53,7 +53,10 @@ static int io_fail(struct qcow2_state *s, int ret, const char *what, uint64_t of
 int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_error *err)
 {
     struct qcow2_wstate *w;
+    int ret;
 
+    if (s->open_for_repair)
+        return 0; /* rb_qcow2_repair only: no write path state */
     if (s->has_data_file)
         return rb_error_set(err, ENOTSUP, "%s: writing images with an external data "
                             "file is not supported", s->name);
@@ -61,13 +64,26 @@ int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_erro
         return rb_error_set(err, ENOTSUP, "%s: writing images with internal snapshots "
                             "is not supported (%" PRIu32 " snapshots)", s->name,
                             s->h.nb_snapshots);
-    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
-        return rb_error_set(err, EINVAL, "%s: image was not closed cleanly (dirty bit "
-                            "set, lazy refcounts): repair it with 'qemu-img check -r "
-                            "all' first", s->name);
     if (s->h.crypt_method)
         return rb_error_set(err, ENOTSUP, "%s: writing encrypted images is not "
                             "supported", s->name);
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        /* not closed cleanly (lazy refcounts): its refcounts may be too
+         * low, so allocating would hand out clusters in use.  As QEMU at
+         * a read-write open: repair first (rebuild the refcounts, clear
+         * the dirty bit), before anything else is written. */
+        struct rb_qcow2_repair r;
+        ret = rb_qcow2_repair(img, RB_QCOW2_FIX_ALL, &r, err);
+        if (ret < 0)
+            return ret;
+        if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+            ret = rb_error_set(err, EIO, "%s: could not repair the image left dirty "
+                               "(%" PRIu64 " corruptions remain): see 'rblock check'",
+                               s->name, r.after.corruptions + r.after.check_errors);
+        rb_qcow2_repair_free(&r);
+        if (ret < 0)
+            return ret;
+    }
     w = calloc(1, sizeof(*w));
     if (w) {
         w->cbuf = malloc(s->cluster_bytes);
@@ -87,12 +103,76 @@ int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_erro
     return 0;
 }
 
+/*
+ * Flag every persistent bitmap in_use in the bitmap directory, in place
+ * (qcow2.txt "Bitmap directory", flags bit 0: "The bitmap was not saved
+ * correctly and may be inconsistent"): rblock does not record writes in
+ * them yet, so after the first write they are honestly inconsistent, and
+ * the directory stays valid so their clusters stay referenced (clearing
+ * the autoclear bit instead would make QEMU ignore the directory and
+ * report them leaked).  1 when done, 0 when the directory cannot be
+ * parsed (the caller then clears the autoclear bit, as the spec allows),
+ * -errno on a write error.  Lock held.
+ */
+static int bitmaps_in_use(struct qcow2_state *s, struct rb_error *err)
+{
+    uint64_t size = s->h.bitmap_directory_size, pos = 0;
+    bool changed = false;
+    uint8_t *dir;
+    int ret;
+
+    /* header.c checked: inside the file, at most 64 MiB */
+    dir = malloc(size ? size : 1);
+    if (!dir)
+        return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+    ret = rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset);
+    if (ret < 0) {
+        free(dir);
+        return rb_error_set(err, -ret, "%s: cannot read the bitmap directory: %s",
+                            s->name, strerror(-ret));
+    }
+    for (uint32_t i = 0; i < s->h.nb_bitmaps; i++) {
+        uint64_t name_len, extra;
+
+        if (pos > size || size - pos < 24) {
+            free(dir);
+            return 0;
+        }
+        name_len = (uint64_t)dir[pos + 18] << 8 | dir[pos + 19];
+        extra = (uint64_t)dir[pos + 20] << 24 | (uint64_t)dir[pos + 21] << 16 |
+                (uint64_t)dir[pos + 22] << 8 | dir[pos + 23];
+        if (24 + extra + name_len > size - pos) {
+            free(dir);
+            return 0;
+        }
+        if (!(dir[pos + 15] & 1)) { /* flags: big-endian, bit 0 in_use */
+            dir[pos + 15] |= 1;
+            changed = true;
+        }
+        pos += (24 + extra + name_len + 7) & ~7ull;
+    }
+    ret = 0;
+    if (changed) {
+        /* ORDER: durable before any guest data changes */
+        ret = rb_io_pwrite(s->fd, dir, size, s->h.bitmap_directory_offset);
+        if (ret == 0 && s->barriers)
+            ret = rb_io_sync(s->fd);
+        if (ret < 0)
+            ret = io_fail(s, ret, "cannot write the bitmap directory",
+                          s->h.bitmap_directory_offset, err);
+    }
+    free(dir);
+    return ret < 0 ? ret : 1;
+}
+
 /* Before the first change (lock held): with lazy refcounts set the dirty
- * bit; clear autoclear bits, since nothing here keeps bitmaps (bit 0) or
- * unknown extensions up to date (qcow2.txt "autoclear_features"). */
+ * bit; flag persistent bitmaps in_use (autoclear bit 0 stays: the
+ * directory is kept valid) and clear the autoclear bits of extensions
+ * rblock does not know (qcow2.txt "autoclear_features"). */
 static int first_write(struct qcow2_state *s, struct rb_error *err)
 {
     uint64_t incompat = s->h.incompatible_features;
+    uint64_t autoclear = s->h.autoclear_features & QCOW2_AUTOCLEAR_MASK;
     uint8_t be[8];
     int ret;
 
@@ -101,12 +181,19 @@ static int first_write(struct qcow2_state *s, struct rb_error *err)
     if (s->h.version >= 3) {
         if (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)
             incompat |= QCOW2_INCOMPAT_DIRTY;
-        if (s->h.autoclear_features) {
-            qcow2w_be64(be, 0);
+        /* (spec: the bit without the extension is an error: cleared) */
+        ret = (autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->h.nb_bitmaps
+                  ? bitmaps_in_use(s, err) : 0;
+        if (ret < 0)
+            return ret;
+        if (ret == 0)
+            autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+        if (autoclear != s->h.autoclear_features) {
+            qcow2w_be64(be, autoclear);
             ret = qcow2_header_update(s, 88, be, 8, err);
             if (ret < 0)
                 return ret;
-            s->h.autoclear_features = 0;
+            s->h.autoclear_features = autoclear;
         }
         if (incompat != s->h.incompatible_features) {
             /* ORDER: the dirty bit is durable before any change */
