@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,34 +21,86 @@ void complain(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+/* Multiplier of a size suffix as QEMU's suffix_mul (util/cutils.c): b/B
+ * bytes, k/K KiB, m/M MiB ... e/E EiB; 0 when @c is no suffix. */
+static uint64_t suffix_mul(char c)
+{
+    static const char sfx[] = "kmgtpe";
+    const char *p;
+
+    if (c == 'b' || c == 'B')
+        return 1;
+    p = c ? strchr(sfx, c | 0x20) : NULL;
+    return p ? (uint64_t)1 << (10 * (p - sfx + 1)) : 0;
+}
+
+/*
+ * As QEMU's qemu_strtosz (util/cutils.c do_strtosz) with nothing allowed
+ * after the size: decimal digits, an optional fraction (".5", "1.", which
+ * then needs a suffix other than B), one optional suffix, or "0x" and hex
+ * digits alone.  The fraction is exact to 64 bits and rounded half up.
+ */
 int parse_size(const char *s, uint64_t *out)
 {
-    char *end;
-    unsigned long long v;
-    unsigned shift = 0;
+    __extension__ typedef unsigned __int128 u128;
+    const char *p = s;
+    uint64_t val = 0, valf = 0, mul;
+    bool digits = false;
+    u128 r;
 
-    if (!s || !*s || *s == '-')
+    if (!s)
         return -EINVAL;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s)
-        return -EINVAL;
-    switch (*end) {
-    case '\0': break;
-    case 'k': case 'K': shift = 10; break;
-    case 'm': case 'M': shift = 20; break;
-    case 'g': case 'G': shift = 30; break;
-    case 't': case 'T': shift = 40; break;
-    case 'p': case 'P': shift = 50; break;
-    case 'e': case 'E': shift = 60; break;
-    default: return -EINVAL;
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        char *end;
+
+        if (!isxdigit((unsigned char)s[2]))
+            return -EINVAL;
+        errno = 0;
+        val = strtoull(s + 2, &end, 16);
+        if (errno || *end)
+            return -EINVAL;
+        *out = val;
+        return 0;
     }
-    if (*end && end[1] != '\0' && !((end[1] == 'B' || end[1] == 'b') && end[2] == '\0') &&
-        !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
+    for (; isdigit((unsigned char)*p); p++, digits = true) {
+        if (val > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            return -EINVAL;
+        val = val * 10 + (uint64_t)(*p - '0');
+    }
+    if (*p == '.') {
+        char frac[48] = "0.";
+        size_t n = 2;
+        double f;
+
+        for (p++; isdigit((unsigned char)*p); p++, digits = true) {
+            if (n < sizeof(frac) - 1)
+                frac[n++] = *p;
+        }
+        frac[n] = '\0';
+        f = strtod(frac, NULL);
+        if (f >= 1.0) {
+            if (val == UINT64_MAX)
+                return -EINVAL;
+            val++;
+        } else {
+            valf = (uint64_t)(f * 0x1p64);
+        }
+    }
+    if (!digits)
         return -EINVAL;
-    if (shift && v > (UINT64_MAX >> shift))
+    mul = suffix_mul(*p);
+    if (mul)
+        p++;
+    else
+        mul = 1;
+    if (*p || (mul == 1 && valf))
+        return -EINVAL; /* a fraction needs a scale */
+    r = (u128)val * mul;
+    r += ((u128)valf * mul) >> 64;
+    r += (uint64_t)((u128)valf * mul) >> 63;
+    if (r > UINT64_MAX)
         return -EINVAL;
-    *out = (uint64_t)v << shift;
+    *out = (uint64_t)r;
     return 0;
 }
 

@@ -446,30 +446,35 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
     return ret;
 }
 
-int rb_qcow2_create(const char *path, const struct rb_qcow2_create_opts *o,
+int rb_qcow2_create(int fd, const char *path, const struct rb_qcow2_create_opts *opts,
                     struct rb_error *err)
 {
+    struct rb_qcow2_create_opts o = *opts;
     struct plan p;
+    uint64_t bytes;
     uint8_t *buf;
-    int fd, ret = rb_qcow2_check_opts(o, err);
+    int ret;
 
+    /* qcow2 sizes are whole sectors: QEMU rounds up (qcow2_co_create_opts) */
+    o.size = rb_qcow2_round_size(o.size);
+    ret = rb_qcow2_check_opts(&o, err);
     if (ret < 0)
         return ret;
-    plan_layout(o, &p);
+    /* never lay an image over something: the caller empties its output */
+    if ((ret = rb_io_size(fd, &bytes)) < 0)
+        return rb_error_set(err, -ret, "%s: cannot get size: %s", path, strerror(-ret));
+    if (rb_io_is_blockdev(fd) || bytes != 0)
+        return rb_error_set(err, EINVAL, "%s: a new qcow2 image needs an empty file", path);
+    plan_layout(&o, &p);
     buf = malloc(p.c);
     if (!buf)
         return rb_error_set(err, ENOMEM, "out of memory");
-    fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = rb_error_set(err, errno, "cannot create '%s': %s", path, strerror(errno));
-        free(buf);
-        return ret;
-    }
-    ret = write_image(fd, path, o, &p, buf, err);
-    if (close(fd) < 0 && ret == 0)
-        ret = rb_error_set(err, errno, "%s: close failed: %s", path, strerror(errno));
-    if (ret < 0)
-        unlink(path);
+    ret = write_image(fd, path, &o, &p, buf, err);
     free(buf);
     return ret;
+}
+
+uint64_t rb_qcow2_round_size(uint64_t size)
+{
+    return size > UINT64_MAX - 511 ? size : (size + 511) & ~(uint64_t)511;
 }
