@@ -37,6 +37,7 @@ struct rb_output {
     bool truncated;      /* an existing regular file was emptied */
     bool blockdev;       /* a block device: written in place */
     uint64_t dev_bytes;  /* the block device's size (0 for a file) */
+    bool handed_out;     /* rb_output_dup gave a writer its fd */
     dev_t dev;           /* identity of the file written */
     ino_t ino;
 };
@@ -86,8 +87,9 @@ int rb_output_dup(struct rb_output *out, struct rb_error *err);
  * What a failure leaves behind, for the end of the error line: " (partial
  * output removed)" when this run created the file, " (the existing output
  * file was emptied and holds an incomplete image)" for an existing file
- * that was truncated, " (the block device holds an incomplete image)"
- * once a block device was written, "" when nothing was changed.  Accepts
+ * that was truncated, " (the block device may hold an incomplete image)"
+ * once a writer had a block device (rb_output_dup), "" when nothing was
+ * changed.  Accepts
  * NULL (returns "").
  */
 const char *rb_output_fate(const struct rb_output *out);

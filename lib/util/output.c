@@ -247,6 +247,7 @@ int rb_output_dup(struct rb_output *out, struct rb_error *err)
 
     if (fd < 0)
         return rb_error_set(err, errno, "%s: %s", out->path, strerror(errno));
+    out->handed_out = true;
     return fd;
 }
 
@@ -258,8 +259,8 @@ const char *rb_output_fate(const struct rb_output *out)
         return " (partial output removed)";
     if (out->truncated)
         return " (the existing output file was emptied and holds an incomplete image)";
-    if (out->blockdev)
-        return " (the block device holds an incomplete image)";
+    if (out->blockdev && out->handed_out)
+        return " (the block device may hold an incomplete image)";
     return "";
 }
 
