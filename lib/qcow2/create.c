@@ -18,6 +18,7 @@
 #include "qcow2/qcow2.h"
 #include "qcow2/qcow2w.h"
 #include "rblock/io.h"
+#include "rblock/size.h"
 
 void rb_qcow2_create_opts_init(struct rb_qcow2_create_opts *o)
 {
@@ -39,30 +40,12 @@ static int parse_bool(const char *key, const char *v, bool *out, struct rb_error
     return 0;
 }
 
-/* A size with an optional binary suffix (k, M, G, T, P, E). */
+/* A size as qemu-img reads one (rblock/size.h): 64k, 1.5G, 1000. */
 static int parse_bytes(const char *key, const char *v, uint64_t *out, struct rb_error *err)
 {
-    static const char suffixes[] = "kmgtpe";
-    char *end;
-    unsigned long long n;
-    unsigned shift = 0;
-
-    errno = 0;
-    n = strtoull(v, &end, 10);
-    if (errno || end == v || *v == '-')
-        goto bad;
-    if (*end) {
-        const char *p = strchr(suffixes, *end | 0x20);
-        if (!p || !*p || (end[1] && strcmp(end + 1, "B") && strcmp(end + 1, "iB")))
-            goto bad;
-        shift = 10 * (unsigned)(p - suffixes + 1);
-    }
-    if (shift && n > (UINT64_MAX >> shift))
-        goto bad;
-    *out = (uint64_t)n << shift;
+    if (rb_parse_size(v, out) < 0)
+        return rb_error_set(err, EINVAL, "option %s: '%s' is not a size", key, v);
     return 0;
-bad:
-    return rb_error_set(err, EINVAL, "option %s: '%s' is not a size", key, v);
 }
 
 static int parse_one(const char *key, char *v, struct rb_qcow2_create_opts *o,
