@@ -44,6 +44,9 @@ struct rb_output {
 
 /* rb_output_open flags */
 #define RB_OUTPUT_BLOCKDEV 0x1 /* a block device may be the output (raw) */
+#define RB_OUTPUT_IN_PLACE 0x2 /* modify an existing image (commit, rebase,
+                                  resize): it must exist, it is locked but
+                                  never truncated, created or removed */
 
 /*
  * Refuse @path when it names (after resolving symlinks) the same file as
@@ -61,7 +64,8 @@ int rb_output_check_inputs(const char *path, struct rb_image *const *inputs,
  * and block devices unless @flags has RB_OUTPUT_BLOCKDEV, create a missing
  * file with O_EXCL (mode 0644 less umask), lock an existing one for
  * writing (EAGAIN, "failed to get \"write\" lock" when another process
- * holds it) and only then truncate it to 0 bytes.  A dangling symlink is
+ * holds it) and only then truncate it to 0 bytes (with RB_OUTPUT_IN_PLACE:
+ * a missing file is ENOENT and an existing one keeps its bytes).  A dangling symlink is
  * refused.  On failure nothing was changed and nothing is left open.
  * Returns an owned output or NULL with @err set.
  */

@@ -130,7 +130,7 @@ static struct rb_output *create_new(const char *path, int *again, struct rb_erro
 /* An existing file or block device: open without truncating, make sure
  * it is still what was looked at, lock, and only then empty a file. */
 static struct rb_output *open_existing(const char *path, const struct stat *st,
-                                       int *again, struct rb_error *err)
+                                       unsigned flags, int *again, struct rb_error *err)
 {
     struct rb_output *out;
     struct stat now;
@@ -172,6 +172,8 @@ static struct rb_output *open_existing(const char *path, const struct stat *st,
         }
         return out;
     }
+    if (flags & RB_OUTPUT_IN_PLACE)
+        return out;
     ret = rb_io_truncate(fd, 0);
     if (ret < 0) {
         rb_error_set(err, -ret, "%s: cannot truncate: %s", path, strerror(-ret));
@@ -195,6 +197,10 @@ struct rb_output *rb_output_open(const char *path, struct rb_image *const *input
                 rb_error_set(err, errno, "%s: %s", path, strerror(errno));
                 return NULL;
             }
+            if (flags & RB_OUTPUT_IN_PLACE) {
+                rb_error_set(err, ENOENT, "%s: %s", path, strerror(ENOENT));
+                return NULL;
+            }
             if (lstat(path, &st) == 0) {
                 rb_error_set(err, ENOENT, "%s: is a symbolic link to a missing file; "
                              "refusing to create its target", path);
@@ -213,7 +219,7 @@ struct rb_output *rb_output_open(const char *path, struct rb_image *const *input
                              flags & RB_OUTPUT_BLOCKDEV ? " or a block device" : "");
                 return NULL;
             }
-            out = open_existing(path, &st, &again, err);
+            out = open_existing(path, &st, flags, &again, err);
         }
         if (out || !again)
             return out;
