@@ -31,22 +31,23 @@
 #include "rblock/image.h"
 
 struct rb_output {
-    char *path;          /* as the caller named it (messages, removal) */
-    int fd;              /* O_RDWR, write-locked; owned by the output */
-    bool created;        /* this run created the file */
-    bool truncated;      /* an existing regular file was emptied */
-    bool blockdev;       /* a block device: written in place */
-    uint64_t dev_bytes;  /* the block device's size (0 for a file) */
-    bool handed_out;     /* rb_output_dup gave a writer its fd */
-    dev_t dev;           /* identity of the file written */
+    char *path;         /* as the caller named it (messages, removal) */
+    int fd;             /* O_RDWR, write-locked; owned by the output */
+    bool created;       /* this run created the file */
+    bool truncated;     /* an existing regular file was emptied */
+    bool blockdev;      /* a block device: written in place */
+    uint64_t dev_bytes; /* the block device's size (0 for a file) */
+    bool handed_out;    /* rb_output_dup gave a writer its fd */
+    dev_t dev;          /* identity of the file written */
     ino_t ino;
 };
 
 /* rb_output_open flags */
-#define RB_OUTPUT_BLOCKDEV 0x1 /* a block device may be the output (raw) */
-#define RB_OUTPUT_IN_PLACE 0x2 /* modify an existing image (commit, rebase,
-                                  resize): it must exist, it is locked but
-                                  never truncated, created or removed */
+/* a block device may be the output (raw) */
+#define RB_OUTPUT_BLOCKDEV 0x1
+/* modify an existing image (commit, rebase, resize): it must exist, it is
+ * locked but never truncated, created or removed */
+#define RB_OUTPUT_IN_PLACE 0x2
 
 /*
  * Refuse @path when it names (after resolving symlinks) the same file as
@@ -70,8 +71,7 @@ int rb_output_check_inputs(const char *path, struct rb_image *const *inputs,
  * Returns an owned output or NULL with @err set.
  */
 struct rb_output *rb_output_open(const char *path, struct rb_image *const *inputs,
-                                 size_t n_inputs, unsigned flags,
-                                 struct rb_error *err);
+                                 size_t n_inputs, unsigned flags, struct rb_error *err);
 
 /*
  * Make the output hold @bytes: a regular file is resized to @bytes (sparse),

@@ -144,7 +144,8 @@ static struct rb_output *open_existing(const char *path, const struct stat *st,
             *again = 1;
             return NULL;
         }
-        rb_error_set(err, errno, "%s: cannot open for writing: %s", path, strerror(errno));
+        rb_error_set(err, errno, "%s: cannot open for writing: %s", path,
+                     strerror(errno));
         return NULL;
     }
     if (fstat(fd, &now) < 0 || now.st_dev != st->st_dev || now.st_ino != st->st_ino) {
@@ -202,8 +203,10 @@ struct rb_output *rb_output_open(const char *path, struct rb_image *const *input
                 return NULL;
             }
             if (lstat(path, &st) == 0) {
-                rb_error_set(err, ENOENT, "%s: is a symbolic link to a missing file; "
-                             "refusing to create its target", path);
+                rb_error_set(err, ENOENT,
+                             "%s: is a symbolic link to a missing file; "
+                             "refusing to create its target",
+                             path);
                 return NULL;
             }
             out = create_new(path, &again, err);
