@@ -21,6 +21,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: rblock create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-q] "
                "FILE [SIZE]\n\n"
+               "SIZE: bytes, or a number with a suffix k, M, G, T, P, E (1.5G, 512k);\n"
+               "  rounded up to a multiple of 512, as qemu-img does\n"
                "options (-o key=value,...): compat=0.10|1.1, cluster_size, refcount_bits,\n"
                "  lazy_refcounts=on|off, extended_l2=on|off, compression_type=zlib|zstd,\n"
                "  preallocation=off|metadata, backing_file, backing_fmt, size\n");
