@@ -26,8 +26,9 @@ int cmd_serve(int argc, char **argv);
 /* Print "rblock: <formatted message>\n" to stderr. */
 void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Parse a size with an optional suffix (k, M, G, T, P, E; powers of 1024;
- * also "b" for 512-byte sectors is NOT accepted).  Returns 0 or -EINVAL. */
+/* Parse a size as qemu-img does: bytes, or a decimal number (a fraction
+ * such as 1.5 too) with one suffix b/B (bytes), k/K, M, G, T, P, E (powers
+ * of 1024), or 0x and hex digits.  Returns 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);
 
 /* Parse "human" or "json" for --output.  Returns 0 or -EINVAL. */

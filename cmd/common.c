@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "rblock/size.h"
 
 void complain(const char *fmt, ...)
 {
@@ -22,33 +23,7 @@ void complain(const char *fmt, ...)
 
 int parse_size(const char *s, uint64_t *out)
 {
-    char *end;
-    unsigned long long v;
-    unsigned shift = 0;
-
-    if (!s || !*s || *s == '-')
-        return -EINVAL;
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s)
-        return -EINVAL;
-    switch (*end) {
-    case '\0': break;
-    case 'k': case 'K': shift = 10; break;
-    case 'm': case 'M': shift = 20; break;
-    case 'g': case 'G': shift = 30; break;
-    case 't': case 'T': shift = 40; break;
-    case 'p': case 'P': shift = 50; break;
-    case 'e': case 'E': shift = 60; break;
-    default: return -EINVAL;
-    }
-    if (*end && end[1] != '\0' && !((end[1] == 'B' || end[1] == 'b') && end[2] == '\0') &&
-        !(end[1] == 'i' && end[2] == 'B' && end[3] == '\0'))
-        return -EINVAL;
-    if (shift && v > (UINT64_MAX >> shift))
-        return -EINVAL;
-    *out = (uint64_t)v << shift;
-    return 0;
+    return rb_parse_size(s, out);
 }
 
 int parse_output(const char *s, bool *json)

@@ -3,8 +3,10 @@
  * convert.c - rblock convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] SRC DST
  *
  * Opens the source (its whole chain), makes the destination, runs the copy
- * engine (lib/ops/convert.c) and flushes.  A destination file this command
- * created is removed on any failure, so a partial output never survives.
+ * engine (lib/ops/convert.c) and flushes.  The destination is opened as
+ * every output is (rblock/output.h): never the source or a layer of its
+ * chain, locked before it is emptied, and removed on failure only when
+ * this run created it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +21,7 @@
 #include "cmd.h"
 #include "rblock/io.h"
 #include "rblock/ops.h"
+#include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 
 static void usage(FILE *f)
@@ -39,35 +42,22 @@ static void on_progress(void *opaque, uint64_t done)
     progress_update(opaque, done);
 }
 
-/* Make a raw destination of @size bytes.  A block device is used as it is
- * (it must be large enough and is not removed on failure). */
-static struct rb_image *make_raw(const char *path, uint64_t size, bool *created,
-                                 bool *zeroed, struct rb_error *err)
+/* The raw image over @out, which is made @size bytes long (a block device
+ * must be at least that large; it does not read as zeros). */
+static struct rb_image *make_raw(struct rb_output *out, uint64_t size, bool *zeroed,
+                                 struct rb_error *err)
 {
-    struct rb_open_opts oo = {.format = "raw", .write = true, .lock = true,
-                              .sequential = true};
-    struct stat st;
-    int fd, ret;
+    struct rb_open_opts oo = {.format = "raw", .write = true, .sequential = true};
+    struct rb_image *img;
+    int fd;
 
-    if (stat(path, &st) == 0 && S_ISBLK(st.st_mode)) {
-        *zeroed = false;
-        return rb_image_open(path, &oo, err);
-    }
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rb_error_set(err, errno, "cannot create '%s': %s", path, strerror(errno));
+    if (rb_output_size(out, size, err) < 0 || (fd = rb_output_dup(out, err)) < 0)
         return NULL;
-    }
-    *created = true;
-    *zeroed = true;
-    if ((ret = rb_io_truncate(fd, size)) < 0) {
-        rb_error_set(err, -ret, "%s: cannot resize to %" PRIu64 " bytes: %s", path, size,
-                     strerror(-ret));
-        close(fd);
-        return NULL;
-    }
-    close(fd);
-    return rb_image_open(path, &oo, err);
+    *zeroed = !out->blockdev;
+    img = rb_raw_open(out->path, fd, &oo, err);
+    if (img && out->blockdev && img->size > size)
+        img->size = size; /* convert writes the source's bytes, no more */
+    return img;
 }
 
 /* Size of the source file as the file system says now (to notice a source
@@ -93,38 +83,42 @@ static int run(struct job *j)
     struct rb_open_opts so = {.format = j->src_fmt};
     struct rb_error err = {0};
     struct rb_image *src, *dst = NULL;
+    struct rb_output *out = NULL;
     struct progress *prog = NULL;
     struct rb_copy_opts co = {0};
     uint64_t before = 0, after = 0;
-    bool created = false, zeroed = true;
-    struct stat sst, dstst;
-    int ret;
+    bool zeroed = true, raw = strcmp(j->out_fmt, "raw") == 0;
+    int ret, fd;
 
     src = rb_image_open(j->src_path, &so, &err);
     if (!src) {
         complain("convert: cannot open source: %s", rb_error_msg(&err, -EIO));
         return 1;
     }
-    if (stat(j->dst_path, &dstst) == 0 && stat(j->src_path, &sst) == 0 &&
-        sst.st_dev == dstst.st_dev && sst.st_ino == dstst.st_ino) {
-        complain("convert: '%s' is the source itself", j->dst_path);
-        rb_image_close(src);
-        return 1;
-    }
-    ret = source_size(j->src_path, src, &before);
-    if (strcmp(j->out_fmt, "raw") == 0) {
-        dst = make_raw(j->dst_path, src->size, &created, &zeroed, &err);
-    } else {
-        /* qcow2 sizes are whole sectors, as qemu-img makes them */
-        j->qo.size = (src->size + 511) & ~511ull;
+    if (!raw) {
+        /* options first: a refused option must not cost the output */
+        j->qo.size = src->size;
         j->qo.size_set = true;
-        ret = rb_copy_count_data(src, j->qo.cluster_bytes, &j->qo.data_bytes_hint, &err);
+        ret = rb_qcow2_check_opts(&j->qo, &err);
+        if (ret == 0)
+            ret = rb_copy_count_data(src, j->qo.cluster_bytes, &j->qo.data_bytes_hint, &err);
         if (ret < 0)
             goto fail;
         if (j->qo.data_bytes_hint == 0)
             j->qo.data_bytes_hint = 1; /* 0 would mean "unknown" */
-        dst = rb_qcow2_stream_create(j->dst_path, &j->qo, &err);
-        created = dst != NULL;
+    }
+    ret = source_size(j->src_path, src, &before);
+    /* The output is never the source nor a layer of its chain; an
+     * existing file is locked before it is emptied. */
+    out = rb_output_open(j->dst_path, &src, 1, raw ? RB_OUTPUT_BLOCKDEV : 0, &err);
+    if (!out) {
+        ret = -EIO;
+        goto fail;
+    }
+    if (raw) {
+        dst = make_raw(out, src->size, &zeroed, &err);
+    } else if ((fd = rb_output_dup(out, &err)) >= 0) {
+        dst = rb_qcow2_stream_create(fd, j->dst_path, &j->qo, &err);
     }
     if (!dst) {
         ret = -EIO;
@@ -147,15 +141,14 @@ static int run(struct job *j)
     if (ret < 0)
         goto fail;
     rb_image_close(dst);
+    rb_output_close(out, false);
     rb_image_close(src);
     return 0;
 fail:
-    complain("convert: %s%s", rb_error_msg(&err, ret),
-             created ? " (partial output removed)" : "");
+    complain("convert: %s%s", rb_error_msg(&err, ret), rb_output_fate(out));
     rb_image_close(dst);
+    rb_output_close(out, true);
     rb_image_close(src);
-    if (created)
-        unlink(j->dst_path);
     return 1;
 }
 

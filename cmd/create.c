@@ -2,8 +2,9 @@
 /*
  * create.c - rblock create -f qcow2 [-o OPTIONS] [-b BACKING [-F FMT]] FILE [SIZE]
  *
- * As qemu-img create: the size defaults to the backing file's, and the
- * backing format is always recorded (probed when -F is not given).
+ * As qemu-img create: the size defaults to the backing file's, is rounded
+ * up to a multiple of 512, and the backing format is always recorded
+ * (probed when -F is not given).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -13,12 +14,15 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: rblock create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-q] "
                "FILE [SIZE]\n\n"
+               "SIZE: bytes, or a number with a suffix k, M, G, T, P, E (1.5G, 512k);\n"
+               "  rounded up to a multiple of 512, as qemu-img does\n"
                "options (-o key=value,...): compat=0.10|1.1, cluster_size, refcount_bits,\n"
                "  lazy_refcounts=on|off, extended_l2=on|off, compression_type=zlib|zstd,\n"
                "  preallocation=off|metadata, backing_file, backing_fmt, size\n");
@@ -43,9 +47,11 @@ static char *backing_path(const char *file, const char *name)
     return out;
 }
 
-/* Open the backing file to learn its size and format. */
+/* Open the backing chain: it gives the size and format when they were not
+ * given, and the layers the new file must not be.  @chain is the opened
+ * chain (owned by the caller). */
 static int probe_backing(const char *file, struct rb_qcow2_create_opts *o,
-                         char **fmt_out)
+                         char **fmt_out, struct rb_image **chain)
 {
     char *path = backing_path(file, o->backing_file);
     struct rb_image *b;
@@ -54,31 +60,47 @@ static int probe_backing(const char *file, struct rb_qcow2_create_opts *o,
         complain("out of memory");
         return -ENOMEM;
     }
-    if (o->size_set && o->backing_format) {
-        /* nothing to learn from it: only make sure it is there */
-        int ok = access(path, R_OK);
-        if (ok < 0)
-            complain("%s: cannot open backing file '%s': %s", file, o->backing_file,
-                     strerror(errno));
-        free(path);
-        return ok < 0 ? -EINVAL : 0;
-    }
     b = open_image(path, o->backing_format, false);
     free(path);
     if (!b) {
         complain("%s: cannot open backing file '%s'", file, o->backing_file);
         return -EINVAL;
     }
+    *chain = b;
     if (!o->size_set) {
         o->size = b->size;
         o->size_set = true;
     }
     if (!o->backing_format) {
         *fmt_out = strdup(b->ops->format);
+        if (!*fmt_out) {
+            complain("out of memory");
+            return -ENOMEM;
+        }
         o->backing_format = *fmt_out;
     }
-    rb_image_close(b);
     return 0;
+}
+
+/* Write the new image into FILE, opened as every output is (rblock/output.h):
+ * never a layer of its own backing chain, locked before it is emptied,
+ * removed on failure only when this run created it. */
+static int write_new(const char *file, const struct rb_qcow2_create_opts *o,
+                     struct rb_image *chain)
+{
+    struct rb_error err = {0};
+    struct rb_output *out;
+    int ret = rb_qcow2_check_opts(o, &err);
+
+    out = ret < 0 ? NULL : rb_output_open(file, &chain, chain ? 1 : 0, 0, &err);
+    if (out)
+        ret = rb_qcow2_create(out->fd, file, o, &err);
+    else if (ret == 0)
+        ret = -EIO;
+    if (ret < 0)
+        complain("create: %s%s", rb_error_msg(&err, ret), rb_output_fate(out));
+    rb_output_close(out, ret < 0);
+    return ret;
 }
 
 int cmd_create(int argc, char **argv)
@@ -89,6 +111,7 @@ int cmd_create(int argc, char **argv)
     };
     struct rb_qcow2_create_opts o;
     struct rb_error err = {0};
+    struct rb_image *chain = NULL;
     char *fmt_probed = NULL, *optstr = NULL;
     const char *file;
     bool quiet = false;
@@ -134,16 +157,14 @@ int cmd_create(int argc, char **argv)
         complain("create: -F needs a backing file (-b)");
         goto out;
     }
-    if (o.backing_file && probe_backing(file, &o, &fmt_probed) < 0)
+    if (o.backing_file && probe_backing(file, &o, &fmt_probed, &chain) < 0)
         goto out;
     if (!o.size_set) {
         complain("create: %s: size is required without a backing file", file);
         goto out;
     }
-    if (rb_qcow2_create(file, &o, &err) < 0) {
-        complain("create: %s", rb_error_msg(&err, -EIO));
+    if (write_new(file, &o, chain) < 0)
         goto out;
-    }
     if (!quiet)
         printf("Formatting '%s', fmt=qcow2 size=%llu%s%s%s%s\n", file,
                (unsigned long long)o.size, o.backing_file ? " backing_file=" : "",
@@ -151,6 +172,7 @@ int cmd_create(int argc, char **argv)
                o.backing_format ? o.backing_format : "");
     ret = 0;
 out:
+    rb_image_close(chain);
     free(fmt_probed);
     free(optstr);
     return ret;

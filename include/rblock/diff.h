@@ -108,9 +108,12 @@ struct rb_delta_stats {
  * @base_path (format recorded in the header), holding only the clusters
  * where @new_path differs from it: a data cluster where NEW's bytes are
  * not all zeros, a zero cluster where they are, nothing where NEW equals
- * BASE.  One pass over the data.  DELTA is replaced if it exists, but it
- * may not be BASE or NEW.  On failure DELTA is removed.  Returns 0 or a
- * negative errno with @err set.
+ * BASE.  One pass over the data.  DELTA is opened as every output is
+ * (rblock/output.h): it may not be BASE, NEW or any layer of their chains,
+ * an existing file is replaced only once its write lock is held (EAGAIN
+ * otherwise, file untouched), a special file is refused.  On failure DELTA
+ * is removed only when this call created it (the message says what was
+ * left otherwise).  Returns 0 or a negative errno with @err set.
  */
 int rb_delta(const char *base_path, const char *new_path, const char *delta_path,
              const struct rb_delta_opts *opts, struct rb_delta_stats *stats,

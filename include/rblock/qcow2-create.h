@@ -52,20 +52,30 @@ int rb_qcow2_parse_options(char *str, struct rb_qcow2_create_opts *o, struct rb_
  * or -EINVAL with @err set. */
 int rb_qcow2_check_opts(const struct rb_qcow2_create_opts *o, struct rb_error *err);
 
+/* @size rounded up to a whole 512-byte sector, as QEMU sizes qcow2 images
+ * (sizes within 511 of 2^64 stay as they are and fail the option check). */
+uint64_t rb_qcow2_round_size(uint64_t size);
+
 /*
- * Create (or truncate) @path as an empty qcow2 image: header with the
- * backing file, backing format and feature-name extensions, refcount table
- * and blocks, L1 table, and with preallocation=metadata every L2 table and
- * data cluster.  The size must be set (take it from the backing first).
- * The file is fdatasync'ed.  On failure the file is removed.
+ * Write an empty qcow2 image into @fd, an empty regular file open for
+ * reading and writing (the caller opens, locks and, on failure, removes
+ * it: see rblock/output.h; @path only names it in messages): header with
+ * the backing file, backing format and feature-name extensions, refcount
+ * table and blocks, L1 table, and with preallocation=metadata every L2
+ * table and data cluster.  The size must be set (take it from the backing
+ * first); it is rounded up to a multiple of 512 as QEMU does.  A file
+ * that is not empty, or a block device, is refused with EINVAL.  The file
+ * is fdatasync'ed; @fd stays open and owned by the caller.
  * Returns 0 or -errno with @err set.
  */
-int rb_qcow2_create(const char *path, const struct rb_qcow2_create_opts *o,
+int rb_qcow2_create(int fd, const char *path, const struct rb_qcow2_create_opts *o,
                     struct rb_error *err);
 
 /*
- * Create @path as an empty qcow2 (preallocation off) and return it open
- * as a write-only, append-style image for convert: write, write_zeroes
+ * Start an empty qcow2 (preallocation off) in @fd, an empty regular file
+ * open for reading and writing (opened and locked by the caller, see
+ * rblock/output.h; @path names it in messages), and return it open as a
+ * write-only, append-style image for convert: write, write_zeroes
  * and write_compressed must come in ascending guest order at cluster-
  * aligned offsets (a short last cluster at the end of the image is fine),
  * and a range may be written only once.  Clusters are laid out as they
@@ -74,9 +84,11 @@ int rb_qcow2_create(const char *path, const struct rb_qcow2_create_opts *o,
  * no leaks.  Reads are not supported.  Metadata is kept in memory (the L1
  * table, one L2 table, one refcount block) and written by flush, which
  * makes the file a complete image; close without flush leaves it invalid.
- * Returns an owned image or NULL with @err set.
+ * The size is rounded up to a multiple of 512 as QEMU does.
+ * The image owns @fd from the call on (closed on failure too); it does
+ * not remove the file.  Returns an owned image or NULL with @err set.
  */
-struct rb_image *rb_qcow2_stream_create(const char *path,
+struct rb_image *rb_qcow2_stream_create(int fd, const char *path,
                                         const struct rb_qcow2_create_opts *o,
                                         struct rb_error *err);
 

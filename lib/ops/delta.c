@@ -22,6 +22,7 @@
 
 #include "rblock/diff.h"
 #include "rblock/io.h"
+#include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 
 struct delta {
@@ -170,25 +171,25 @@ done:
 
 /* ---- rb_delta --------------------------------------------------------------- */
 
-/* Refuse to overwrite an input: DELTA may not be a layer of BASE or NEW. */
-static int check_not_input(const char *delta_path, struct rb_image *img,
-                           struct rb_error *err)
+/* The file that the backing name @name stored in DELTA at @delta_path
+ * leads to, as rb_image_open resolves it (relative to DELTA's folder). */
+static int stat_backing(const char *delta_path, const char *name, struct stat *st)
 {
-    struct stat st;
+    const char *slash = strrchr(delta_path, '/');
+    size_t dir = name[0] != '/' && slash ? (size_t)(slash - delta_path) + 1 : 0;
+    char *path = malloc(dir + strlen(name) + 1);
+    int ret;
 
-    if (stat(delta_path, &st) < 0)
-        return 0;
-    for (; img; img = img->backing) {
-        if (img->dev == st.st_dev && img->ino == st.st_ino)
-            return rb_error_set(err, EINVAL,
-                                "%s: is an input of the delta ('%s'); "
-                                "refusing to overwrite it",
-                                delta_path, img->filename);
-    }
-    return 0;
+    if (!path)
+        return -ENOMEM;
+    memcpy(path, delta_path, dir);
+    strcpy(path + dir, name);
+    ret = stat(path, st) < 0 ? -errno : 0;
+    free(path);
+    return ret;
 }
 
-static int create_delta(const char *delta_path, struct rb_image *base,
+static int create_delta(int fd, const char *delta_path, struct rb_image *base,
                         struct rb_image *newi, const char *backing_name,
                         const struct rb_delta_opts *opts, struct rb_error *err)
 {
@@ -214,7 +215,7 @@ static int create_delta(const char *delta_path, struct rb_image *base,
     if (ret == 0)
         ret = rb_qcow2_check_opts(&co, err);
     if (ret == 0)
-        ret = rb_qcow2_create(delta_path, &co, err);
+        ret = rb_qcow2_create(fd, delta_path, &co, err);
     free(optstr);
     return ret;
 }
@@ -226,22 +227,20 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
     struct rb_open_opts bo = {.format = opts->base_format};
     struct rb_open_opts no = {.format = opts->new_format};
     struct rb_open_opts dopen = {
-        .format = "qcow2", .write = true, .unsafe_no_barriers = true, .lock = true};
+        .format = "qcow2", .write = true, .unsafe_no_barriers = true, .no_backing = true};
     struct rb_delta_stats st = {0};
-    struct rb_image *base = NULL, *newi = NULL;
+    struct rb_image *base = NULL, *newi = NULL, *inputs[2];
+    struct rb_output *out = NULL;
     struct delta d = {.st = &st, .opts = opts};
+    struct stat bst;
     char *name = NULL;
-    bool created = false;
-    int ret = -EINVAL;
+    int fd, ret = -EINVAL;
 
     if (!(base = rb_image_open(base_path, &bo, err)) ||
         !(newi = rb_image_open(new_path, &no, err))) {
         ret = -(err && err->code ? err->code : EIO);
         goto fail;
     }
-    if ((ret = check_not_input(delta_path, base, err)) < 0 ||
-        (ret = check_not_input(delta_path, newi, err)) < 0)
-        goto fail;
     name = opts->backing_name ? strdup(opts->backing_name)
                               : rb_delta_backing_name(base_path, delta_path, err);
     if (!name) {
@@ -249,25 +248,42 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
         ret = -(err && err->code ? err->code : -ret);
         goto fail;
     }
-    ret = create_delta(delta_path, base, newi, name, opts, err);
-    if (ret < 0)
-        goto fail;
-    created = true;
-    /* Opening with the chain also proves that the stored name resolves
-     * from DELTA's folder to BASE. */
-    d.out = rb_image_open(delta_path, &dopen, err);
-    if (!d.out) {
-        ret = -(err && err->code ? err->code : EIO);
+    /* The stored name must lead from DELTA's folder to BASE, else the
+     * delta would read another file (or none) as its backing. */
+    ret = stat_backing(delta_path, name, &bst);
+    if (ret == -ENOMEM) {
+        ret = rb_error_set(err, ENOMEM, "out of memory");
         goto fail;
     }
-    if (!d.out->backing || d.out->backing->dev != base->dev ||
-        d.out->backing->ino != base->ino) {
+    if (ret < 0 || bst.st_dev != base->dev || bst.st_ino != base->ino) {
         ret = rb_error_set(err, EINVAL,
                            "%s: backing file name '%s' does not lead to "
                            "'%s' from the delta's folder",
                            delta_path, name, base_path);
         goto fail;
     }
+    /* DELTA is never BASE, NEW or a layer of their chains; an existing
+     * file is locked before it is emptied (rblock/output.h). */
+    inputs[0] = base;
+    inputs[1] = newi;
+    out = rb_output_open(delta_path, inputs, 2, 0, err);
+    if (!out) {
+        ret = -(err && err->code ? err->code : EIO);
+        goto fail;
+    }
+    ret = create_delta(out->fd, delta_path, base, newi, name, opts, err);
+    if (ret < 0)
+        goto fail;
+    if ((ret = fd = rb_output_dup(out, err)) < 0)
+        goto fail;
+    /* Opened on the locked file; its backing is BASE itself, borrowed
+     * (detached again before the close). */
+    d.out = rb_qcow2_open(delta_path, fd, &dopen, err);
+    if (!d.out) {
+        ret = -(err && err->code ? err->code : EIO);
+        goto fail;
+    }
+    d.out->backing = base;
     d.cluster = d.out->cluster_bytes ? d.out->cluster_bytes : 65536;
     d.size = d.out->size;
 
@@ -285,7 +301,9 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
         ret = rb_image_flush(d.out, err);
     if (ret < 0)
         goto fail;
+    d.out->backing = NULL;
     rb_image_close(d.out);
+    rb_output_close(out, false);
     rb_image_close(base);
     rb_image_close(newi);
     free(name);
@@ -293,11 +311,18 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
         *stats = st;
     return 0;
 fail:
+    if (d.out)
+        d.out->backing = NULL;
     rb_image_close(d.out);
+    if (out && err && err->msg[0] && rb_output_fate(out)[0]) {
+        char msg[sizeof(err->msg)];
+
+        memcpy(msg, err->msg, sizeof(msg));
+        rb_error_reset(err, err->code, "%s%s", msg, rb_output_fate(out));
+    }
+    rb_output_close(out, true);
     rb_image_close(base);
     rb_image_close(newi);
     free(name);
-    if (created)
-        unlink(delta_path);
     return ret < 0 ? ret : -EIO;
 }

@@ -18,6 +18,7 @@
 #include "qcow2/qcow2.h"
 #include "qcow2/qcow2w.h"
 #include "rblock/io.h"
+#include "rblock/size.h"
 
 void rb_qcow2_create_opts_init(struct rb_qcow2_create_opts *o)
 {
@@ -39,30 +40,12 @@ static int parse_bool(const char *key, const char *v, bool *out, struct rb_error
     return 0;
 }
 
-/* A size with an optional binary suffix (k, M, G, T, P, E). */
+/* A size as qemu-img reads one (rblock/size.h): 64k, 1.5G, 1000. */
 static int parse_bytes(const char *key, const char *v, uint64_t *out, struct rb_error *err)
 {
-    static const char suffixes[] = "kmgtpe";
-    char *end;
-    unsigned long long n;
-    unsigned shift = 0;
-
-    errno = 0;
-    n = strtoull(v, &end, 10);
-    if (errno || end == v || *v == '-')
-        goto bad;
-    if (*end) {
-        const char *p = strchr(suffixes, *end | 0x20);
-        if (!p || !*p || (end[1] && strcmp(end + 1, "B") && strcmp(end + 1, "iB")))
-            goto bad;
-        shift = 10 * (unsigned)(p - suffixes + 1);
-    }
-    if (shift && n > (UINT64_MAX >> shift))
-        goto bad;
-    *out = (uint64_t)n << shift;
+    if (rb_parse_size(v, out) < 0)
+        return rb_error_set(err, EINVAL, "option %s: '%s' is not a size", key, v);
     return 0;
-bad:
-    return rb_error_set(err, EINVAL, "option %s: '%s' is not a size", key, v);
 }
 
 static int parse_one(const char *key, char *v, struct rb_qcow2_create_opts *o,
@@ -446,30 +429,35 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
     return ret;
 }
 
-int rb_qcow2_create(const char *path, const struct rb_qcow2_create_opts *o,
+int rb_qcow2_create(int fd, const char *path, const struct rb_qcow2_create_opts *opts,
                     struct rb_error *err)
 {
+    struct rb_qcow2_create_opts o = *opts;
     struct plan p;
+    uint64_t bytes;
     uint8_t *buf;
-    int fd, ret = rb_qcow2_check_opts(o, err);
+    int ret;
 
+    /* qcow2 sizes are whole sectors: QEMU rounds up (qcow2_co_create_opts) */
+    o.size = rb_qcow2_round_size(o.size);
+    ret = rb_qcow2_check_opts(&o, err);
     if (ret < 0)
         return ret;
-    plan_layout(o, &p);
+    /* never lay an image over something: the caller empties its output */
+    if ((ret = rb_io_size(fd, &bytes)) < 0)
+        return rb_error_set(err, -ret, "%s: cannot get size: %s", path, strerror(-ret));
+    if (rb_io_is_blockdev(fd) || bytes != 0)
+        return rb_error_set(err, EINVAL, "%s: a new qcow2 image needs an empty file", path);
+    plan_layout(&o, &p);
     buf = malloc(p.c);
     if (!buf)
         return rb_error_set(err, ENOMEM, "out of memory");
-    fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = rb_error_set(err, errno, "cannot create '%s': %s", path, strerror(errno));
-        free(buf);
-        return ret;
-    }
-    ret = write_image(fd, path, o, &p, buf, err);
-    if (close(fd) < 0 && ret == 0)
-        ret = rb_error_set(err, errno, "%s: close failed: %s", path, strerror(errno));
-    if (ret < 0)
-        unlink(path);
+    ret = write_image(fd, path, &o, &p, buf, err);
     free(buf);
     return ret;
+}
+
+uint64_t rb_qcow2_round_size(uint64_t size)
+{
+    return size > UINT64_MAX - 511 ? size : (size + 511) & ~(uint64_t)511;
 }

@@ -601,19 +601,32 @@ static int stream_start(struct rb_image *img, struct rb_error *err)
     return 0;
 }
 
-struct rb_image *rb_qcow2_stream_create(const char *path,
-                                        const struct rb_qcow2_create_opts *o,
+struct rb_image *rb_qcow2_stream_create(int fd, const char *path,
+                                        const struct rb_qcow2_create_opts *opts,
                                         struct rb_error *err)
 {
+    struct rb_qcow2_create_opts o = *opts;
     struct rb_image *img;
     struct stream *s;
+    uint64_t bytes;
+    int ret;
 
-    if (rb_qcow2_check_opts(o, err) < 0)
-        return NULL;
-    if (o->backing_file || o->preallocation != RB_QCOW2_PREALLOC_OFF) {
+    o.size = rb_qcow2_round_size(o.size);
+    if (rb_qcow2_check_opts(&o, err) < 0)
+        goto fail_fd;
+    if (o.backing_file || o.preallocation != RB_QCOW2_PREALLOC_OFF) {
         rb_error_set(err, EINVAL, "%s: the sequential writer makes images without "
                      "backing file or preallocation", path);
-        return NULL;
+        goto fail_fd;
+    }
+    /* never lay an image over something: the caller empties its output */
+    if ((ret = rb_io_size(fd, &bytes)) < 0) {
+        rb_error_set(err, -ret, "%s: cannot get size: %s", path, strerror(-ret));
+        goto fail_fd;
+    }
+    if (rb_io_is_blockdev(fd) || bytes != 0) {
+        rb_error_set(err, EINVAL, "%s: a new qcow2 image needs an empty file", path);
+        goto fail_fd;
     }
     img = rb_image_new(&stream_ops, path);
     s = calloc(1, sizeof(*s));
@@ -621,22 +634,19 @@ struct rb_image *rb_qcow2_stream_create(const char *path,
         free(s);
         rb_image_close(img);
         rb_error_set(err, ENOMEM, "out of memory");
-        return NULL;
+        goto fail_fd;
     }
     img->priv = s;
-    s->o = *o;
-    s->fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (s->fd < 0) {
-        rb_error_set(err, errno, "cannot create '%s': %s", path, strerror(errno));
-        rb_image_close(img);
-        return NULL;
-    }
-    img->size = o->size;
-    img->cluster_bytes = o->cluster_bytes;
+    s->o = o;
+    s->fd = fd;
+    img->size = o.size;
+    img->cluster_bytes = o.cluster_bytes;
     if (stream_start(img, err) < 0) {
         rb_image_close(img);
-        unlink(path);
         return NULL;
     }
     return img;
+fail_fd:
+    close(fd);
+    return NULL;
 }

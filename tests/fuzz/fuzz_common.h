@@ -104,7 +104,7 @@ static void fuzz_export_image(bool qcow2, char path[64])
         o.size = FUZZ_EXPORT_BYTES;
         o.size_set = true;
         o.cluster_bytes = 4096;
-        if (rb_qcow2_create(fd_path, &o, &err) < 0) {
+        if (rb_qcow2_create(fd, fd_path, &o, &err) < 0) {
             fprintf(stderr, "fuzz: %s\n", rb_error_msg(&err, -EIO));
             abort();
         }

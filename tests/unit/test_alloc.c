@@ -7,6 +7,7 @@
  * clusters, over a backing file) against a reference buffer, and the
  * consistency check (ours, and qemu-img's when it is installed).
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,8 +21,20 @@
 
 #include "qcow2/qcow2.h"
 #include "qcow2/qcow2w.h"
+#include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 #include "rblock/qcow2.h"
+
+/* A new qcow2 at @path (made or emptied) through rblock's output code. */
+static int create_qcow2(const char *path, const struct rb_qcow2_create_opts *o,
+                        struct rb_error *err)
+{
+    struct rb_output *out = rb_output_open(path, NULL, 0, 0, err);
+    int ret = out ? rb_qcow2_create(out->fd, path, o, err) : -EIO;
+
+    rb_output_close(out, ret < 0);
+    return ret;
+}
 
 static char dir[] = "/tmp/rb-alloc-XXXXXX";
 
@@ -94,7 +107,7 @@ static struct rb_image *make_and_open(const char *name, unsigned cluster, unsign
     o.size = size;
     o.backing_file = backing;
     o.backing_format = backing ? "raw" : NULL;
-    if (rb_qcow2_create(path_of(name), &o, &err) < 0)
+    if (create_qcow2(path_of(name), &o, &err) < 0)
         fail_msg("create: %s", err.msg);
     img = rb_image_open(path_of(name), &oo, &err);
     if (!img)
@@ -326,7 +339,7 @@ static void test_header_bits(void **state)
     rb_qcow2_create_opts_init(&o);
     o.size = 1 << 20;
     o.lazy_refcounts = true;
-    assert_int_equal(rb_qcow2_create(path_of("h.qcow2"), &o, &err), 0);
+    assert_int_equal(create_qcow2(path_of("h.qcow2"), &o, &err), 0);
     /* an unknown autoclear bit (5), and the bitmaps bit without a bitmaps
      * extension (an error, spec): cleared on write */
     header_set_u64("h.qcow2", 88, (1ull << 5) | QCOW2_AUTOCLEAR_BITMAPS);

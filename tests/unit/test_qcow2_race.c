@@ -7,6 +7,7 @@
  * cluster, the writer freed and reused it, and the read then fetched B's
  * bytes.  qcow2_state.data_rw exists to prevent exactly this.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 #include <cmocka.h>
 
 #include "rblock/image.h"
+#include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 
 #define CLUSTER 65536u
@@ -31,6 +33,17 @@ struct race {
     volatile int bad; /* reads that returned B's pattern at A */
     unsigned long reads;
 };
+
+/* A new qcow2 at @path (made or emptied) through rblock's output code. */
+static int create_qcow2(const char *path, const struct rb_qcow2_create_opts *o,
+                        struct rb_error *err)
+{
+    struct rb_output *out = rb_output_open(path, NULL, 0, 0, err);
+    int ret = out ? rb_qcow2_create(out->fd, path, o, err) : -EIO;
+
+    rb_output_close(out, ret < 0);
+    return ret;
+}
 
 static void *reader(void *arg)
 {
@@ -67,7 +80,7 @@ static void test_discard_reuse_race(void **state)
     snprintf(path, sizeof(path), "%s/r.qcow2", dir);
     rb_qcow2_create_opts_init(&o);
     o.size = 16 * CLUSTER;
-    assert_int_equal(rb_qcow2_create(path, &o, &err), 0);
+    assert_int_equal(create_qcow2(path, &o, &err), 0);
     r.img = rb_image_open(path, &oo, &err);
     assert_non_null(r.img);
     memset(a, 0xaa, CLUSTER);
