@@ -25,6 +25,8 @@
 
 #include <cmocka.h>
 
+#include "qcow2_file.h"
+
 #include "qcow2/qcow2.h"
 #include "qcow2/qcow2w.h"
 #include "rblock/io.h"
@@ -61,7 +63,7 @@ static struct rb_image *make_and_open(const char *name, unsigned cluster, uint64
     rb_qcow2_create_opts_init(&o);
     o.cluster_bytes = cluster;
     o.size = size;
-    if (rb_qcow2_create(path, &o, &err) < 0)
+    if (create_qcow2(path, &o, &err) < 0)
         fail_msg("create: %s", err.msg);
     img = rb_image_open(path, &oo, &err);
     if (!img)

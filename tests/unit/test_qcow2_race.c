@@ -19,8 +19,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "qcow2_file.h"
+
 #include "rblock/image.h"
-#include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 
 #define CLUSTER 65536u
@@ -34,16 +35,6 @@ struct race {
     unsigned long reads;
 };
 
-/* A new qcow2 at @path (made or emptied) through rblock's output code. */
-static int create_qcow2(const char *path, const struct rb_qcow2_create_opts *o,
-                        struct rb_error *err)
-{
-    struct rb_output *out = rb_output_open(path, NULL, 0, 0, err);
-    int ret = out ? rb_qcow2_create(out->fd, path, o, err) : -EIO;
-
-    rb_output_close(out, ret < 0);
-    return ret;
-}
 
 static void *reader(void *arg)
 {
