@@ -181,7 +181,7 @@ static int new_refblock(struct qcow2_state *s, uint64_t k, uint64_t at,
         return rb_error_set(err, -ret, "%s: cannot write refcount block at 0x%" PRIx64
                             ": %s", s->name, off, strerror(-ret));
     s->reftable[k] = off;
-    qcow2w_be64(be, off);
+    rb_store_be64(be, off);
     ret = pwrite_err(s, be, 8, s->h.refcount_table_offset + k * 8, "refcount table", err);
     if (ret < 0) {
         /* not on disk: refcounts kept in this block would be lost, so
@@ -261,7 +261,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t at, struct rb_error *er
         goto out;
     }
     for (uint64_t i = 0; i < entries; i++)
-        qcow2w_be64(raw + i * 8, table[i]);
+        rb_store_be64(raw + i * 8, table[i]);
     ret = pwrite_err(s, raw, tclusters * c, (at + blocks) * c, "refcount table", err);
     if (ret == 0)
         ret = sync_if_barriers(s, err);
@@ -269,8 +269,8 @@ static int grow_reftable(struct qcow2_state *s, uint64_t at, struct rb_error *er
         goto out;
     /* ...then the header that points at the table (durable before the old
      * table is freed and possibly reused) */
-    qcow2w_be64(hdr, (at + blocks) * c);
-    qcow2w_be32(hdr + 8, (uint32_t)tclusters);
+    rb_store_be64(hdr, (at + blocks) * c);
+    rb_store_be32(hdr + 8, (uint32_t)tclusters);
     ret = qcow2_header_update(s, 48, hdr, sizeof(hdr), err);
     if (ret < 0)
         goto out;

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
 #include "rblock/qcow2.h"
 
@@ -245,12 +246,7 @@ static void check_l1(struct ctx *c, uint64_t l1_off, uint32_t l1_size, const uin
             return;
         }
         tab = (uint64_t *)raw;
-        for (uint32_t i = 0; i < l1_size; i++) {
-            uint64_t v = 0;
-            for (int k = 0; k < 8; k++)
-                v = (v << 8) | raw[i * 8 + k];
-            tab[i] = v;
-        }
+        rb_load_be64_array(tab, l1_size);
         l1 = tab;
     }
     for (uint32_t i = 0; i < l1_size; i++) {
@@ -314,15 +310,6 @@ static void check_reftable(struct ctx *c)
     }
 }
 
-static uint64_t rd(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 /* spec "Bitmaps": the directory, each bitmap table and its data clusters */
 static void check_bitmaps(struct ctx *c)
 {
@@ -349,10 +336,10 @@ static void check_bitmaps(struct ctx *c)
                     " bitmaps", s->h.bitmap_directory_offset, s->h.nb_bitmaps);
             break;
         }
-        toff = rd(dir + pos, 8);
-        tsize = rd(dir + pos + 8, 4);
-        name_len = rd(dir + pos + 18, 2);
-        extra = rd(dir + pos + 20, 4);
+        toff = rb_load_be64(dir + pos);
+        tsize = rb_load_be32(dir + pos + 8);
+        name_len = rb_load_be16(dir + pos + 18);
+        extra = rb_load_be32(dir + pos + 20);
         pos += (24 + extra + name_len + 7) & ~7ull;
         if (tsize && table_ok(c, "bitmap table", toff, tsize * 8)) {
             uint8_t *t = malloc(tsize * 8);
@@ -361,7 +348,7 @@ static void check_bitmaps(struct ctx *c)
                 c->res->check_errors++;
             } else {
                 for (uint64_t i = 0; i < tsize; i++) {
-                    uint64_t d = rd(t + i * 8, 8) & QCOW2_L2E_OFFSET_MASK;
+                    uint64_t d = rb_load_be64(t + i * 8) & QCOW2_L2E_OFFSET_MASK;
                     if (d && table_ok(c, "bitmap data cluster", d, s->cluster_bytes))
                         inc_refs(c, d, s->cluster_bytes, "bitmap data cluster");
                 }

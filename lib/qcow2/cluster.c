@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
 
 #define L2_BITMAP_ALL_ALLOC 0xffffffffull
@@ -48,42 +49,27 @@ enum qcow2_sc_type qcow2_sc_type_of(uint64_t l2e, uint64_t bitmap, unsigned sc,
     return QCOW2_SC_UNALLOCATED_PLAIN;
 }
 
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
 uint64_t qcow2_l2_entry_get(const struct qcow2_state *s, const void *l2, uint32_t i)
 {
-    return get_be64((const uint8_t *)l2 + (size_t)i * s->l2_entry_bytes);
+    return rb_load_be64((const uint8_t *)l2 + (size_t)i * s->l2_entry_bytes);
 }
 
 uint64_t qcow2_l2_bitmap_get(const struct qcow2_state *s, const void *l2, uint32_t i)
 {
     if (!s->extended_l2)
         return 0;
-    return get_be64((const uint8_t *)l2 + (size_t)i * s->l2_entry_bytes + 8);
+    return rb_load_be64((const uint8_t *)l2 + (size_t)i * s->l2_entry_bytes + 8);
 }
 
 void qcow2_l2_entry_set(const struct qcow2_state *s, void *l2, uint32_t i, uint64_t e)
 {
-    put_be64((uint8_t *)l2 + (size_t)i * s->l2_entry_bytes, e);
+    rb_store_be64((uint8_t *)l2 + (size_t)i * s->l2_entry_bytes, e);
 }
 
 void qcow2_l2_bitmap_set(const struct qcow2_state *s, void *l2, uint32_t i, uint64_t b)
 {
     if (s->extended_l2)
-        put_be64((uint8_t *)l2 + (size_t)i * s->l2_entry_bytes + 8, b);
+        rb_store_be64((uint8_t *)l2 + (size_t)i * s->l2_entry_bytes + 8, b);
 }
 
 int qcow2_l2_offset(struct qcow2_state *s, uint64_t l1_index, uint64_t *l2_off,

@@ -209,8 +209,8 @@ static bool add_ext(uint8_t *buf, size_t cap, size_t *pos, uint32_t type,
 
     if (*pos + 8 + padded > cap)
         return false;
-    qcow2w_be32(buf + *pos, type);
-    qcow2w_be32(buf + *pos + 4, len);
+    rb_store_be32(buf + *pos, type);
+    rb_store_be32(buf + *pos + 4, len);
     memcpy(buf + *pos + 8, data, len);
     *pos += 8 + padded;
     return true;
@@ -250,21 +250,21 @@ int qcow2w_build_header(const struct rb_qcow2_create_opts *o,
     if (o->lazy_refcounts)
         compat |= QCOW2_COMPAT_LAZY_REFCOUNTS;
 
-    qcow2w_be32(buf + 0, QCOW2_MAGIC);
-    qcow2w_be32(buf + 4, o->version);
-    qcow2w_be32(buf + 20, l->cluster_bits);
-    qcow2w_be64(buf + 24, o->size);
-    qcow2w_be32(buf + 32, 0); /* crypt_method: none */
-    qcow2w_be32(buf + 36, (uint32_t)l->l1_entries);
-    qcow2w_be64(buf + 40, l->l1_off);
-    qcow2w_be64(buf + 48, l->reftable_off);
-    qcow2w_be32(buf + 56, l->reftable_clusters);
+    rb_store_be32(buf + 0, QCOW2_MAGIC);
+    rb_store_be32(buf + 4, o->version);
+    rb_store_be32(buf + 20, l->cluster_bits);
+    rb_store_be64(buf + 24, o->size);
+    rb_store_be32(buf + 32, 0); /* crypt_method: none */
+    rb_store_be32(buf + 36, (uint32_t)l->l1_entries);
+    rb_store_be64(buf + 40, l->l1_off);
+    rb_store_be64(buf + 48, l->reftable_off);
+    rb_store_be32(buf + 56, l->reftable_clusters);
     if (o->version >= 3) {
-        qcow2w_be64(buf + 72, incompat);
-        qcow2w_be64(buf + 80, compat);
-        qcow2w_be64(buf + 88, 0); /* autoclear */
-        qcow2w_be32(buf + 96, qcow2w_log2(o->refcount_bits));
-        qcow2w_be32(buf + 100, header_len);
+        rb_store_be64(buf + 72, incompat);
+        rb_store_be64(buf + 80, compat);
+        rb_store_be64(buf + 88, 0); /* autoclear */
+        rb_store_be32(buf + 96, qcow2w_log2(o->refcount_bits));
+        rb_store_be32(buf + 100, header_len);
         buf[104] = o->compression_type;
     }
 
@@ -289,8 +289,8 @@ int qcow2w_build_header(const struct rb_qcow2_create_opts *o,
         if (pos + name_len > cluster_bytes)
             goto too_big;
         memcpy(buf + pos, o->backing_file, name_len);
-        qcow2w_be64(buf + 8, pos);
-        qcow2w_be32(buf + 16, (uint32_t)name_len);
+        rb_store_be64(buf + 8, pos);
+        rb_store_be32(buf + 16, (uint32_t)name_len);
     }
     return 0;
 too_big:
@@ -375,7 +375,7 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
         for (uint64_t i = 0; i < c / 8; i++) {
             uint64_t b = t * (c / 8) + i;
             if (b < p->refblocks)
-                qcow2w_be64(buf + i * 8, (refblock0 + b) * c);
+                rb_store_be64(buf + i * 8, (refblock0 + b) * c);
         }
         ret = put(fd, buf, c, (1 + t) * c, path, err);
     }
@@ -383,7 +383,7 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
     for (uint64_t b = 0; ret == 0 && b < p->refblocks; b++) {
         memset(buf, 0, c);
         for (uint64_t i = 0; i < p->ref_entries && b * p->ref_entries + i < p->total; i++)
-            qcow2w_ref_set(buf, order, i, 1);
+            qcow2_refblock_set(buf, order, i, 1);
         ret = put(fd, buf, c, (refblock0 + b) * c, path, err);
     }
     /* L1 (and L2 tables with preallocation): entries carry COPIED since
@@ -393,7 +393,7 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
         memset(buf, 0, c);
         for (uint64_t i = 0; i < c / 8 && first + i < p->lay.l1_entries; i++, n++) {
             if (p->l2s)
-                qcow2w_be64(buf + i * 8, (l2_0 + first + i) * c | QCOW2_OFLAG_COPIED);
+                rb_store_be64(buf + i * 8, (l2_0 + first + i) * c | QCOW2_OFLAG_COPIED);
         }
         /* the last L1 cluster is written only as far as its entries, so a
          * new image has QEMU's exact size */
@@ -413,7 +413,7 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
              * as QEMU writes it; v2 relies on the sparse file's zeros */
             if (o->version >= 3 && !o->extended_l2)
                 e |= QCOW2_OFLAG_ZERO;
-            qcow2w_be64(buf + i * esz, e);
+            rb_store_be64(buf + i * esz, e);
         }
         ret = put(fd, buf, c, (l2_0 + t) * c, path, err);
     }

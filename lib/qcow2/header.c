@@ -14,21 +14,8 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
-
-static uint64_t be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 /* Check that a table of @bytes at @off is cluster-aligned and inside the
  * file (spec: "Must be aligned to a cluster boundary"). */
@@ -120,10 +107,10 @@ static int parse_bitmaps_ext(const char *name, struct qcow2_header *h, const uin
     if (len != 24)
         return rb_error_set(err, EINVAL, "%s: bitmaps extension has length %" PRIu32
                             " (expected 24)", name, len);
-    h->nb_bitmaps = be32(p);
-    h->bitmap_directory_size = be64(p + 8);
-    h->bitmap_directory_offset = be64(p + 16);
-    if (be32(p + 4) != 0)
+    h->nb_bitmaps = rb_load_be32(p);
+    h->bitmap_directory_size = rb_load_be64(p + 8);
+    h->bitmap_directory_offset = rb_load_be64(p + 16);
+    if (rb_load_be32(p + 4) != 0)
         return rb_error_set(err, EINVAL, "%s: bitmaps extension reserved field is not "
                             "zero", name);
     /* spec: "Must be greater than or equal to 1"; qemu: at most 65535 */
@@ -157,8 +144,8 @@ static int parse_extensions(const uint8_t *buf, size_t buf_len, const char *name
         if (end - off < 8)
             return rb_error_set(err, EINVAL, "%s: header extension at 0x%" PRIx64
                                 " is truncated", name, off);
-        type = be32(buf + off);
-        len = be32(buf + off + 4);
+        type = rb_load_be32(buf + off);
+        len = rb_load_be32(buf + off + 4);
         if (type == QCOW2_EXT_END)
             return 0;
         if (len > end - off - 8)
@@ -246,23 +233,23 @@ static int header_parse(const uint8_t *buf, size_t buf_len, const char *name,
     if (buf_len < 72)
         return rb_error_set(err, EINVAL, "%s: file is too short to be a qcow2 image "
                             "(%zu bytes)", name, buf_len);
-    if (be32(buf) != QCOW2_MAGIC)
+    if (rb_load_be32(buf) != QCOW2_MAGIC)
         return rb_error_set(err, EINVAL, "%s: not a qcow2 image (bad magic)", name);
-    h->version = be32(buf + 4);
+    h->version = rb_load_be32(buf + 4);
     if (h->version != 2 && h->version != 3)
         return rb_error_set(err, ENOTSUP, "%s: unsupported qcow2 version %" PRIu32,
                             name, h->version);
-    h->backing_file_offset = be64(buf + 8);
-    h->backing_file_size = be32(buf + 16);
-    h->cluster_bits = be32(buf + 20);
-    h->size = be64(buf + 24);
-    h->crypt_method = be32(buf + 32);
-    h->l1_size = be32(buf + 36);
-    h->l1_table_offset = be64(buf + 40);
-    h->refcount_table_offset = be64(buf + 48);
-    h->refcount_table_clusters = be32(buf + 56);
-    h->nb_snapshots = be32(buf + 60);
-    h->snapshots_offset = be64(buf + 64);
+    h->backing_file_offset = rb_load_be64(buf + 8);
+    h->backing_file_size = rb_load_be32(buf + 16);
+    h->cluster_bits = rb_load_be32(buf + 20);
+    h->size = rb_load_be64(buf + 24);
+    h->crypt_method = rb_load_be32(buf + 32);
+    h->l1_size = rb_load_be32(buf + 36);
+    h->l1_table_offset = rb_load_be64(buf + 40);
+    h->refcount_table_offset = rb_load_be64(buf + 48);
+    h->refcount_table_clusters = rb_load_be32(buf + 56);
+    h->nb_snapshots = rb_load_be32(buf + 60);
+    h->snapshots_offset = rb_load_be64(buf + 64);
     h->refcount_order = 4; /* spec: v2 is always 16-bit refcounts */
     h->header_length = 72;
 
@@ -277,11 +264,11 @@ static int header_parse(const uint8_t *buf, size_t buf_len, const char *name,
         if (buf_len < 104)
             return rb_error_set(err, EINVAL, "%s: file is too short for a version 3 "
                                 "header (%zu bytes)", name, buf_len);
-        h->incompatible_features = be64(buf + 72);
-        h->compatible_features = be64(buf + 80);
-        h->autoclear_features = be64(buf + 88);
-        h->refcount_order = be32(buf + 96);
-        h->header_length = be32(buf + 100);
+        h->incompatible_features = rb_load_be64(buf + 72);
+        h->compatible_features = rb_load_be64(buf + 80);
+        h->autoclear_features = rb_load_be64(buf + 88);
+        h->refcount_order = rb_load_be32(buf + 96);
+        h->header_length = rb_load_be32(buf + 100);
         /* spec: "at least 104 bytes and must be a multiple of 8"; qemu:
          * the header must fit in the first cluster */
         if (h->header_length < 104 || h->header_length % 8)
@@ -439,7 +426,7 @@ int qcow2_header_read(int fd, const char *name, uint64_t file_size,
     if (ret < 0)
         return rb_error_set(err, -ret, "%s: cannot read header: %s", name,
                             strerror(-ret));
-    cluster_bits = be32(first + 20);
+    cluster_bits = rb_load_be32(first + 20);
     if (file_size < 72 || cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
         cluster_bits > QCOW2_MAX_CLUSTER_BITS)
         len = file_size < 4096 ? (size_t)file_size : 4096; /* parse says why */

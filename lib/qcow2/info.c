@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
 #include "rblock/qcow2.h"
 
@@ -101,15 +102,6 @@ static int list_features(struct rb_qcow2_info *info, const struct qcow2_header *
     return 0;
 }
 
-static uint64_t rd(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 /* spec "Bitmap directory": entries of 24 bytes + extra data + name,
  * padded to 8.  header.c checked the directory lies inside the file and
  * is at most 64 MiB. */
@@ -143,13 +135,13 @@ static int read_bitmaps(struct qcow2_state *s, struct rb_qcow2_info *info,
             ret = -EINVAL;
             break;
         }
-        b->table_offset = rd(dir + pos, 8);
-        b->table_entries = (uint32_t)rd(dir + pos + 8, 4);
-        b->flags = (uint32_t)rd(dir + pos + 12, 4);
+        b->table_offset = rb_load_be64(dir + pos);
+        b->table_entries = (uint32_t)rb_load_be32(dir + pos + 8);
+        b->flags = (uint32_t)rb_load_be32(dir + pos + 12);
         b->type = dir[pos + 16];
         gbits = dir[pos + 17];
-        name_len = rd(dir + pos + 18, 2);
-        extra = rd(dir + pos + 20, 4);
+        name_len = rb_load_be16(dir + pos + 18);
+        extra = rb_load_be32(dir + pos + 20);
         if (gbits > 63 || 24 + extra + name_len > size - pos) {
             ret = -EINVAL;
             break;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
 
 static void qcow2_close(struct rb_image *img);
@@ -52,12 +53,7 @@ static int load_l1(struct qcow2_state *s, struct rb_error *err)
     if (ret < 0)
         return rb_error_set(err, -ret, "%s: cannot read the L1 table: %s", s->name,
                             strerror(-ret));
-    for (uint32_t i = 0; i < s->h.l1_size; i++) {
-        uint64_t v = 0;
-        for (int k = 0; k < 8; k++)
-            v = (v << 8) | raw[i * 8 + k];
-        s->l1[i] = v;
-    }
+    rb_load_be64_array(s->l1, s->h.l1_size);
     return 0;
 }
 

@@ -12,74 +12,9 @@
 #include <stdint.h>
 
 #include "rblock/error.h"
+#include "util/endian.h"
 #include "rblock/qcow2-create.h"
 
-static inline void qcow2w_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void qcow2w_be32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (24 - 8 * i));
-}
-
-static inline void qcow2w_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
-static inline uint64_t qcow2w_get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/*
- * Refcount entry @i of a refcount block whose entries are 2^order bits
- * wide (qcow2.txt: "refcount_block_entries = cluster_size * 8 /
- * refcount_bits"; entries narrower than a byte are packed starting at the
- * least significant bit, wider ones are big-endian).
- */
-static inline uint64_t qcow2w_ref_get(const void *block, unsigned order, uint64_t i)
-{
-    const uint8_t *b = block;
-    unsigned bits = 1u << order;
-
-    if (bits < 8) {
-        unsigned shift = (unsigned)(i * bits % 8);
-        return (uint64_t)(b[i * bits / 8] >> shift) & ((1u << bits) - 1);
-    }
-    uint64_t v = 0;
-    for (unsigned k = 0; k < bits / 8; k++)
-        v = v << 8 | b[i * (bits / 8) + k];
-    return v;
-}
-
-static inline void qcow2w_ref_set(void *block, unsigned order, uint64_t i, uint64_t value)
-{
-    uint8_t *b = block;
-    unsigned bits = 1u << order;
-
-    if (bits < 8) {
-        unsigned shift = (unsigned)(i * bits % 8);
-        uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
-        b[i * bits / 8] = (uint8_t)((b[i * bits / 8] & ~mask) | ((value << shift) & mask));
-        return;
-    }
-    for (unsigned k = bits / 8; k-- > 0;) {
-        b[i * (bits / 8) + k] = (uint8_t)value;
-        value >>= 8;
-    }
-}
-
-/* Largest refcount at width 2^order bits. */
 static inline uint64_t qcow2w_ref_max(unsigned order)
 {
     return order >= 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
 
 uint64_t qcow2_refblock_get(const void *block, uint32_t order, uint64_t i)
@@ -26,17 +27,11 @@ uint64_t qcow2_refblock_get(const void *block, uint32_t order, uint64_t i)
     case 3:
         return p[i];
     case 4:
-        return (uint64_t)p[2 * i] << 8 | p[2 * i + 1];
+        return rb_load_be16(p + 2 * i);
     case 5:
-        p += 4 * i;
-        return (uint64_t)p[0] << 24 | (uint64_t)p[1] << 16 | (uint64_t)p[2] << 8 | p[3];
-    default: {
-        uint64_t v = 0;
-        p += 8 * i;
-        for (int k = 0; k < 8; k++)
-            v = (v << 8) | p[k];
-        return v;
-    }
+        return rb_load_be32(p + 4 * i);
+    default:
+        return rb_load_be64(p + 8 * i);
     }
 }
 
@@ -57,18 +52,13 @@ void qcow2_refblock_set(void *block, uint32_t order, uint64_t i, uint64_t value)
         p[i] = (uint8_t)value;
         return;
     case 4:
-        p[2 * i] = (uint8_t)(value >> 8);
-        p[2 * i + 1] = (uint8_t)value;
+        rb_store_be16(p + 2 * i, (uint16_t)value);
         return;
     case 5:
-        p += 4 * i;
-        for (int k = 3; k >= 0; k--, value >>= 8)
-            p[k] = (uint8_t)value;
+        rb_store_be32(p + 4 * i, (uint32_t)value);
         return;
     default:
-        p += 8 * i;
-        for (int k = 7; k >= 0; k--, value >>= 8)
-            p[k] = (uint8_t)value;
+        rb_store_be64(p + 8 * i, value);
         return;
     }
 }
@@ -90,12 +80,7 @@ int qcow2_reftable_load(struct qcow2_state *s, struct rb_error *err)
     if (ret < 0)
         return rb_error_set(err, -ret, "%s: cannot read the refcount table: %s", s->name,
                             strerror(-ret));
-    for (uint64_t i = 0; i < s->reftable_entries; i++) {
-        uint64_t v = 0;
-        for (int k = 0; k < 8; k++)
-            v = (v << 8) | raw[i * 8 + k];
-        s->reftable[i] = v;
-    }
+    rb_load_be64_array(s->reftable, s->reftable_entries);
     return 0;
 }
 

@@ -200,7 +200,7 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
     }
     memset(buf, 0, tclusters * c);
     for (uint64_t k = 0; k < nblocks && k < entries; k++)
-        qcow2w_be64(buf + k * 8, blocks[k] * c);
+        rb_store_be64(buf + k * 8, blocks[k] * c);
     ret = rb_io_pwrite(s->fd, buf, tclusters * c, table_at * c);
     if (ret < 0) {
         ret = io_err(s, ret, "refcount table", table_at * c, err);
@@ -210,8 +210,8 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
     ret = sync_fd(s, err);
     if (ret < 0)
         goto out_set;
-    qcow2w_be64(hdr, table_at * c);
-    qcow2w_be32(hdr + 8, (uint32_t)tclusters);
+    rb_store_be64(hdr, table_at * c);
+    rb_store_be32(hdr + 8, (uint32_t)tclusters);
     ret = rb_io_pwrite(s->fd, hdr, sizeof(hdr), 48);
     if (ret < 0) {
         ret = io_err(s, ret, "the header", 48, err);
@@ -364,7 +364,7 @@ static int fix_copied(struct qcow2_state *s, const struct qcow2_refs *r, uint64_
             uint8_t be[8];
             uint64_t e = rc == 1 ? s->l1[i] | QCOW2_OFLAG_COPIED
                                  : s->l1[i] & ~QCOW2_OFLAG_COPIED;
-            qcow2w_be64(be, e);
+            rb_store_be64(be, e);
             ret = rb_io_pwrite(s->fd, be, 8, s->h.l1_table_offset + (uint64_t)i * 8);
             if (ret < 0)
                 return io_err(s, ret, "L1 entry", s->h.l1_table_offset + (uint64_t)i * 8,
@@ -425,7 +425,7 @@ static int clear_dirty(struct qcow2_state *s, struct rb_error *err)
     ret = sync_fd(s, err);
     if (ret < 0)
         return ret;
-    qcow2w_be64(be, incompat);
+    rb_store_be64(be, incompat);
     ret = rb_io_pwrite(s->fd, be, 8, 72);
     if (ret < 0)
         return io_err(s, ret, "the header", 72, err);

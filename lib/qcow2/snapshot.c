@@ -11,18 +11,10 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "rblock/io.h"
 
 #define MAX_EXTRA_DATA 1024
-
-static uint64_t be(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
 
 /* Read @len bytes at @off of the table, checking it is inside the file. */
 static int table_read(struct qcow2_state *s, void *buf, size_t len, uint64_t off,
@@ -73,15 +65,15 @@ static int read_one(struct qcow2_state *s, struct qcow2_snapshot *sn, uint64_t *
     ret = table_read(s, h, sizeof(h), *off, index, err);
     if (ret < 0)
         return ret;
-    sn->l1_table_offset = be(h, 8);
-    sn->l1_size = (uint32_t)be(h + 8, 4);
-    id_len = (uint32_t)be(h + 12, 2);
-    name_len = (uint32_t)be(h + 14, 2);
-    sn->date_sec = (uint32_t)be(h + 16, 4);
-    sn->date_nsec = (uint32_t)be(h + 20, 4);
-    sn->vm_clock_nsec = be(h + 24, 8);
-    sn->vm_state_size = be(h + 32, 4);
-    sn->extra_data_size = (uint32_t)be(h + 36, 4);
+    sn->l1_table_offset = rb_load_be64(h);
+    sn->l1_size = (uint32_t)rb_load_be32(h + 8);
+    id_len = (uint32_t)rb_load_be16(h + 12);
+    name_len = (uint32_t)rb_load_be16(h + 14);
+    sn->date_sec = (uint32_t)rb_load_be32(h + 16);
+    sn->date_nsec = (uint32_t)rb_load_be32(h + 20);
+    sn->vm_clock_nsec = rb_load_be64(h + 24);
+    sn->vm_state_size = rb_load_be32(h + 32);
+    sn->extra_data_size = (uint32_t)rb_load_be32(h + 36);
     sn->icount = UINT64_MAX;
     sn->disk_size = s->h.size;
     *off += sizeof(h);
@@ -93,13 +85,13 @@ static int read_one(struct qcow2_state *s, struct qcow2_snapshot *sn, uint64_t *
     if (ret < 0)
         return ret;
     if (sn->extra_data_size >= 8)
-        sn->vm_state_size = be(extra, 8);
+        sn->vm_state_size = rb_load_be64(extra);
     if (sn->extra_data_size >= 16) {
-        sn->disk_size = be(extra + 8, 8);
+        sn->disk_size = rb_load_be64(extra + 8);
         sn->has_disk_size = true;
     }
     if (sn->extra_data_size >= 24)
-        sn->icount = be(extra + 16, 8);
+        sn->icount = rb_load_be64(extra + 16);
     *off += sn->extra_data_size;
     sn->id = read_string(s, off, id_len, index, err);
     if (!sn->id)

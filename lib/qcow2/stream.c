@@ -104,21 +104,21 @@ static int ref_set(struct rb_image *img, uint64_t idx, uint64_t value, struct rb
         return rb_error_set(err, EIO, "%s: internal error: cluster %" PRIu64
                             " has no refcount block", img->filename, idx);
     if (blk == s->nb_refblocks - 1) {
-        qcow2w_ref_set(s->refblock, s->order, i, value);
+        qcow2_refblock_set(s->refblock, s->order, i, value);
         return 0;
     }
     at = s->reftable[blk] + i * bits / 8;
     ret = rb_io_pread(s->fd, tmp, n, at);
     if (ret < 0)
         return io_err(img, ret, "read error", err);
-    qcow2w_ref_set(tmp, s->order, bits < 8 ? i % (8 / bits) : 0, value);
+    qcow2_refblock_set(tmp, s->order, bits < 8 ? i % (8 / bits) : 0, value);
     return put(img, tmp, n, at, err);
 }
 
 static uint64_t ref_get_mem(struct stream *s, uint64_t idx, bool *in_mem)
 {
     *in_mem = idx / s->ref_entries == s->nb_refblocks - 1;
-    return *in_mem ? qcow2w_ref_get(s->refblock, s->order, idx % s->ref_entries) : 0;
+    return *in_mem ? qcow2_refblock_get(s->refblock, s->order, idx % s->ref_entries) : 0;
 }
 
 /* Start refcount block number nb_refblocks at the allocation pointer. */
@@ -204,9 +204,9 @@ static void set_l2(struct stream *s, uint64_t gc, uint64_t entry, uint64_t bitma
 {
     uint8_t *e = s->l2 + (gc % s->l2_entries) * s->l2_esz;
 
-    qcow2w_be64(e, entry);
+    rb_store_be64(e, entry);
     if (s->l2_esz == 16)
-        qcow2w_be64(e + 8, bitmap);
+        rb_store_be64(e + 8, bitmap);
 }
 
 static int check_order(struct rb_image *img, uint64_t off, uint64_t len, bool whole,
@@ -444,12 +444,12 @@ static int stream_flush(struct rb_image *img, struct rb_error *err)
         ret = put(img, s->refblock, s->c, s->reftable[s->nb_refblocks - 1], err);
     if (ret == 0) {
         for (uint64_t i = 0; i < s->reftable_cap; i++)
-            qcow2w_be64(buf + i * 8, s->reftable[i]);
+            rb_store_be64(buf + i * 8, s->reftable[i]);
         ret = put(img, buf, rt_bytes, s->lay.reftable_off, err);
     }
     if (ret == 0 && l1_bytes) {
         for (uint64_t i = 0; i < s->lay.l1_entries; i++)
-            qcow2w_be64(buf + i * 8, s->l1[i]);
+            rb_store_be64(buf + i * 8, s->l1[i]);
         ret = put(img, buf, l1_bytes, s->lay.l1_off, err);
     }
     free(buf);

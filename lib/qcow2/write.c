@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "util/endian.h"
 #include "qcow2/qcow2w.h"
 #include "rblock/io.h"
 
@@ -138,9 +139,8 @@ static int bitmaps_in_use(struct qcow2_state *s, struct rb_error *err)
             free(dir);
             return 0;
         }
-        name_len = (uint64_t)dir[pos + 18] << 8 | dir[pos + 19];
-        extra = (uint64_t)dir[pos + 20] << 24 | (uint64_t)dir[pos + 21] << 16 |
-                (uint64_t)dir[pos + 22] << 8 | dir[pos + 23];
+        name_len = rb_load_be16(dir + pos + 18);
+        extra = rb_load_be32(dir + pos + 20);
         if (24 + extra + name_len > size - pos) {
             free(dir);
             return 0;
@@ -189,7 +189,7 @@ static int first_write(struct qcow2_state *s, struct rb_error *err)
         if (ret == 0)
             autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
         if (autoclear != s->h.autoclear_features) {
-            qcow2w_be64(be, autoclear);
+            rb_store_be64(be, autoclear);
             ret = qcow2_header_update(s, 88, be, 8, err);
             if (ret < 0)
                 return ret;
@@ -197,7 +197,7 @@ static int first_write(struct qcow2_state *s, struct rb_error *err)
         }
         if (incompat != s->h.incompatible_features) {
             /* ORDER: the dirty bit is durable before any change */
-            qcow2w_be64(be, incompat);
+            rb_store_be64(be, incompat);
             ret = qcow2_header_update(s, 72, be, 8, err);
             if (ret < 0)
                 return ret;
@@ -249,7 +249,7 @@ static int new_l2_table(struct qcow2_state *s, uint64_t l1i, void **l2,
         return io_fail(s, ret, "cannot write L2 table", off, err);
     }
     s->l1[l1i] = off | QCOW2_OFLAG_COPIED;
-    qcow2w_be64(be, s->l1[l1i]);
+    rb_store_be64(be, s->l1[l1i]);
     ret = rb_io_pwrite(s->fd, be, 8, s->h.l1_table_offset + l1i * 8);
     if (ret < 0) {
         /* the entry is not on disk: keep the in-memory L1 as the file has
@@ -653,7 +653,7 @@ void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
         return;
     /* ORDER: the dirty bit is cleared only once everything is durable */
     if (s->w->header_done && do_flush(s, NULL) == 0 && s->dirty_bit_set) {
-        qcow2w_be64(be, s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
+        rb_store_be64(be, s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (qcow2_header_update(s, 72, be, 8, NULL) == 0 && rb_io_sync(s->fd) == 0) {
             s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
             s->dirty_bit_set = false;

@@ -1,49 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* wire.h - big-endian loads and stores for NBD messages. */
+/* wire.h - NBD's names for the big-endian loads and stores of
+ * lib/util/endian.h, which qcow2 uses too. */
 #ifndef RBLOCK_NBD_WIRE_H
 #define RBLOCK_NBD_WIRE_H
 
-#include <endian.h>
-#include <stdint.h>
-#include <string.h>
+#include "util/endian.h"
 
-static inline void put16(uint8_t *p, uint16_t v)
-{
-    v = htobe16(v);
-    memcpy(p, &v, 2);
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(p, &v, 4);
-}
-
-static inline void put64(uint8_t *p, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(p, &v, 8);
-}
-
-static inline uint16_t get16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return be16toh(v);
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return be32toh(v);
-}
-
-static inline uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return be64toh(v);
-}
+#define put16 rb_store_be16
+#define put32 rb_store_be32
+#define put64 rb_store_be64
+#define get16 rb_load_be16
+#define get32 rb_load_be32
+#define get64 rb_load_be64
 
 #endif
