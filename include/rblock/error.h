@@ -33,6 +33,11 @@ struct rb_error {
 int rb_error_set(struct rb_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Like rb_error_set, with ": " and strerror(@code) appended (Git's
+ * error_errno): `return rb_error_errno(err, -ret, "%s: cannot read", name)`. */
+int rb_error_errno(struct rb_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Like rb_error_set but always overwrites an earlier message. */
 int rb_error_reset(struct rb_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

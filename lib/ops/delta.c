@@ -108,8 +108,7 @@ static char *resolve_dir(const char *path, bool keep_base, struct rb_error *err)
     }
     real = realpath(dir, NULL);
     if (!real) {
-        rb_error_set(err, errno, "%s: cannot resolve folder '%s': %s", path, dir,
-                     strerror(errno));
+        rb_error_errno(err, errno, "%s: cannot resolve folder '%s'", path, dir);
         free(dir);
         return NULL;
     }

@@ -269,7 +269,7 @@ static void produce(struct ctx *c, struct task *t)
     }
     if (ret < 0) {
         if (!c->rerr.msg[0])
-            rb_error_set(&c->rerr, -ret, "read failed: %s", strerror(-ret));
+            rb_error_errno(&c->rerr, -ret, "read failed");
         t->kind = T_ERROR;
     }
 }

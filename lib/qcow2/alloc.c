@@ -27,7 +27,7 @@ static int sync_if_barriers(struct qcow2_state *s, struct rb_error *err)
     int ret = s->barriers ? rb_io_sync(s->fd) : 0;
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: sync failed: %s", s->name, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: sync failed", s->name);
     return 0;
 }
 
@@ -37,8 +37,8 @@ static int pwrite_err(struct qcow2_state *s, const void *buf, size_t len, uint64
     int ret = rb_io_pwrite(s->fd, buf, len, off);
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot write %s at 0x%" PRIx64 ": %s", s->name,
-                            what, off, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot write %s at 0x%" PRIx64, s->name,
+                              what, off);
     return 0;
 }
 
@@ -63,8 +63,8 @@ static int get_block(struct qcow2_state *s, uint64_t boff, void **blk, struct rb
     int ret = qcow2_cache_get(s->refblock_cache, boff, blk);
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read refcount block at 0x%" PRIx64
-                            ": %s", s->name, boff, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read refcount block at 0x%" PRIx64,
+                              s->name, boff);
     return 0;
 }
 
@@ -168,8 +168,7 @@ static int new_refblock(struct qcow2_state *s, uint64_t k, uint64_t at,
     int ret = qcow2_cache_get_empty(s->refblock_cache, off, &blk);
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: refcount block cache: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: refcount block cache", s->name);
     qcow2_refblock_set(blk, s->h.refcount_order, at % s->refblock_entries, 1);
     qcow2_cache_mark_dirty(s->refblock_cache, blk);
     qcow2_cache_put(s->refblock_cache, blk);
@@ -178,8 +177,8 @@ static int new_refblock(struct qcow2_state *s, uint64_t k, uint64_t at,
      * (a table entry to garbage would make refcounts read wrong) */
     ret = qcow2_cache_flush(s->refblock_cache);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot write refcount block at 0x%" PRIx64
-                            ": %s", s->name, off, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot write refcount block at 0x%" PRIx64,
+                              s->name, off);
     s->reftable[k] = off;
     rb_store_be64(be, off);
     ret = pwrite_err(s, be, 8, s->h.refcount_table_offset + k * 8, "refcount table", err);
@@ -240,8 +239,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t at, struct rb_error *er
         void *blk;
         ret = qcow2_cache_get_empty(s->refblock_cache, boff, &blk);
         if (ret < 0) {
-            ret = rb_error_set(err, -ret, "%s: refcount block cache: %s", s->name,
-                               strerror(-ret));
+            ret = rb_error_errno(err, -ret, "%s: refcount block cache", s->name);
             goto out;
         }
         for (uint64_t i = at; i < at + blocks + tclusters; i++) {
@@ -256,8 +254,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t at, struct rb_error *er
     /* ORDER: blocks durable, then the table that points at them... */
     ret = qcow2_cache_flush(s->refblock_cache);
     if (ret < 0) {
-        ret = rb_error_set(err, -ret, "%s: cannot write refcount blocks: %s", s->name,
-                           strerror(-ret));
+        ret = rb_error_errno(err, -ret, "%s: cannot write refcount blocks", s->name);
         goto out;
     }
     for (uint64_t i = 0; i < entries; i++)

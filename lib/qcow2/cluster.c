@@ -109,8 +109,8 @@ int qcow2_l2_get(struct qcow2_state *s, uint64_t guest_off, void **l2, uint32_t 
         return ret;
     ret = qcow2_cache_get(s->l2_cache, l2_off, l2);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64 ": %s",
-                            s->name, l2_off, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64,
+                              s->name, l2_off);
     return 0;
 }
 
@@ -175,8 +175,8 @@ int qcow2_get_mapping(struct qcow2_state *s, uint64_t guest_off, uint64_t max_by
         limit = max_bytes;
     ret = qcow2_cache_get(s->l2_cache, l2_off, &l2);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64 ": %s",
-                            s->name, l2_off, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64,
+                              s->name, l2_off);
     for (pos = guest_off; total < limit;) {
         uint32_t i = qcow2_l2_index(s, pos);
         unsigned sc = s->extended_l2 ? qcow2_sc_index(s, pos) : 0;
@@ -235,8 +235,7 @@ int qcow2_read_compressed(struct qcow2_state *s, uint64_t l2e, void *dst,
         return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
     ret = rb_io_pread(s->fd, src, bytes, host); /* the last one may end past EOF */
     if (ret < 0) {
-        ret = rb_error_set(err, -ret, "%s: read error at 0x%" PRIx64 ": %s", s->name,
-                           host, strerror(-ret));
+        ret = rb_error_errno(err, -ret, "%s: read error at 0x%" PRIx64, s->name, host);
     } else {
         ret = qcow2_decompress(s->h.compression_type, src, bytes, dst, s->cluster_bytes);
         if (ret < 0)
@@ -294,8 +293,8 @@ int qcow2_read(struct rb_image *img, void *buf, uint64_t off, size_t len,
         case QCOW2_SC_NORMAL:
             ret = rb_io_pread(s->data_fd, p, n, m.host_off);
             if (ret < 0)
-                ret = rb_error_set(err, -ret, "%s: read error at 0x%" PRIx64 ": %s",
-                                   s->name, m.host_off, strerror(-ret));
+                ret = rb_error_errno(err, -ret, "%s: read error at 0x%" PRIx64, s->name,
+                                     m.host_off);
             break;
         case QCOW2_SC_COMPRESSED: {
             uint64_t in = off & (s->cluster_bytes - 1);

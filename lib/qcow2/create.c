@@ -354,7 +354,7 @@ static int put(int fd, const void *buf, size_t len, uint64_t off, const char *pa
     int ret = rb_io_pwrite(fd, buf, len, off);
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: write error: %s", path, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: write error", path);
     return 0;
 }
 
@@ -422,10 +422,10 @@ static int write_image(int fd, const char *path, const struct rb_qcow2_create_op
         if (p->l2s || p->lay.l1_entries == 0)
             end = p->total * c;
         if ((ret = rb_io_truncate(fd, end)) < 0)
-            rb_error_set(err, -ret, "%s: cannot resize: %s", path, strerror(-ret));
+            rb_error_errno(err, -ret, "%s: cannot resize", path);
     }
     if (ret == 0 && (ret = rb_io_sync(fd)) < 0)
-        rb_error_set(err, -ret, "%s: sync failed: %s", path, strerror(-ret));
+        rb_error_errno(err, -ret, "%s: sync failed", path);
     return ret;
 }
 
@@ -445,7 +445,7 @@ int rb_qcow2_create(int fd, const char *path, const struct rb_qcow2_create_opts 
         return ret;
     /* never lay an image over something: the caller empties its output */
     if ((ret = rb_io_size(fd, &bytes)) < 0)
-        return rb_error_set(err, -ret, "%s: cannot get size: %s", path, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot get size", path);
     if (rb_io_is_blockdev(fd) || bytes != 0)
         return rb_error_set(err, EINVAL, "%s: a new qcow2 image needs an empty file", path);
     plan_layout(&o, &p);

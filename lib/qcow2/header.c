@@ -424,8 +424,7 @@ int qcow2_header_read(int fd, const char *name, uint64_t file_size,
     memset(h, 0, sizeof(*h));
     ret = rb_io_pread(fd, first, sizeof(first), 0);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read header: %s", name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read header", name);
     cluster_bits = rb_load_be32(first + 20);
     if (file_size < 72 || cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
         cluster_bits > QCOW2_MAX_CLUSTER_BITS)
@@ -438,8 +437,7 @@ int qcow2_header_read(int fd, const char *name, uint64_t file_size,
         return rb_error_set(err, ENOMEM, "%s: out of memory", name);
     ret = rb_io_pread(fd, buf, len, 0);
     if (ret < 0)
-        ret = rb_error_set(err, -ret, "%s: cannot read header: %s", name,
-                           strerror(-ret));
+        ret = rb_error_errno(err, -ret, "%s: cannot read header", name);
     else
         ret = qcow2_header_parse(buf, len, name, file_size, h, err);
     free(buf);

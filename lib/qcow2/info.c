@@ -123,8 +123,7 @@ static int read_bitmaps(struct qcow2_state *s, struct rb_qcow2_info *info,
     ret = rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset);
     if (ret < 0) {
         free(dir);
-        return rb_error_set(err, -ret, "%s: cannot read the bitmap directory: %s",
-                            s->name, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read the bitmap directory", s->name);
     }
     for (uint32_t i = 0; i < s->h.nb_bitmaps; i++) {
         struct rb_qcow2_bitmap *b = &info->bitmaps[i];
@@ -365,8 +364,8 @@ int rb_qcow2_walk_l2(struct rb_image *img,
             sum.l2_offset = l2_off;
             ret = qcow2_cache_get(s->l2_cache, l2_off, &l2);
             if (ret < 0) {
-                rb_error_set(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64 ": %s",
-                             s->name, l2_off, strerror(-ret));
+                rb_error_errno(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64,
+                               s->name, l2_off);
             } else {
                 uint64_t n = (sum.guest_bytes + s->cluster_bytes - 1) / s->cluster_bytes;
                 summarize(s, l2, (uint32_t)n, &sum);

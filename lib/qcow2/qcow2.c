@@ -51,8 +51,7 @@ static int load_l1(struct qcow2_state *s, struct rb_error *err)
     raw = (uint8_t *)s->l1;
     ret = rb_io_pread(s->fd, raw, bytes, s->h.l1_table_offset);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read the L1 table: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read the L1 table", s->name);
     rb_load_be64_array(s->l1, s->h.l1_size);
     return 0;
 }
@@ -91,8 +90,8 @@ static int open_data_file(struct qcow2_state *s, bool write, struct rb_error *er
     s->data_fd = open(s->data_file_path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
     if (s->data_fd < 0) {
         s->data_fd = s->fd;
-        return rb_error_set(err, errno, "%s: cannot open external data file '%s': %s",
-                            s->name, s->data_file_path, strerror(errno));
+        return rb_error_errno(err, errno, "%s: cannot open external data file '%s'",
+                              s->name, s->data_file_path);
     }
     struct stat st;
     if (fstat(s->data_fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)))
@@ -101,8 +100,8 @@ static int open_data_file(struct qcow2_state *s, bool write, struct rb_error *er
     fcntl(s->data_fd, F_SETFL, fcntl(s->data_fd, F_GETFL) & ~O_NONBLOCK);
     ret = rb_io_size(s->data_fd, &s->data_file_size);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot get the size of data file '%s': %s",
-                            s->name, s->data_file_path, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot get the size of data file '%s'",
+                              s->name, s->data_file_path);
     return 0;
 }
 
@@ -114,8 +113,7 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
 
     ret = rb_io_size(s->fd, &s->file_size);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot get size: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot get size", s->name);
     ret = qcow2_header_read(s->fd, s->name, s->file_size, &s->h, err);
     if (ret < 0)
         return ret;

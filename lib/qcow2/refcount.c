@@ -78,8 +78,7 @@ int qcow2_reftable_load(struct qcow2_state *s, struct rb_error *err)
     raw = (uint8_t *)s->reftable;
     ret = rb_io_pread(s->fd, raw, bytes, s->h.refcount_table_offset);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read the refcount table: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read the refcount table", s->name);
     rb_load_be64_array(s->reftable, s->reftable_entries);
     return 0;
 }
@@ -121,8 +120,8 @@ int qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster_index, uint64_t *
         return ret;
     ret = qcow2_cache_get(s->refblock_cache, block_off, &block);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read refcount block at 0x%" PRIx64
-                            ": %s", s->name, block_off, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read refcount block at 0x%" PRIx64,
+                              s->name, block_off);
     *refcount = qcow2_refblock_get(block, s->h.refcount_order,
                                    cluster_index % s->refblock_entries);
     qcow2_cache_put(s->refblock_cache, block);

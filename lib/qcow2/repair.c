@@ -44,8 +44,8 @@
 static int io_err(struct qcow2_state *s, int ret, const char *what, uint64_t off,
                   struct rb_error *err)
 {
-    return rb_error_set(err, -ret, "%s: cannot write %s at 0x%" PRIx64 ": %s", s->name,
-                        what, off, strerror(-ret));
+    return rb_error_errno(err, -ret, "%s: cannot write %s at 0x%" PRIx64, s->name, what,
+                          off);
 }
 
 static int sync_fd(struct qcow2_state *s, struct rb_error *err)
@@ -53,7 +53,7 @@ static int sync_fd(struct qcow2_state *s, struct rb_error *err)
     int ret = rb_io_sync(s->fd);
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: sync failed: %s", s->name, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: sync failed", s->name);
     return 0;
 }
 
@@ -249,8 +249,7 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
     if (end > s->file_size) {
         ret = rb_io_size(s->fd, &s->file_size);
         if (ret < 0) {
-            ret = rb_error_set(err, -ret, "%s: cannot get size: %s", s->name,
-                               strerror(-ret));
+            ret = rb_error_errno(err, -ret, "%s: cannot get size", s->name);
             goto out_set;
         }
     }
@@ -258,8 +257,7 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
     goto out_set;
 out:
     if (ret < 0)
-        ret = rb_error_set(err, -ret, "%s: cannot rebuild the refcounts: %s", s->name,
-                           strerror(-ret));
+        ret = rb_error_errno(err, -ret, "%s: cannot rebuild the refcounts", s->name);
 out_set:
     free(blocks);
     free(buf);
@@ -337,8 +335,7 @@ static int fix_in_place(struct qcow2_state *s, const struct qcow2_refs *r, unsig
     }
     ret = qcow2_cache_flush(s->refblock_cache);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot write refcount blocks: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot write refcount blocks", s->name);
     return 0;
 }
 
@@ -374,8 +371,8 @@ static int fix_copied(struct qcow2_state *s, const struct qcow2_refs *r, uint64_
         }
         ret = qcow2_cache_get(s->l2_cache, l2_off, &l2);
         if (ret < 0)
-            return rb_error_set(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64 ": %s",
-                                s->name, l2_off, strerror(-ret));
+            return rb_error_errno(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64,
+                                  s->name, l2_off);
         for (uint32_t j = 0; j < s->l2_entries; j++) {
             uint64_t e = qcow2_l2_entry_get(s, l2, j);
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
@@ -406,8 +403,7 @@ static int fix_copied(struct qcow2_state *s, const struct qcow2_refs *r, uint64_
     if (ret == 0)
         ret = rb_io_sync(s->fd);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot write L2 tables: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot write L2 tables", s->name);
     return 0;
 }
 

@@ -32,8 +32,7 @@ static int table_read(struct qcow2_state *s, void *buf, size_t len, uint64_t off
                             "bytes)", s->name, QCOW2_MAX_SNAPSHOTS_BYTES);
     ret = rb_io_pread(s->fd, buf, len, off);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot read snapshot table: %s", s->name,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read snapshot table", s->name);
     return 0;
 }
 

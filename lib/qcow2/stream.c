@@ -69,7 +69,7 @@ static struct stream *S(struct rb_image *img)
 
 static int io_err(struct rb_image *img, int ret, const char *what, struct rb_error *err)
 {
-    return rb_error_set(err, -ret, "%s: %s: %s", img->filename, what, strerror(-ret));
+    return rb_error_errno(err, -ret, "%s: %s", img->filename, what);
 }
 
 static int put(struct rb_image *img, const void *buf, size_t len, uint64_t off,
@@ -621,7 +621,7 @@ struct rb_image *rb_qcow2_stream_create(int fd, const char *path,
     }
     /* never lay an image over something: the caller empties its output */
     if ((ret = rb_io_size(fd, &bytes)) < 0) {
-        rb_error_set(err, -ret, "%s: cannot get size: %s", path, strerror(-ret));
+        rb_error_errno(err, -ret, "%s: cannot get size", path);
         goto fail_fd;
     }
     if (rb_io_is_blockdev(fd) || bytes != 0) {

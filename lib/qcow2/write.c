@@ -47,8 +47,7 @@ struct qcow2_wstate {
 static int io_fail(struct qcow2_state *s, int ret, const char *what, uint64_t off,
                    struct rb_error *err)
 {
-    return rb_error_set(err, -ret, "%s: %s at 0x%" PRIx64 ": %s", s->name, what, off,
-                        strerror(-ret));
+    return rb_error_errno(err, -ret, "%s: %s at 0x%" PRIx64, s->name, what, off);
 }
 
 int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_error *err)
@@ -129,8 +128,7 @@ static int bitmaps_in_use(struct qcow2_state *s, struct rb_error *err)
     ret = rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset);
     if (ret < 0) {
         free(dir);
-        return rb_error_set(err, -ret, "%s: cannot read the bitmap directory: %s",
-                            s->name, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot read the bitmap directory", s->name);
     }
     for (uint32_t i = 0; i < s->h.nb_bitmaps; i++) {
         uint64_t name_len, extra;
@@ -239,7 +237,7 @@ static int new_l2_table(struct qcow2_state *s, uint64_t l1i, void **l2,
         return ret;
     ret = qcow2_cache_get_empty(s->l2_cache, off, l2);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: L2 cache: %s", s->name, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: L2 cache", s->name);
     qcow2_cache_mark_dirty(s->l2_cache, *l2);
     /* ORDER: the new table (and the refcount that owns it, through the
      * cache dependency) is on disk before the L1 entry points at it */

@@ -41,6 +41,24 @@ int rb_error_reset(struct rb_error *err, int code, const char *fmt, ...)
     return ret;
 }
 
+int rb_error_errno(struct rb_error *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    size_t n;
+    int ret;
+
+    if (err && err->msg[0])
+        return -(code > 0 ? code : EIO);
+    va_start(ap, fmt);
+    ret = error_vset(err, code, fmt, ap);
+    va_end(ap);
+    if (err) {
+        n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof(err->msg) - n, ": %s", strerror(-ret));
+    }
+    return ret;
+}
+
 void rb_error_prefix(struct rb_error *err, const char *fmt, ...)
 {
     char out[RB_ERROR_MSG_MAX];

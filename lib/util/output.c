@@ -114,7 +114,7 @@ static struct rb_output *create_new(const char *path, int *again, struct rb_erro
             *again = 1;
             return NULL;
         }
-        rb_error_set(err, errno, "%s: cannot create: %s", path, strerror(errno));
+        rb_error_errno(err, errno, "%s: cannot create", path);
         return NULL;
     }
     if (fstat(fd, &st) < 0 || lock_output(fd, path, err) < 0 ||
@@ -144,8 +144,7 @@ static struct rb_output *open_existing(const char *path, const struct stat *st,
             *again = 1;
             return NULL;
         }
-        rb_error_set(err, errno, "%s: cannot open for writing: %s", path,
-                     strerror(errno));
+        rb_error_errno(err, errno, "%s: cannot open for writing", path);
         return NULL;
     }
     if (fstat(fd, &now) < 0 || now.st_dev != st->st_dev || now.st_ino != st->st_ino) {
@@ -166,8 +165,8 @@ static struct rb_output *open_existing(const char *path, const struct stat *st,
     if (out->blockdev) {
         ret = rb_io_size(fd, &out->dev_bytes);
         if (ret < 0) {
-            rb_error_set(err, -ret, "%s: cannot get the size of the block device: %s",
-                         path, strerror(-ret));
+            rb_error_errno(err, -ret, "%s: cannot get the size of the block device",
+                           path);
             rb_output_close(out, false);
             return NULL;
         }
@@ -177,7 +176,7 @@ static struct rb_output *open_existing(const char *path, const struct stat *st,
         return out;
     ret = rb_io_truncate(fd, 0);
     if (ret < 0) {
-        rb_error_set(err, -ret, "%s: cannot truncate: %s", path, strerror(-ret));
+        rb_error_errno(err, -ret, "%s: cannot truncate", path);
         rb_output_close(out, false);
         return NULL;
     }
@@ -195,11 +194,11 @@ struct rb_output *rb_output_open(const char *path, struct rb_image *const *input
 
         if (stat(path, &st) < 0) {
             if (errno != ENOENT) {
-                rb_error_set(err, errno, "%s: %s", path, strerror(errno));
+                rb_error_errno(err, errno, "%s", path);
                 return NULL;
             }
             if (flags & RB_OUTPUT_IN_PLACE) {
-                rb_error_set(err, ENOENT, "%s: %s", path, strerror(ENOENT));
+                rb_error_errno(err, ENOENT, "%s", path);
                 return NULL;
             }
             if (lstat(path, &st) == 0) {
@@ -245,8 +244,8 @@ int rb_output_size(struct rb_output *out, uint64_t bytes, struct rb_error *err)
     }
     ret = rb_io_truncate(out->fd, bytes);
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot resize to %" PRIu64 " bytes: %s",
-                            out->path, bytes, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot resize to %" PRIu64 " bytes",
+                              out->path, bytes);
     return 0;
 }
 
@@ -255,7 +254,7 @@ int rb_output_dup(struct rb_output *out, struct rb_error *err)
     int fd = fcntl(out->fd, F_DUPFD_CLOEXEC, 0);
 
     if (fd < 0)
-        return rb_error_set(err, errno, "%s: %s", out->path, strerror(errno));
+        return rb_error_errno(err, errno, "%s", out->path);
     out->handed_out = true;
     return fd;
 }

@@ -72,14 +72,14 @@ static int listen_unix(struct rb_listeners *ls, const char *path, const char *ad
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return rb_error_set(err, errno, "%s: socket: %s", addr, strerror(errno));
+        return rb_error_errno(err, errno, "%s: socket", addr);
     old = umask(0177); /* mode 0600 from the start: no window */
     ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
     umask(old);
     if (ret < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
         ret = errno;
         close(fd);
-        return rb_error_set(err, ret, "%s: cannot listen: %s", addr, strerror(ret));
+        return rb_error_errno(err, ret, "%s: cannot listen", addr);
     }
     chmod(path, 0600);
     l = push(ls, fd, proto, addr);
@@ -169,9 +169,8 @@ static int listen_tcp(struct rb_listeners *ls, const char *hostport, const char 
     }
     freeaddrinfo(res);
     if (!bound)
-        return rb_error_set(err, last_err ? last_err : EADDRNOTAVAIL,
-                            "%s: cannot listen: %s", addr,
-                            strerror(last_err ? last_err : EADDRNOTAVAIL));
+        return rb_error_errno(err, last_err ? last_err : EADDRNOTAVAIL,
+                              "%s: cannot listen", addr);
     return 0;
 }
 
@@ -194,8 +193,7 @@ int rb_listener_add_private_unix(struct rb_listeners *ls, const struct rb_protoc
 
     snprintf(dir, sizeof(dir), "%s/rblock-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(dir))
-        return rb_error_set(err, errno, "cannot create a temporary folder: %s",
-                            strerror(errno));
+        return rb_error_errno(err, errno, "cannot create a temporary folder");
     ls->tmpdir = strdup(dir);
     snprintf(path, sizeof(path), "%s/%s.sock", dir, proto->name);
     snprintf(addr, sizeof(addr), "unix:%s", path);

@@ -79,7 +79,7 @@ static bool readable(const char *path, struct rb_error *err)
 {
     if (access(path, R_OK) == 0)
         return true;
-    rb_error_set(err, errno, "%s: %s", path, strerror(errno));
+    rb_error_errno(err, errno, "%s", path);
     return false;
 }
 
@@ -132,7 +132,7 @@ static int check_psk_file(const char *path, struct rb_error *err)
     FILE *f = fopen(path, "r");
 
     if (!f)
-        return rb_error_set(err, errno, "%s: %s", path, strerror(errno));
+        return rb_error_errno(err, errno, "%s", path);
     while (fgets(line, sizeof(line), f)) {
         char *colon = strchr(line, ':');
         size_t hex;
