@@ -22,6 +22,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_delta(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 
 /* Print "rblock: <formatted message>\n" to stderr. */
 void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

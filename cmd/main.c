@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"diff", cmd_diff, "list the sectors where two disks differ"},
     {"delta", cmd_delta, "write a qcow2 overlay holding only what changed"},
     {"serve", cmd_serve, "serve an image over NBD and JSON-RPC"},
+    {"bitmap", cmd_bitmap, "add, remove, clear, enable, disable, merge dirty bitmaps"},
 };
 
 static void usage(FILE *f)

@@ -148,6 +148,58 @@ int rb_qcow2_walk_l2(struct rb_image *img,
                      int (*fn)(void *opaque, const struct rb_qcow2_l2_summary *l2),
                      void *opaque, struct rb_error *err);
 
+/* ---- persistent dirty bitmaps (bitmap.c) --------------------------------- */
+
+enum rb_qcow2_bitmap_op_kind {
+    RB_QCOW2_BITMAP_ADD,
+    RB_QCOW2_BITMAP_REMOVE,
+    RB_QCOW2_BITMAP_CLEAR,
+    RB_QCOW2_BITMAP_ENABLE,
+    RB_QCOW2_BITMAP_DISABLE,
+    RB_QCOW2_BITMAP_MERGE,
+};
+
+/* One operation of qemu-img bitmap. */
+struct rb_qcow2_bitmap_op {
+    enum rb_qcow2_bitmap_op_kind kind;
+    uint64_t granularity;        /* ADD: bytes per bit, 0 for the default
+                                    (the cluster size within 4 KiB..64 KiB) */
+    bool disabled;               /* ADD: created disabled (not "auto") */
+    const char *source;          /* MERGE: the bitmap merged in */
+    struct rb_image *source_img; /* MERGE: its image (a qcow2 of the same
+                                    virtual size), NULL for @img itself */
+};
+
+/*
+ * Apply @ops in order to bitmap @name of @img (opened read-write), as
+ * qemu-img bitmap does, and write the result atomically: new bitmap
+ * tables and directory are written and synced, then the header switches
+ * to them in one write, then the old clusters are freed.  On any error
+ * nothing on disk changes (at worst a few clusters leak).  An
+ * inconsistent (in_use) bitmap may only be removed.  Takes the lock.
+ * Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_bitmap_apply(struct rb_image *img, const char *name,
+                          const struct rb_qcow2_bitmap_op *ops, size_t nb_ops,
+                          struct rb_error *err);
+
+/*
+ * Make bitmap @name of @img ready for rb_qcow2_bitmap_extent: it must
+ * exist and be consistent (not in_use on disk).  Loads it (one bit per
+ * granule).  Takes the lock.  Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_bitmap_use(struct rb_image *img, const char *name, struct rb_error *err);
+
+/*
+ * The run of [@off, @off + @len) that is all dirty or all clean in bitmap
+ * @name (prepared by rb_qcow2_bitmap_use), as it is now (writes to @img
+ * mark it): *dirty and *bytes (> 0, at most @len).  Takes the lock.
+ * Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_bitmap_extent(struct rb_image *img, const char *name, uint64_t off,
+                           uint64_t len, bool *dirty, uint64_t *bytes,
+                           struct rb_error *err);
+
 /* ---- consistency check (check.c) --------------------------------------- */
 
 enum rb_qcow2_problem_kind {

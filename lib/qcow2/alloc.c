@@ -342,3 +342,36 @@ void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool li
     if (!linked)
         (void)qcow2_refcount_set(s, f->host_off / s->cluster_bytes, 0, NULL);
 }
+
+/* One cluster at a time from the first free one; when the run breaks (a
+ * cluster in use, or a refcount block made in between), give the run
+ * back and start again after the break.  The free clusters skipped this
+ * way stay free for later allocations. */
+int qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n, uint64_t *host_off,
+                         struct rb_error *err)
+{
+    uint64_t start = 0, got = 0;
+
+    while (got < n) {
+        uint64_t off;
+        int ret = qcow2_alloc_cluster(s, &off, err);
+
+        if (ret < 0) {
+            for (uint64_t i = 0; i < got; i++)
+                (void)qcow2_refcount_set(s, start / s->cluster_bytes + i, 0, NULL);
+            return ret;
+        }
+        if (got && off != start + got * s->cluster_bytes) {
+            /* unreferenced: giving them back needs no ordering point */
+            for (uint64_t i = 0; i < got; i++)
+                (void)qcow2_refcount_set(s, start / s->cluster_bytes + i, 0, NULL);
+            got = 0;
+        }
+        if (!got)
+            start = off;
+        got++;
+        s->free_cluster_hint = (off / s->cluster_bytes) + 1;
+    }
+    *host_off = start;
+    return 0;
+}

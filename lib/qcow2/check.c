@@ -310,55 +310,54 @@ static void check_reftable(struct ctx *c)
     }
 }
 
-/* spec "Bitmaps": the directory, each bitmap table and its data clusters */
+static int count_bitmap_data(struct qcow2_state *s, uint64_t off, void *opaque)
+{
+    struct ctx *c = opaque;
+
+    if (table_ok(c, "bitmap data cluster", off, s->cluster_bytes))
+        inc_refs(c, off, s->cluster_bytes, "bitmap data cluster");
+    return 0;
+}
+
+/* spec "Bitmaps": the directory, each bitmap table and its data clusters
+ * (parsed by bitmap.c) */
 static void check_bitmaps(struct ctx *c)
 {
     struct qcow2_state *s = c->s;
-    uint64_t size = s->h.bitmap_directory_size, pos = 0;
-    uint8_t *dir;
+    struct qcow2_bitmap_list l;
+    struct rb_error e;
+    int ret;
 
     if (!s->h.nb_bitmaps || !table_ok(c, "bitmap directory", s->h.bitmap_directory_offset,
-                                      size))
+                                      s->h.bitmap_directory_size))
         return;
-    inc_refs(c, s->h.bitmap_directory_offset, size, "bitmap directory");
-    dir = malloc(size ? size : 1);
-    if (!dir || rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset) < 0) {
-        free(dir);
+    inc_refs(c, s->h.bitmap_directory_offset, s->h.bitmap_directory_size,
+             "bitmap directory");
+    ret = qcow2_bitmap_dir_read(s, &l, &e);
+    if (ret == -EINVAL) {
+        problem(c, RB_QCOW2_CORRUPTION, s->h.bitmap_directory_offset,
+                "bitmap directory at 0x%" PRIx64 " is too short for %" PRIu32
+                " bitmaps", s->h.bitmap_directory_offset, s->h.nb_bitmaps);
+        return;
+    }
+    if (ret < 0) {
         c->res->check_errors++;
         return;
     }
-    for (uint32_t n = 0; n < s->h.nb_bitmaps; n++) {
-        uint64_t toff, tsize, name_len, extra;
+    for (uint32_t n = 0; n < l.nb; n++) {
+        uint64_t toff = l.b[n].table_off, tsize = l.b[n].table_size;
 
-        if (size - pos < 24) {
-            problem(c, RB_QCOW2_CORRUPTION, s->h.bitmap_directory_offset,
-                    "bitmap directory at 0x%" PRIx64 " is too short for %" PRIu32
-                    " bitmaps", s->h.bitmap_directory_offset, s->h.nb_bitmaps);
-            break;
-        }
-        toff = rb_load_be64(dir + pos);
-        tsize = rb_load_be32(dir + pos + 8);
-        name_len = rb_load_be16(dir + pos + 18);
-        extra = rb_load_be32(dir + pos + 20);
-        pos += (24 + extra + name_len + 7) & ~7ull;
         if (tsize && table_ok(c, "bitmap table", toff, tsize * 8)) {
-            uint8_t *t = malloc(tsize * 8);
             inc_refs(c, toff, tsize * 8, "bitmap table");
-            if (!t || rb_io_pread(s->fd, t, tsize * 8, toff) < 0) {
+            ret = qcow2_bitmap_table_walk(s, toff, (uint32_t)tsize, count_bitmap_data, c,
+                                          &e);
+            if (ret == -EINVAL)
+                problem(c, RB_QCOW2_CORRUPTION, toff, "%s", e.msg);
+            else if (ret < 0)
                 c->res->check_errors++;
-            } else {
-                for (uint64_t i = 0; i < tsize; i++) {
-                    uint64_t d = rb_load_be64(t + i * 8) & QCOW2_L2E_OFFSET_MASK;
-                    if (d && table_ok(c, "bitmap data cluster", d, s->cluster_bytes))
-                        inc_refs(c, d, s->cluster_bytes, "bitmap data cluster");
-                }
-            }
-            free(t);
         }
-        if (pos > size)
-            break;
     }
-    free(dir);
+    qcow2_bitmap_list_free(&l);
 }
 
 /* qemu's check_oflag_copied: COPIED must mean "refcount == 1" */

@@ -102,66 +102,35 @@ static int list_features(struct rb_qcow2_info *info, const struct qcow2_header *
     return 0;
 }
 
-/* spec "Bitmap directory": entries of 24 bytes + extra data + name,
- * padded to 8.  header.c checked the directory lies inside the file and
- * is at most 64 MiB. */
+/* The bitmaps as the directory on disk describes them (bitmap.c). */
 static int read_bitmaps(struct qcow2_state *s, struct rb_qcow2_info *info,
                         struct rb_error *err)
 {
-    uint64_t size = s->h.bitmap_directory_size, pos = 0;
-    uint8_t *dir;
-    int ret = 0;
+    struct qcow2_bitmap_list l;
+    int ret;
 
-    if (!s->h.nb_bitmaps)
-        return 0;
-    info->bitmaps = calloc(s->h.nb_bitmaps, sizeof(*info->bitmaps));
-    dir = malloc(size ? size : 1);
-    if (!info->bitmaps || !dir) {
-        free(dir);
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_bitmap_dir_read(s, &l, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0 || !l.nb)
+        return ret;
+    info->bitmaps = calloc(l.nb, sizeof(*info->bitmaps));
+    if (!info->bitmaps) {
+        qcow2_bitmap_list_free(&l);
         return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
     }
-    ret = rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset);
-    if (ret < 0) {
-        free(dir);
-        return rb_error_errno(err, -ret, "%s: cannot read the bitmap directory", s->name);
+    info->nb_bitmaps = l.nb;
+    for (uint32_t i = 0; i < l.nb; i++) {
+        const struct qcow2_bitmap *q = &l.b[i];
+        uint32_t flags = q->flags | (q->inconsistent ? QCOW2_BME_FLAG_IN_USE : 0);
+        info->bitmaps[i] = (struct rb_qcow2_bitmap){
+            .name = q->name, .flags = flags, .in_use = q->inconsistent,
+            .autom = q->flags & QCOW2_BME_FLAG_AUTO, .type = q->type,
+            .granularity = q->gbits < 64 ? 1ull << q->gbits : 0,
+            .table_offset = q->table_off, .table_entries = q->table_size};
+        l.b[i].name = NULL; /* owned by the info now */
     }
-    for (uint32_t i = 0; i < s->h.nb_bitmaps; i++) {
-        struct rb_qcow2_bitmap *b = &info->bitmaps[i];
-        uint64_t name_len, extra, gbits;
-
-        /* the padding of the entry before may end past the directory */
-        if (pos > size || size - pos < 24) {
-            ret = -EINVAL;
-            break;
-        }
-        b->table_offset = rb_load_be64(dir + pos);
-        b->table_entries = (uint32_t)rb_load_be32(dir + pos + 8);
-        b->flags = (uint32_t)rb_load_be32(dir + pos + 12);
-        b->type = dir[pos + 16];
-        gbits = dir[pos + 17];
-        name_len = rb_load_be16(dir + pos + 18);
-        extra = rb_load_be32(dir + pos + 20);
-        if (gbits > 63 || 24 + extra + name_len > size - pos) {
-            ret = -EINVAL;
-            break;
-        }
-        b->granularity = 1ull << gbits;
-        b->in_use = b->flags & 1;
-        b->autom = b->flags & 2;
-        b->name = malloc(name_len + 1);
-        if (!b->name) {
-            free(dir);
-            return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
-        }
-        memcpy(b->name, dir + pos + 24 + extra, name_len);
-        b->name[name_len] = '\0';
-        pos += (24 + extra + name_len + 7) & ~7ull;
-    }
-    free(dir);
-    if (ret < 0)
-        return rb_error_set(err, EINVAL, "%s: bitmap directory at 0x%" PRIx64 " is "
-                            "corrupt (%" PRIu64 " bytes for %" PRIu32 " bitmaps)", s->name,
-                            s->h.bitmap_directory_offset, size, s->h.nb_bitmaps);
+    qcow2_bitmap_list_free(&l);
     return 0;
 }
 

@@ -228,6 +228,7 @@ static void qcow2_close(struct rb_image *img)
     qcow2_cache_free(s->l2_cache);
     qcow2_cache_free(s->refblock_cache);
     qcow2_snapshots_free(s);
+    qcow2_bitmap_list_free(&s->bitmaps);
     qcow2_header_free(&s->h);
     free(s->l1);
     free(s->reftable);

@@ -17,6 +17,7 @@
  *   check.c     consistency check (reads both mappings and refcounts)
  *   repair.c    check -r: refcount repair and rebuild, COPIED flags, dirty bit
  *   create.c    write a new empty image
+ *   bitmap.c    persistent dirty bitmaps: directory, tables, recording
  *
  * Locking: struct qcow2_state.lock (a mutex) guards all metadata and the
  * caches.  Data I/O to clusters already mapped may run outside it.
@@ -209,6 +210,44 @@ struct qcow2_inflight {
     struct qcow2_inflight *next;
 };
 
+/* ---- persistent dirty bitmaps (bitmap.c; qcow2.txt "Bitmaps") ----------- */
+
+#define QCOW2_BME_FLAG_IN_USE (1u << 0)
+#define QCOW2_BME_FLAG_AUTO (1u << 1)
+#define QCOW2_BME_RESERVED_FLAGS 0xfffffffcu
+#define QCOW2_BME_TYPE_DIRTY 1
+#define QCOW2_BME_MIN_GRANULARITY_BITS 9
+#define QCOW2_BME_MAX_GRANULARITY_BITS 31
+#define QCOW2_BME_MAX_NAME 1023
+#define QCOW2_BME_MAX_TABLE_SIZE 0x8000000u  /* entries, as qemu */
+#define QCOW2_BME_MAX_PHYS_SIZE 0x20000000u  /* bytes of bitmap data, as qemu */
+#define QCOW2_BME_MAX_BITMAPS 65535
+#define QCOW2_BME_MAX_DIR_SIZE (64u << 20)
+#define QCOW2_BME_TABLE_ALL_ONES 1ull
+#define QCOW2_BME_TABLE_RESERVED 0xff000000000001feull
+
+struct qcow2_bitmap {
+    char *name;            /* NUL-terminated, 1..1023 bytes on disk */
+    uint32_t flags;        /* QCOW2_BME_FLAG_*, as wanted (not in_use) */
+    uint8_t type;
+    uint8_t gbits;         /* log2 of the granularity */
+    uint64_t table_off;    /* bitmap table as on disk */
+    uint32_t table_size;   /* entries */
+    uint32_t extra_bytes;  /* extra data, kept as it was */
+    uint8_t *extra;
+    bool inconsistent;     /* in_use on disk when read: kept, never used */
+    uint8_t *bits;         /* one bit per granule (LSB first), NULL when
+                              not loaded or inconsistent */
+    uint64_t nb_bits;
+};
+
+struct qcow2_bitmap_list {
+    struct qcow2_bitmap *b;
+    uint32_t nb;
+};
+
+void qcow2_bitmap_list_free(struct qcow2_bitmap_list *l);
+
 struct qcow2_state {
     pthread_mutex_t lock;
     /* Readers hold it shared from mapping to the end of their data reads;
@@ -264,6 +303,11 @@ struct qcow2_state {
     bool open_for_repair;       /* rb_open_opts.repair: metadata only, no
                                    repair at open (check -r repairs) */
     struct qcow2_wstate *w;     /* write.c's private state (NULL read-only) */
+
+    /* persistent bitmaps, loaded on first need (under lock) */
+    struct qcow2_bitmap_list bitmaps;
+    bool bitmaps_loaded;
+    bool bitmaps_flagged;       /* in_use written on disk by us */
 };
 
 /* Offset of the refcount block of reftable entry @reftable_index, checked
@@ -441,6 +485,43 @@ int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error
 int qcow2_flush(struct rb_image *img, struct rb_error *err);
 int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
                            size_t len, struct rb_error *err);
+
+/* ---- bitmaps (bitmap.c) ---------------------------------------------------- */
+
+/*
+ * Read the bitmap directory of @s as the header locates it and parse its
+ * entries (structure only: every entry inside the directory).  @l is
+ * empty when the image has no bitmaps.  Bits are not loaded.  Lock held
+ * or state private.  0 or -errno (-EINVAL: corrupt) with @err set.
+ */
+int qcow2_bitmap_dir_read(struct qcow2_state *s, struct qcow2_bitmap_list *l,
+                          struct rb_error *err);
+/* Check one entry as qemu's check_dir_entry does; 0 or -EINVAL with @err
+ * naming the bitmap and what is wrong. */
+int qcow2_bitmap_entry_check(struct qcow2_state *s, const struct qcow2_bitmap *b,
+                             struct rb_error *err);
+/* Read the data clusters of bitmap table @toff (@tsize entries) and call
+ * @fn for each data cluster offset (not for all-zeros/all-ones entries).
+ * For check and for freeing.  Entries are validated: -EINVAL on a bad
+ * one.  Lock held. */
+int qcow2_bitmap_table_walk(struct qcow2_state *s, uint64_t toff, uint32_t tsize,
+                            int (*fn)(struct qcow2_state *s, uint64_t data_off, void *opaque),
+                            void *opaque, struct rb_error *err);
+/* Load s->bitmaps (directory, every entry checked, the bits of every
+ * consistent bitmap) unless loaded.  Lock held.  0 or -errno. */
+int qcow2_bitmaps_load(struct qcow2_state *s, struct rb_error *err);
+/* Before the first guest write: load the bitmaps and write the directory
+ * back in place with every bitmap flagged in_use (synced).  1 when done
+ * (or no bitmaps), 0 when the directory is corrupt (the caller clears the
+ * autoclear bit), -errno on error.  Lock held. */
+int qcow2_bitmaps_begin_writes(struct qcow2_state *s, struct rb_error *err);
+/* Record a guest change of [@off, @off + @len) in every enabled, loaded,
+ * consistent bitmap.  Lock held. */
+void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t off, uint64_t len);
+/* At a clean close, after a full flush: write every loaded bitmap back
+ * (new tables, then the directory without in_use, then the header), free
+ * the old clusters.  Lock held (or state private).  0 or -errno. */
+int qcow2_bitmaps_close(struct qcow2_state *s, struct rb_error *err);
 
 /* ---- references and repair (check.c, repair.c) ------------------------------ */
 

@@ -77,6 +77,11 @@ int qcow2_refcount_add(struct qcow2_state *s, uint64_t idx, int64_t delta,
  */
 int qcow2_alloc_cluster(struct qcow2_state *s, uint64_t *host_off, struct rb_error *err);
 
+/* Allocate @n contiguous host clusters (refcount 1 each) and return the
+ * offset of the first.  Caller holds the lock.  0 or -errno. */
+int qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n, uint64_t *host_off,
+                         struct rb_error *err);
+
 struct qcow2_inflight;
 
 /*

@@ -103,69 +103,9 @@ int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_erro
     return 0;
 }
 
-/*
- * Flag every persistent bitmap in_use in the bitmap directory, in place
- * (qcow2.txt "Bitmap directory", flags bit 0: "The bitmap was not saved
- * correctly and may be inconsistent"): rblock does not record writes in
- * them yet, so after the first write they are honestly inconsistent, and
- * the directory stays valid so their clusters stay referenced (clearing
- * the autoclear bit instead would make QEMU ignore the directory and
- * report them leaked).  1 when done, 0 when the directory cannot be
- * parsed (the caller then clears the autoclear bit, as the spec allows),
- * -errno on a write error.  Lock held.
- */
-static int bitmaps_in_use(struct qcow2_state *s, struct rb_error *err)
-{
-    uint64_t size = s->h.bitmap_directory_size, pos = 0;
-    bool changed = false;
-    uint8_t *dir;
-    int ret;
-
-    /* header.c checked: inside the file, at most 64 MiB */
-    dir = malloc(size ? size : 1);
-    if (!dir)
-        return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
-    ret = rb_io_pread(s->fd, dir, size, s->h.bitmap_directory_offset);
-    if (ret < 0) {
-        free(dir);
-        return rb_error_errno(err, -ret, "%s: cannot read the bitmap directory", s->name);
-    }
-    for (uint32_t i = 0; i < s->h.nb_bitmaps; i++) {
-        uint64_t name_len, extra;
-
-        if (pos > size || size - pos < 24) {
-            free(dir);
-            return 0;
-        }
-        name_len = rb_load_be16(dir + pos + 18);
-        extra = rb_load_be32(dir + pos + 20);
-        if (24 + extra + name_len > size - pos) {
-            free(dir);
-            return 0;
-        }
-        if (!(dir[pos + 15] & 1)) { /* flags: big-endian, bit 0 in_use */
-            dir[pos + 15] |= 1;
-            changed = true;
-        }
-        pos += (24 + extra + name_len + 7) & ~7ull;
-    }
-    ret = 0;
-    if (changed) {
-        /* ORDER: durable before any guest data changes */
-        ret = rb_io_pwrite(s->fd, dir, size, s->h.bitmap_directory_offset);
-        if (ret == 0 && s->barriers)
-            ret = rb_io_sync(s->fd);
-        if (ret < 0)
-            ret = io_fail(s, ret, "cannot write the bitmap directory",
-                          s->h.bitmap_directory_offset, err);
-    }
-    free(dir);
-    return ret < 0 ? ret : 1;
-}
-
 /* Before the first change (lock held): with lazy refcounts set the dirty
  * bit; flag persistent bitmaps in_use (autoclear bit 0 stays: the
- * directory is kept valid) and clear the autoclear bits of extensions
+ * directory is kept valid, and a clean close writes them back) and clear the autoclear bits of extensions
  * rblock does not know (qcow2.txt "autoclear_features"). */
 static int first_write(struct qcow2_state *s, struct rb_error *err)
 {
@@ -180,8 +120,11 @@ static int first_write(struct qcow2_state *s, struct rb_error *err)
         if (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS)
             incompat |= QCOW2_INCOMPAT_DIRTY;
         /* (spec: the bit without the extension is an error: cleared) */
+        /* bitmaps: loaded (they record every change from here on) and
+         * flagged in_use on disk until a clean close writes them back; a
+         * directory that cannot be parsed makes the caller drop it */
         ret = (autoclear & QCOW2_AUTOCLEAR_BITMAPS) && s->h.nb_bitmaps
-                  ? bitmaps_in_use(s, err) : 0;
+                  ? qcow2_bitmaps_begin_writes(s, err) : 0;
         if (ret < 0)
             return ret;
         if (ret == 0)
@@ -418,8 +361,10 @@ static int do_flush(struct qcow2_state *s, struct rb_error *err)
     return 0;
 }
 
-/* Run @fn under the writer lock after the first-write header update. */
-static int begin(struct qcow2_state *s, struct rb_error *err)
+/* Take the writer lock after the first-write header update, and record
+ * the guest range [@off, @off + @len) about to change in every enabled
+ * bitmap (qemu marks a request's range whatever its outcome). */
+static int begin(struct qcow2_state *s, uint64_t off, uint64_t len, struct rb_error *err)
 {
     int ret;
 
@@ -430,6 +375,8 @@ static int begin(struct qcow2_state *s, struct rb_error *err)
     pthread_rwlock_wrlock(&s->data_rw);
     pthread_mutex_lock(&s->lock);
     ret = first_write(s, err);
+    if (ret == 0)
+        qcow2_bitmaps_mark(s, off, len);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
         pthread_rwlock_unlock(&s->data_rw);
@@ -453,7 +400,7 @@ int qcow2_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
 {
     struct qcow2_state *s = qcow2_state_of(img);
     const uint8_t *p = buf;
-    int ret = begin(s, err);
+    int ret = begin(s, off, len, err);
 
     if (ret < 0)
         return ret;
@@ -506,7 +453,7 @@ int qcow2_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len, unsigne
 
     if (!v3 && (flags & RB_ZERO_FAST))
         return -ENOTSUP; /* v2 has no zero flag: zeroing writes data */
-    ret = begin(s, err);
+    ret = begin(s, off, len, err);
     if (ret < 0)
         return ret;
     while (ret == 0 && len > 0) {
@@ -537,7 +484,7 @@ int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error
 {
     struct qcow2_state *s = qcow2_state_of(img);
     uint64_t c = s->cluster_bytes;
-    int ret = begin(s, err);
+    int ret = begin(s, off, len, err);
 
     if (ret < 0)
         return ret;
@@ -583,7 +530,7 @@ int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
     if (off % c || len > c || (len < c && off + len != img->size))
         return rb_error_set(err, EINVAL, "%s: compressed write at %" PRIu64 " of %zu "
                             "bytes is not one cluster", s->name, off, len);
-    ret = begin(s, err);
+    ret = begin(s, off, len, err);
     if (ret < 0)
         return ret;
     pthread_mutex_lock(&s->lock);
@@ -649,7 +596,14 @@ void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
 
     if (!w)
         return;
-    /* ORDER: the dirty bit is cleared only once everything is durable */
+    /* a clean close writes the bitmaps back (in_use cleared) once the
+     * data they describe is durable; ORDER: the dirty bit is cleared only
+     * once everything is durable */
+    if (s->w->header_done && do_flush(s, NULL) == 0 && s->bitmaps_flagged) {
+        pthread_mutex_lock(&s->lock);
+        (void)qcow2_bitmaps_close(s, NULL);
+        pthread_mutex_unlock(&s->lock);
+    }
     if (s->w->header_done && do_flush(s, NULL) == 0 && s->dirty_bit_set) {
         rb_store_be64(be, s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (qcow2_header_update(s, 72, be, 8, NULL) == 0 && rb_io_sync(s->fd) == 0) {

@@ -335,15 +335,16 @@ def test_bitmaps_kept_through_serve(tmp_path):
     c = qcheck(img)
     assert c.returncode == 0, c.stdout + c.stderr
     assert run(RBLOCK, "check", img, check=False).returncode == 0
+    # the writes were recorded and the bitmaps written back at the clean
+    # stop: consistent again (tests/interop/test_bitmap.py checks the bits)
     flags = bitmap_flags(img)
-    assert set(flags) == {"b0", "b1"}
-    assert all("in-use" in f for f in flags.values()), flags
+    assert flags == {"b0": ["auto"], "b1": ["auto"]}, flags
     assert header(img)["autoclear"] & 1
     ours = json.loads(run(RBLOCK, "info", "--output=json", img).stdout)
     ours = {b["name"]: b["flags"] for b in ours["format-specific"]["data"]["bitmaps"]}
     assert ours == flags
 
-    # the data is there, and QEMU's tools clean up the stale bitmaps
+    # the data is there, and QEMU's tools remove the bitmaps
     ref = str(tmp_path / "ref.raw")
     run("qemu-img", "create", "-q", "-f", "raw", ref, "64M")
     run("qemu-io", "-f", "raw", "-c", "write -P 1 0 1M", "-c", "write -P 2 4M 1M",

@@ -1,0 +1,280 @@
+# SPDX-License-Identifier: MIT
+"""Persistent dirty bitmaps, interchangeable with QEMU on the same files:
+`rblock bitmap` against `qemu-img bitmap` on copies of one image (same
+qemu-img info, same dirty map through qemu-nbd -B, qemu-img check clean),
+writes through `rblock serve` recorded in the bitmaps and written back at
+a clean stop, a kill -9 leaving them in_use, and `rblock serve -B`
+serving qemu:dirty-bitmap:NAME as qemu-nbd -B does."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import nbd
+import pytest
+
+from nbd_helpers import RBLOCK, Server
+
+MiB = 1 << 20
+K64 = 64 * 1024
+
+
+def run(*args, check=True):
+    return subprocess.run([str(a) for a in args], check=check, capture_output=True,
+                          text=True, timeout=120)
+
+
+def qcheck(path):
+    c = run("qemu-img", "check", path, check=False)
+    assert c.returncode == 0, c.stdout + c.stderr
+
+
+def bitmaps(path):
+    info = json.loads(run("qemu-img", "info", "-f", "qcow2", "--output=json", path).stdout)
+    return info["format-specific"]["data"].get("bitmaps", [])
+
+
+def parse_map(text):
+    out = []
+    for line in text.splitlines():
+        off, length, status = line.split()[:3]
+        out.append((int(off), int(length), int(status)))
+    return out
+
+
+def qemu_map(path, name):
+    """The dirty map of bitmap @name as qemu-nbd -B serves it (the server
+    is started by nbdinfo through socket activation: no waiting)."""
+    r = run("nbdinfo", f"--map=qemu:dirty-bitmap:{name}", "--",
+            "[", "qemu-nbd", "-r", "-f", "qcow2", "-B", name, path, "]")
+    return parse_map(r.stdout)
+
+
+def dirty(m):
+    return [(off, n) for off, n, st in m if st & 1]
+
+
+def make(path, size="64M", cluster=None):
+    opts = ["-o", f"cluster_size={cluster}"] if cluster else []
+    run("qemu-img", "create", "-q", "-f", "qcow2", *opts, path, size)
+
+
+@pytest.fixture
+def base(tmp_path):
+    """64 MiB, data, two enabled bitmaps (64k, 128k) that recorded writes,
+    and a disabled one."""
+    img = str(tmp_path / "base.qcow2")
+    make(img)
+    run("qemu-io", "-c", "write -P 1 0 1M", img)
+    run("qemu-img", "bitmap", "--add", img, "b0")
+    run("qemu-img", "bitmap", "--add", "-g", "128k", img, "b1")
+    run("qemu-io", "-c", "write -P 2 4M 64k", "-c", "write -P 3 9M 200k", img)
+    run("qemu-img", "bitmap", "--add", "--disable", img, "b2")
+    run("qemu-img", "bitmap", "--disable", img, "b1")
+    run("qemu-io", "-c", "write -P 4 20M 64k", img)
+    return img
+
+
+def same_as_qemu(tmp_path, src, args, name):
+    """Apply `bitmap ARGS IMAGE NAME` with rblock and qemu-img on two copies
+    of @src; both must succeed, pass qemu-img check and agree."""
+    ours, theirs = str(tmp_path / "ours.qcow2"), str(tmp_path / "theirs.qcow2")
+    shutil.copy(src, ours)
+    shutil.copy(src, theirs)
+    r = run(RBLOCK, "bitmap", *args, ours, name, check=False)
+    assert r.returncode == 0, r.stderr
+    run("qemu-img", "bitmap", *args, theirs, name)
+    qcheck(ours)
+    assert run(RBLOCK, "check", ours, check=False).returncode == 0
+    assert bitmaps(ours) == bitmaps(theirs)
+    for b in bitmaps(theirs):
+        assert qemu_map(ours, b["name"]) == qemu_map(theirs, b["name"]), b
+    return ours
+
+
+def test_add_listed_by_qemu(tmp_path):
+    img = str(tmp_path / "a.qcow2")
+    make(img)
+    run(RBLOCK, "bitmap", "--add", img, "first")
+    run(RBLOCK, "bitmap", "--add", "-g", "512", "--disable", img, "tiny")
+    run(RBLOCK, "bitmap", "--add", "-g", "2G", img, "huge")
+    name = "n" * 1023
+    run(RBLOCK, "bitmap", "--add", img, name)
+    qcheck(img)
+    assert bitmaps(img) == [
+        {"flags": ["auto"], "name": "first", "granularity": 65536},
+        {"flags": [], "name": "tiny", "granularity": 512},
+        {"flags": ["auto"], "name": "huge", "granularity": 1 << 31},
+        {"flags": ["auto"], "name": name, "granularity": 65536},
+    ]
+    # qemu-nbd serves it (all clean), and our info says the same as qemu's
+    assert qemu_map(img, "first") == [(0, 64 * MiB, 0)]
+    ours = json.loads(run(RBLOCK, "info", "--output=json", img).stdout)
+    assert ours["format-specific"]["data"]["bitmaps"] == bitmaps(img)
+    # qemu's own writes land in our bitmap
+    run("qemu-io", "-c", "write 1M 64k", img)
+    assert dirty(qemu_map(img, "first")) == [(MiB, K64)]
+    assert dirty(qemu_map(img, "tiny")) == []
+    qcheck(img)
+
+
+def test_add_refused_like_qemu(tmp_path):
+    img = str(tmp_path / "a.qcow2")
+    make(img)
+    run(RBLOCK, "bitmap", "--add", img, "x")
+    before = open(img, "rb").read()
+    for args in (["--add"], ["--add", "-g", "1000"], ["--add", "-g", "256"],
+                 ["--add", "-g", "4G"], ["--clear", "--add"]):
+        r = run(RBLOCK, "bitmap", *args, img, "x" if "-g" not in args else "y",
+                check=False)
+        assert r.returncode == 1 and r.stderr.startswith("rblock: "), (args, r.stderr)
+    for args in (["--remove"], ["--merge", "x"], ["--enable"]):
+        r = run(RBLOCK, "bitmap", *args, img, "nope", check=False)
+        assert r.returncode == 1 and "nope" in r.stderr, r.stderr
+    r = run(RBLOCK, "bitmap", "--add", img, "n" * 1024, check=False)
+    assert r.returncode == 1
+    r = run(RBLOCK, "bitmap", img, "x", check=False)
+    assert r.returncode == 1
+    # a failed sequence changes nothing (the --add before the failure too)
+    r = run(RBLOCK, "bitmap", "--add", "--remove", "--remove", img, "z", check=False)
+    assert r.returncode == 1
+    assert open(img, "rb").read() == before
+    v2 = str(tmp_path / "v2.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M")
+    r = run(RBLOCK, "bitmap", "--add", v2, "x", check=False)
+    assert r.returncode == 1 and "v2" in r.stderr
+
+
+@pytest.mark.parametrize("args,name", [
+    (["--clear"], "b0"),
+    (["--disable"], "b0"),
+    (["--enable"], "b1"),
+    (["--remove"], "b1"),
+    (["--merge", "b1"], "b0"),
+    (["--merge", "b0"], "b1"),
+    (["--merge", "b0", "--merge", "b1"], "b2"),
+    (["--add", "-g", "512", "--merge", "b1", "--disable"], "n"),
+    (["--add", "-g", "1M", "--merge", "b0"], "n"),
+    (["--clear", "--merge", "b1", "--enable"], "b2"),
+    (["--remove", "--add"], "b0"),
+])
+def test_ops_match_qemu(tmp_path, base, args, name):
+    same_as_qemu(tmp_path, base, args, name)
+
+
+def test_default_granularity_and_remove_all(tmp_path):
+    for cluster in ("512", "4k", "2M"):
+        img = str(tmp_path / f"c{cluster}.qcow2")
+        make(img, "8M", cluster)
+        run("qemu-io", "-c", "write 0 1M", img)
+        out = same_as_qemu(tmp_path, img, ["--add"], "d")
+        shutil.copy(out, img)
+    # removing the last bitmap drops the extension and the autoclear bit
+    out = same_as_qemu(tmp_path, img, ["--remove"], "d")
+    assert bitmaps(out) == []
+    with open(out, "rb") as f:
+        f.seek(88)
+        assert int.from_bytes(f.read(8), "big") & 1 == 0
+
+
+def test_merge_from_other_image(tmp_path, base):
+    other = str(tmp_path / "other.qcow2")
+    make(other)
+    run("qemu-img", "bitmap", "--add", "-g", "256k", other, "o")
+    run("qemu-io", "-c", "write 30M 1k", "-c", "write 50M 3M", other)
+    same_as_qemu(tmp_path, base, ["--merge", "o", "-b", other, "-F", "qcow2"], "b0")
+    small = str(tmp_path / "small.qcow2")
+    make(small, "32M")
+    run("qemu-img", "bitmap", "--add", small, "s")
+    r = run(RBLOCK, "bitmap", "--merge", "s", "-b", small, base, "b0", check=False)
+    assert r.returncode == 1 and "bytes" in r.stderr
+
+
+def serve_writes(img, *args):
+    """Writes, zeroes and a trim through rblock serve, then SIGTERM."""
+    srv = Server(img, *args)
+    try:
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        h.pwrite(b"\x55" * 4096, 2 * MiB + 100)          # one 64k granule
+        h.pwrite(b"\x66" * (K64 + 1), 7 * MiB)          # two granules
+        h.zero(MiB, 12 * MiB)                           # 16 granules
+        h.trim(K64, 30 * MiB)                           # one granule
+        h.flush()
+        h.shutdown()
+    finally:
+        status, err = srv.stop()
+    assert status == 0, err
+    assert "AddressSanitizer" not in err and "runtime error" not in err, err
+
+
+def test_serve_writes_recorded(tmp_path):
+    img = str(tmp_path / "s.qcow2")
+    make(img)
+    run("qemu-io", "-c", "write -P 1 0 64M", img)
+    run("qemu-img", "bitmap", "--add", img, "inc")
+    run("qemu-img", "bitmap", "--add", "-g", "1M", img, "coarse")
+    run("qemu-img", "bitmap", "--add", "--disable", img, "off")
+    serve_writes(img)
+    qcheck(img)
+    assert run(RBLOCK, "check", img, check=False).returncode == 0
+    # written back at the clean stop: consistent, no longer in_use
+    assert bitmaps(img) == [
+        {"flags": ["auto"], "name": "inc", "granularity": K64},
+        {"flags": ["auto"], "name": "coarse", "granularity": MiB},
+        {"flags": [], "name": "off", "granularity": K64},
+    ]
+    assert dirty(qemu_map(img, "inc")) == [(2 * MiB, K64), (7 * MiB, 2 * K64),
+                                           (12 * MiB, MiB), (30 * MiB, K64)]
+    assert dirty(qemu_map(img, "coarse")) == [(2 * MiB, MiB), (7 * MiB, MiB),
+                                              (12 * MiB, MiB), (30 * MiB, MiB)]
+    assert dirty(qemu_map(img, "off")) == []
+    # a second session adds to what the first recorded
+    srv = Server(img)
+    try:
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        h.pwrite(b"\x77" * 512, 40 * MiB)
+        h.shutdown()
+    finally:
+        assert srv.stop()[0] == 0
+    qcheck(img)
+    assert dirty(qemu_map(img, "inc"))[-1] == (40 * MiB, K64)
+    assert len(dirty(qemu_map(img, "inc"))) == 5
+
+
+def test_kill9_leaves_in_use(tmp_path):
+    img = str(tmp_path / "k.qcow2")
+    make(img)
+    run("qemu-img", "bitmap", "--add", img, "b")
+    srv = Server(img)
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    h.pwrite(b"\x11" * K64, 5 * MiB)
+    h.flush()
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    os.unlink(srv.path)
+    os.rmdir(srv.dir)
+    assert bitmaps(img) == [{"flags": ["in-use", "auto"], "name": "b",
+                             "granularity": K64}]
+    # an inconsistent bitmap is not recorded into and stays in_use, while a
+    # fresh one next to it is kept up to date
+    run(RBLOCK, "bitmap", "--add", img, "fresh")
+    serve_writes(img)
+    qcheck(img)
+    assert bitmaps(img) == [
+        {"flags": ["in-use", "auto"], "name": "b", "granularity": K64},
+        {"flags": ["auto"], "name": "fresh", "granularity": K64},
+    ]
+    assert len(dirty(qemu_map(img, "fresh"))) == 4
+    # only --remove works on it, as with qemu-img bitmap
+    for op in ("--clear", "--enable", "--disable"):
+        r = run(RBLOCK, "bitmap", op, img, "b", check=False)
+        assert r.returncode == 1 and "inconsistent" in r.stderr, r.stderr
+    r = run(RBLOCK, "bitmap", "--merge", "b", img, "fresh", check=False)
+    assert r.returncode == 1 and "inconsistent" in r.stderr
+    run(RBLOCK, "bitmap", "--remove", img, "b")
+    qcheck(img)
+    assert [b["name"] for b in bitmaps(img)] == ["fresh"]
