@@ -25,7 +25,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: rblock serve [--nbd ADDR]... [--rpc ADDR]... [--read-only]\n"
-            "                    [--export-name NAME] [--description TEXT]\n"
+            "                    [--export-name NAME] [--description TEXT] [-B BITMAP]...\n"
             "                    [--max-connections N] [--max-inflight SIZE]\n"
             "                    [--tls=off|on|require] [--tls-cert DIR | --tls-psk FILE]\n"
             "                    [--tls-verify-peer]\n"
@@ -41,6 +41,9 @@ static void usage(FILE *f)
             "  -r, --read-only        refuse writes\n"
             "  -x, --export-name NAME export name (\"\" is always accepted)\n"
             "  -d, --description TEXT description shown to clients\n"
+            "  -B, --bitmap NAME      offer the qcow2 dirty bitmap NAME as the NBD\n"
+            "                         metadata context qemu:dirty-bitmap:NAME\n"
+            "                         (repeatable), as qemu-nbd -B\n"
             "  -m, --max-connections N  (default %u)\n"
             "      --max-inflight SIZE  NBD request data buffered for all clients\n"
             "                         together (default 1G; each client also at most 64M)\n"
@@ -131,6 +134,7 @@ int cmd_serve(int argc, char **argv)
         {"read-only", no_argument, NULL, 'r'},
         {"export-name", required_argument, NULL, 'x'},
         {"description", required_argument, NULL, 'd'},
+        {"bitmap", required_argument, NULL, 'B'},
         {"max-connections", required_argument, NULL, 'm'},
         {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
         {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
@@ -148,7 +152,8 @@ int cmd_serve(int argc, char **argv)
     const char *rpc_addrs[MAX_ADDRS];
     size_t n_rpc = 0;
     const char *run_cmd = NULL;
-    struct rb_export_config cfg = {0};
+    const char *bitmaps[RB_EXPORT_MAX_BITMAPS];
+    struct rb_export_config cfg = {.bitmaps = bitmaps};
     struct rb_server srv = {0};
     struct rb_listeners ls = {0};
     struct rb_error err = {0};
@@ -157,7 +162,7 @@ int cmd_serve(int argc, char **argv)
     const char *tls_mode = NULL;
     int c, status = 1, activated;
 
-    while ((c = getopt_long(argc, argv, "rx:d:m:f:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "rx:d:m:f:B:h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_NBD:
             if (n_nbd == MAX_ADDRS) {
@@ -174,6 +179,13 @@ int cmd_serve(int argc, char **argv)
             rpc_addrs[n_rpc++] = optarg;
             break;
         case 'r': cfg.read_only = true; break;
+        case 'B':
+            if (cfg.nb_bitmaps == RB_EXPORT_MAX_BITMAPS) {
+                complain("at most %d --bitmap options", RB_EXPORT_MAX_BITMAPS);
+                return 1;
+            }
+            bitmaps[cfg.nb_bitmaps++] = optarg;
+            break;
         case 'x':
             if (strlen(optarg) > 4096) {
                 complain("--export-name is longer than 4096 bytes");

@@ -40,7 +40,12 @@ struct rb_export_config {
     bool read_only;          /* open read-only, refuse writes */
     const char *name;        /* export name; "" and this name are accepted */
     const char *description; /* NULL when none */
+    const char *const *bitmaps; /* persistent dirty bitmaps to serve (qcow2,
+                                   each existing and consistent), or NULL */
+    size_t nb_bitmaps;          /* at most RB_EXPORT_MAX_BITMAPS */
 };
+
+#define RB_EXPORT_MAX_BITMAPS 30
 
 /* Counters of one protocol (a snapshot; see rb_export_stats). */
 struct rb_proto_stats {
@@ -83,6 +88,15 @@ bool rb_export_matches(const struct rb_export *e, const char *name, size_t len);
  * go through the rb_export_* calls below.
  */
 struct rb_image *rb_export_image(struct rb_export *e);
+
+/* The bitmaps chosen at open (rb_export_config.bitmaps), in that order. */
+size_t rb_export_nb_bitmaps(const struct rb_export *e);
+const char *rb_export_bitmap(const struct rb_export *e, size_t i);
+/* The run from @off (at most @len bytes) that is all dirty or all clean in
+ * bitmap @i, as it is now: *dirty, *bytes > 0.  0 or -errno with @err. */
+int rb_export_bitmap_extent(struct rb_export *e, enum rb_proto_id p, size_t i,
+                            uint64_t off, uint64_t len, bool *dirty, uint64_t *bytes,
+                            struct rb_error *err);
 
 /* I/O: 0 or -errno with @err set (@err may be NULL).  Flags are the
  * image layer's RB_WRITE_FUA, RB_ZERO_MAY_UNMAP, RB_ZERO_FAST; with

@@ -12,6 +12,7 @@
 
 #include "core/export.h"
 #include "rblock/io.h"
+#include "rblock/qcow2.h"
 
 struct counters {
     atomic_uint_fast64_t connections_total, connections_now, connections_closing,
@@ -23,6 +24,8 @@ struct rb_export {
     char *name;
     char *description;
     bool read_only;
+    char **bitmaps;
+    size_t nb_bitmaps;
     struct timespec start;
     struct counters stats[RB_PROTO_COUNT];
 };
@@ -59,9 +62,44 @@ struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_e
     if (!e->img)
         goto fail;
     e->read_only = cfg->read_only || e->img->read_only;
+    if (cfg->nb_bitmaps > RB_EXPORT_MAX_BITMAPS) {
+        rb_error_set(err, EINVAL, "%s: at most %d bitmaps can be served", cfg->path,
+                     RB_EXPORT_MAX_BITMAPS);
+        goto fail;
+    }
+    if (cfg->nb_bitmaps && !rb_qcow2_is(e->img)) {
+        rb_error_set(err, EINVAL, "%s: format '%s' has no bitmaps", cfg->path,
+                     e->img->ops->format);
+        goto fail;
+    }
+    e->bitmaps = calloc(cfg->nb_bitmaps + 1, sizeof(*e->bitmaps));
+    if (!e->bitmaps) {
+        rb_error_set(err, ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->nb_bitmaps; i++) {
+        /* refused at start-up, as qemu-nbd -B: unknown or inconsistent */
+        if (rb_qcow2_bitmap_use(e->img, cfg->bitmaps[i], err) < 0)
+            goto fail;
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(e->bitmaps[k], cfg->bitmaps[i]) == 0) {
+                rb_error_set(err, EINVAL, "bitmap '%s' given twice", cfg->bitmaps[i]);
+                goto fail;
+            }
+        e->bitmaps[i] = strdup(cfg->bitmaps[i]);
+        if (!e->bitmaps[i]) {
+            rb_error_set(err, ENOMEM, "out of memory");
+            goto fail;
+        }
+        e->nb_bitmaps = i + 1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &e->start);
     return e;
 fail:
+    rb_image_close(e->img);
+    for (size_t i = 0; i < e->nb_bitmaps; i++)
+        free(e->bitmaps[i]);
+    free(e->bitmaps);
     free(e->name);
     free(e->description);
     free(e);
@@ -77,6 +115,9 @@ int rb_export_close(struct rb_export *e, struct rb_error *err)
     if (!e->read_only)
         ret = rb_image_flush(e->img, err);
     rb_image_close(e->img);
+    for (size_t i = 0; i < e->nb_bitmaps; i++)
+        free(e->bitmaps[i]);
+    free(e->bitmaps);
     free(e->name);
     free(e->description);
     free(e);
@@ -231,6 +272,29 @@ int rb_export_block_status(struct rb_export *e, enum rb_proto_id p, uint64_t off
         ret = rb_error_set(err, EINVAL, "block status of an empty range");
     if (ret == 0)
         ret = rb_image_block_status(e->img, off, len, ext, err);
+    return account(e, p, ret, 0, 0);
+}
+
+size_t rb_export_nb_bitmaps(const struct rb_export *e)
+{
+    return e->nb_bitmaps;
+}
+
+const char *rb_export_bitmap(const struct rb_export *e, size_t i)
+{
+    return i < e->nb_bitmaps ? e->bitmaps[i] : NULL;
+}
+
+int rb_export_bitmap_extent(struct rb_export *e, enum rb_proto_id p, size_t i,
+                            uint64_t off, uint64_t len, bool *dirty, uint64_t *bytes,
+                            struct rb_error *err)
+{
+    int ret = check_range(e, off, len, EINVAL, err);
+
+    if (ret == 0 && (len == 0 || i >= e->nb_bitmaps))
+        ret = rb_error_set(err, EINVAL, "bitmap status of an empty range or no bitmap");
+    if (ret == 0)
+        ret = rb_qcow2_bitmap_extent(e->img, e->bitmaps[i], off, len, dirty, bytes, err);
     return account(e, p, ret, 0, 0);
 }
 

@@ -247,20 +247,23 @@ static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
                           (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
 
     if (nq == 0 && !set)
-        sel = nbd_meta_all();
+        sel = nbd_meta_all(export_of(c));
     for (uint32_t i = 0; i < nq; i++) {
         uint32_t ql = get32(o->data + pos);
 
-        sel |= nbd_meta_query(o->data + pos + 4, ql, !set);
+        sel |= nbd_meta_query(export_of(c), o->data + pos + 4, ql, !set);
         pos += 4 + ql;
     }
     if (set)
         s->meta = sel;
     ret = 0;
-    for (unsigned i = 0; i < nbd_meta_count && !ret; i++)
-        if (sel & ((nbd_meta_set)1 << i))
-            ret = send_context(c, o->code, set ? nbd_meta_id(i) : 0,
-                               nbd_meta_contexts[i].name);
+    for (unsigned i = 0; i < nbd_meta_count(export_of(c)) && !ret; i++) {
+        if (sel & ((nbd_meta_set)1 << i)) {
+            struct nbd_meta_context row;
+            nbd_meta_row(export_of(c), i, &row);
+            ret = send_context(c, o->code, set ? nbd_meta_id(i) : 0, row.name);
+        }
+    }
     return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
 }
 

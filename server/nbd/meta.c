@@ -2,6 +2,7 @@
 /*
  * meta.c - the metadata contexts rblock serves (see meta.h).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "nbd/meta.h"
@@ -23,32 +24,60 @@ static uint32_t allocation_depth(const struct rb_extent *ext)
     return ext->flags & RB_BS_ALLOCATED ? ext->depth + 1 : 0;
 }
 
-const struct nbd_meta_context nbd_meta_contexts[] = {
+/* The rows of every export; its bitmaps follow. */
+static const struct {
+    const char *name;
+    uint32_t (*status_of)(const struct rb_extent *ext);
+} fixed[] = {
     {"base:allocation", base_allocation},
     {"qemu:allocation-depth", allocation_depth},
 };
-const unsigned nbd_meta_count = sizeof(nbd_meta_contexts) / sizeof(nbd_meta_contexts[0]);
+#define NB_FIXED (sizeof(fixed) / sizeof(fixed[0]))
 
-_Static_assert(sizeof(nbd_meta_contexts) / sizeof(nbd_meta_contexts[0]) <=
-                   8 * sizeof(nbd_meta_set),
+_Static_assert(NB_FIXED + RB_EXPORT_MAX_BITMAPS <= 8 * sizeof(nbd_meta_set),
                "a selection holds one bit per context");
 
-nbd_meta_set nbd_meta_all(void)
+unsigned nbd_meta_count(const struct rb_export *e)
 {
-    return nbd_meta_count >= 32 ? ~(nbd_meta_set)0 : ((nbd_meta_set)1 << nbd_meta_count) - 1;
+    return (unsigned)(NB_FIXED + rb_export_nb_bitmaps(e));
 }
 
-nbd_meta_set nbd_meta_query(const uint8_t *q, uint32_t qlen, bool list)
+void nbd_meta_row(const struct rb_export *e, unsigned i, struct nbd_meta_context *row)
+{
+    if (i < NB_FIXED) {
+        snprintf(row->name, sizeof(row->name), "%s", fixed[i].name);
+        row->status_of = fixed[i].status_of;
+        row->bitmap = 0;
+        return;
+    }
+    row->bitmap = i - NB_FIXED;
+    row->status_of = NULL;
+    snprintf(row->name, sizeof(row->name), NBD_META_BITMAP_PREFIX "%s",
+             rb_export_bitmap(e, row->bitmap));
+}
+
+nbd_meta_set nbd_meta_all(const struct rb_export *e)
+{
+    unsigned n = nbd_meta_count(e);
+
+    return n >= 32 ? ~(nbd_meta_set)0 : ((nbd_meta_set)1 << n) - 1;
+}
+
+nbd_meta_set nbd_meta_query(const struct rb_export *e, const uint8_t *q, uint32_t qlen,
+                            bool list)
 {
     nbd_meta_set sel = 0;
+    struct nbd_meta_context row;
 
-    for (unsigned i = 0; i < nbd_meta_count; i++) {
-        const char *name = nbd_meta_contexts[i].name;
-        size_t ns = (size_t)(strchr(name, ':') - name) + 1;
+    for (unsigned i = 0; i < nbd_meta_count(e); i++) {
+        size_t len;
 
-        if (qlen == strlen(name) && memcmp(q, name, qlen) == 0)
+        nbd_meta_row(e, i, &row);
+        len = strlen(row.name);
+        if (qlen == len && memcmp(q, row.name, qlen) == 0)
             sel |= (nbd_meta_set)1 << i;
-        else if (list && qlen == ns && memcmp(q, name, ns) == 0)
+        else if (list && qlen > 0 && qlen < len && q[qlen - 1] == ':' &&
+                 memcmp(q, row.name, qlen) == 0)
             sel |= (nbd_meta_set)1 << i;
     }
     return sel;

@@ -324,50 +324,91 @@ static void desc_add(struct desc *d, uint32_t len, uint32_t flags)
     d->n++;
 }
 
+/* Descriptors of bitmap row @row from r->off: its own walk (a bitmap's
+ * runs are not the image's extents).  Returns 0 or -errno. */
+static int bitmap_status(struct tx *t, const struct req *r,
+                         const struct nbd_meta_context *row, struct desc *d,
+                         struct rb_error *err)
+{
+    uint64_t pos = r->off, end = r->off + r->len;
+    int ret = 0;
+
+    while (pos < end && d->n < NBD_MAX_DESCRIPTORS) {
+        uint64_t bytes;
+        bool dirty;
+
+        ret = rb_export_bitmap_extent(t->e, RB_PROTO_NBD, row->bitmap, pos, end - pos,
+                                      &dirty, &bytes, err);
+        if (ret < 0)
+            break;
+        /* QEMU's docs/interop/nbd.txt: bit 0 of qemu:dirty-bitmap is "dirty" */
+        desc_add(d, (uint32_t)bytes, dirty ? 1 : 0);
+        pos += bytes;
+        if (r->flags & NBD_CMD_FLAG_REQ_ONE)
+            break;
+    }
+    return d->n ? 0 : ret;
+}
+
 static void do_block_status(struct tx *t, const struct req *r)
 {
     struct rb_error err = {0};
     uint64_t pos = r->off, end = r->off + r->len;
     bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
-    unsigned rows[8 * sizeof(nbd_meta_set)], n = 0;
+    unsigned rows[8 * sizeof(nbd_meta_set)], n = 0, extent_rows = 0;
     bool full = false;
     int ret = 0;
 
-    for (unsigned i = 0; i < nbd_meta_count; i++)
+    for (unsigned i = 0; i < nbd_meta_count(t->e); i++)
         if (t->s->meta & ((nbd_meta_set)1 << i))
             rows[n++] = i;
     /* One descriptor list per selected context, with its chunk header. */
+    struct nbd_meta_context *ctx = malloc(n * sizeof(*ctx));
     uint8_t(*hdr)[NBD_CHUNK_HDR_BYTES + 4] = malloc(n * sizeof(*hdr));
     uint8_t(*av)[8] = malloc(n * NBD_MAX_DESCRIPTORS * sizeof(*av));
     struct desc *lists = calloc(n, sizeof(*lists));
     struct iovec *iov = malloc(2 * n * sizeof(*iov));
 
-    if (!hdr || !av || !lists || !iov) {
+    if (!ctx || !hdr || !av || !lists || !iov) {
         reply_status(t, r, -ENOMEM, "out of memory");
         goto out;
     }
-    for (unsigned k = 0; k < n; k++)
+    for (unsigned k = 0; k < n; k++) {
         lists[k].v = av + k * NBD_MAX_DESCRIPTORS;
-    /* Walk extents until the range is covered or a context's list is
-     * full; each list merges neighbours with equal status.  A merged
-     * length cannot overflow: it is at most r->len. */
-    for (unsigned i = 0; pos < end && i < NBD_MAX_DESCRIPTORS && !full; i++) {
+        nbd_meta_row(t->e, rows[k], &ctx[k]);
+        extent_rows += ctx[k].status_of != NULL;
+    }
+    /* Extent rows share one walk of extents until the range is covered or
+     * a context's list is full; each list merges neighbours with equal
+     * status.  A merged length cannot overflow: it is at most r->len. */
+    for (unsigned i = 0; extent_rows && pos < end && i < NBD_MAX_DESCRIPTORS && !full; i++) {
         struct rb_extent ext;
 
         ret = rb_export_block_status(t->e, RB_PROTO_NBD, pos, end - pos, &ext, &err);
         if (ret < 0)
             break;
         for (unsigned k = 0; k < n; k++) {
-            desc_add(&lists[k], (uint32_t)ext.length,
-                     nbd_meta_contexts[rows[k]].status_of(&ext));
+            if (!ctx[k].status_of)
+                continue;
+            desc_add(&lists[k], (uint32_t)ext.length, ctx[k].status_of(&ext));
             full |= lists[k].n == NBD_MAX_DESCRIPTORS;
         }
         pos += ext.length;
         full |= one;
     }
-    log_error(t, r, ret, &err);
-    if (ret < 0 && pos == r->off) {
+    if (ret < 0 && extent_rows && pos == r->off) {
+        log_error(t, r, ret, &err);
         reply_status(t, r, ret, "block status failed");
+        goto out;
+    }
+    log_error(t, r, ret, &err);
+    ret = 0;
+    for (unsigned k = 0; k < n && ret == 0; k++)
+        if (!ctx[k].status_of)
+            ret = bitmap_status(t, r, &ctx[k], &lists[k], &err);
+    if (ret < 0) {
+        log_error(t, r, ret, &err);
+        reply_status(t, r, ret, "bitmap status failed");
         goto out;
     }
     /* (A later failure just ends the reply early, as the spec allows.) */
@@ -384,6 +425,7 @@ out:
     free(lists);
     free(av);
     free(hdr);
+    free(ctx);
 }
 
 /* ---- dispatch ------------------------------------------------------------- */

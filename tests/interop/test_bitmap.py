@@ -278,3 +278,91 @@ def test_kill9_leaves_in_use(tmp_path):
     run(RBLOCK, "bitmap", "--remove", img, "b")
     qcheck(img)
     assert [b["name"] for b in bitmaps(img)] == ["fresh"]
+
+
+def rblock_map(path, name, *extra):
+    r = run("nbdinfo", f"--map=qemu:dirty-bitmap:{name}", "--",
+            "[", RBLOCK, "serve", "-r", "-B", name, *extra, path, "]")
+    return parse_map(r.stdout)
+
+
+def test_serve_bitmap_same_as_qemu_nbd(tmp_path, base):
+    run("qemu-img", "bitmap", "--add", "-g", "512", base, "fine")
+    run("qemu-io", "-c", "write 3000 10", "-c", "write 33M 1000", "-c", "write 63M 1M",
+        "-c", "write 40M 5000", base)
+    for name in ("b0", "b1", "b2", "fine"):
+        assert rblock_map(base, name) == qemu_map(base, name), name
+    assert len(dirty(qemu_map(base, "fine"))) == 4
+    # with the other contexts, on one connection, as qemu-nbd offers them
+    r = run("nbdinfo", "--json", "--list", "--", "[", RBLOCK, "serve", "-r", "-B", "b0",
+            "-B", "fine", base, "]")
+    ctx = json.loads(r.stdout)["exports"][0]["contexts"]
+    assert ctx == ["base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:b0",
+                   "qemu:dirty-bitmap:fine"]
+    srv = Server(base, "-r", "-B", "b1", "-B", "fine")
+    try:
+        for query, want in (("qemu:dirty-bitmap:", ["qemu:dirty-bitmap:b1",
+                                                    "qemu:dirty-bitmap:fine"]),
+                            ("qemu:", ["qemu:allocation-depth", "qemu:dirty-bitmap:b1",
+                                       "qemu:dirty-bitmap:fine"]),
+                            ("qemu:dirty-bitmap:b0", [])):
+            h = nbd.NBD()
+            h.set_opt_mode(True)
+            h.add_meta_context(query)
+            h.connect_uri(srv.uri)
+            got = []
+            h.opt_list_meta_context(lambda name: got.append(name) or 0)
+            h.opt_abort()
+            assert got == want, query
+        # base:allocation and a bitmap in one block status reply
+        h = nbd.NBD()
+        for m in ("base:allocation", "qemu:dirty-bitmap:b1"):
+            h.add_meta_context(m)
+        h.connect_uri(srv.uri)
+        seen = {}
+        h.block_status(8 * MiB, 8 * MiB,
+                       lambda meta, off, ents, err: seen.__setitem__(meta, ents) or 0)
+        h.shutdown()
+        assert set(seen) == {"base:allocation", "qemu:dirty-bitmap:b1"}
+        assert seen["qemu:dirty-bitmap:b1"][:4] == [MiB, 0, 256 * 1024, 1]
+    finally:
+        assert srv.stop()[0] == 0
+
+
+def test_serve_bitmap_live_and_refused(tmp_path):
+    img = str(tmp_path / "l.qcow2")
+    make(img)
+    run("qemu-img", "bitmap", "--add", img, "b")
+    srv = Server(img, "-B", "b")
+    try:
+        h = nbd.NBD()
+        h.add_meta_context("qemu:dirty-bitmap:b")
+        h.connect_uri(srv.uri)
+        h.pwrite(b"\x01" * 512, 6 * MiB + 512)
+        seen = []
+        h.block_status(16 * MiB, 0, lambda meta, off, ents, err: seen.extend(ents) or 0)
+        h.shutdown()
+    finally:
+        assert srv.stop()[0] == 0
+    assert seen == [6 * MiB, 0, K64, 1, 10 * MiB - K64, 0]
+    assert dirty(rblock_map(img, "b")) == dirty(qemu_map(img, "b")) == [(6 * MiB, K64)]
+    # refused at start-up, as qemu-nbd -B
+    for args, why in ((["-B", "nope"], "no bitmap 'nope'"),
+                      (["-B", "b", "-B", "b"], "twice")):
+        r = run(RBLOCK, "serve", "-r", *args, img, check=False)
+        assert r.returncode == 1 and why in r.stderr, r.stderr
+    raw = str(tmp_path / "r.raw")
+    run("qemu-img", "create", "-q", "-f", "raw", raw, "1M")
+    r = run(RBLOCK, "serve", "-r", "-B", "b", raw, check=False)
+    assert r.returncode == 1 and "bitmaps" in r.stderr
+    srv = Server(img)
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    h.pwrite(b"\x11" * K64, 5 * MiB)
+    h.flush()
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    os.unlink(srv.path)
+    os.rmdir(srv.dir)
+    r = run(RBLOCK, "serve", "-r", "-B", "b", img, check=False)
+    assert r.returncode == 1 and "inconsistent" in r.stderr, r.stderr
