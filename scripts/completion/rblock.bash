@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve help"
+    local cmds="info map check create convert diff delta serve bitmap help"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -21,7 +21,9 @@ _rblock()
         convert) opts="-f -O -o -c -p -q -U --force-share --help" ;;
         diff)    opts="--sector-size --output= --count -p -f -F -U --force-share --help" ;;
         delta)   opts="-o -b -f -F -p -q -U --force-share --help" ;;
-        serve)   opts="--nbd --rpc --read-only --export-name --description
+        bitmap)  opts="--add --remove --clear --enable --disable --merge -g -b -F -f
+                       --help" ;;
+        serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
                        --tls= --tls-cert --tls-psk --tls-verify-peer --format -f --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
@@ -35,7 +37,7 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m)
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g)
             return ;;
     esac
     case $cur in
