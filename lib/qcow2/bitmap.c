@@ -515,8 +515,12 @@ static int write_header_ext(struct qcow2_state *s, uint32_t nb, uint64_t dsize, 
         memcpy(buf + out, old + bf_off, (size_t)bf_len);
         rb_store_be64(buf + 8, out);
     }
-    rb_store_be64(buf + 88, nb ? s->h.autoclear_features | QCOW2_AUTOCLEAR_BITMAPS
-                               : s->h.autoclear_features & ~QCOW2_AUTOCLEAR_BITMAPS);
+    /* (autoclear bits of extensions we do not know are cleared, as the
+     * spec asks of a writer that does not keep them up to date) */
+    rb_store_be64(buf + 88, nb ? (s->h.autoclear_features & QCOW2_AUTOCLEAR_MASK) |
+                                     QCOW2_AUTOCLEAR_BITMAPS
+                               : s->h.autoclear_features & QCOW2_AUTOCLEAR_MASK &
+                                     ~QCOW2_AUTOCLEAR_BITMAPS);
     ret = rb_io_pwrite(s->fd, buf, (size_t)c, 0);
     if (ret == 0)
         ret = rb_io_sync(s->fd);

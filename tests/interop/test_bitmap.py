@@ -366,3 +366,101 @@ def test_serve_bitmap_live_and_refused(tmp_path):
     os.rmdir(srv.dir)
     r = run(RBLOCK, "serve", "-r", "-B", "b", img, check=False)
     assert r.returncode == 1 and "inconsistent" in r.stderr, r.stderr
+
+
+def state(path):
+    """The bitmaps as QEMU reads them: qemu-img info's list and, for each
+    consistent one, its dirty map through qemu-nbd -B."""
+    bms = bitmaps(path)
+    return bms, {b["name"]: qemu_map(path, b["name"]) for b in bms
+                 if "in-use" not in b["flags"]}
+
+
+def fault_plans(env_run):
+    r = env_run("count")
+    assert r.returncode == 0, r.stderr
+    w, s = (int(x) for x in r.stderr.split("rblock-fault: writes=")[1].split(" syncs="))
+    assert w >= 3 and s >= 2, r.stderr
+    plans = [f"power-write:{n}" for n in range(1, w + 1)]
+    plans += [f"power-sync:{n}" for n in range(1, s + 1)]
+    for seed in (7, 8):  # a disk that reorders: unsynced writes kept at random
+        plans += [f"power-write:{n}:{n + seed}" for n in range(1, w + 1)]
+        plans += [f"power-sync:{n}:{n + seed}" for n in range(1, s + 1)]
+    return plans
+
+
+def no_corruption(path):
+    c = run("qemu-img", "check", path, check=False)
+    assert c.returncode in (0, 3), c.stdout + c.stderr  # leaks are harmless
+
+
+def test_bitmap_command_power_loss(tmp_path, base):
+    """A power loss at any write or sync of `rblock bitmap` leaves the old
+    bitmaps or the new ones, never a mix, and no corruption."""
+    name = "b2"
+    done = str(tmp_path / "done.qcow2")
+    shutil.copy(base, done)
+    ok = run(RBLOCK, "bitmap", "--merge", "b0", done, "b2", check=False)
+    assert ok.returncode == 0, ok.stderr
+    before, after = state(base), state(done)
+    assert before != after
+    copy = str(tmp_path / "crash.qcow2")
+
+    def attempt(plan):
+        shutil.copy(base, copy)
+        env = {**os.environ, "RBLOCK_FAULT": plan}
+        return subprocess.run([RBLOCK, "bitmap", "--merge", "b0", copy, name],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    for plan in fault_plans(attempt):
+        r = attempt(plan)
+        assert r.returncode == 99, (plan, r.returncode, r.stderr)
+        no_corruption(copy)
+        assert state(copy) in (before, after), plan
+
+
+def test_close_write_back_power_loss(tmp_path):
+    """A power loss while serve writes and then writes the bitmap back:
+    afterwards the bitmap is in_use, or consistent and marks every cluster
+    the client wrote (and had flushed); never a written cluster clean."""
+    img = str(tmp_path / "w.qcow2")
+    make(img, "16M")
+    run("qemu-img", "bitmap", "--add", img, "b")
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import nbd, os\n"
+        "h = nbd.NBD()\nh.connect_uri(os.environ['uri'])\n"
+        "h.pwrite(b'\\x42' * 4096, 3 * 1048576)\n"
+        "h.zero(65536, 9 * 1048576)\nh.flush()\nh.shutdown()\n")
+    copy = str(tmp_path / "crash.qcow2")
+
+    def attempt(plan):
+        shutil.copy(img, copy)
+        env = {**os.environ, "RBLOCK_FAULT": plan}
+        return subprocess.run([RBLOCK, "serve", "--run", f"/usr/bin/python3 {script}",
+                               copy], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    written = [(3 * MiB, K64), (9 * MiB, K64)]
+    outcomes = set()
+    for plan in fault_plans(attempt):
+        r = attempt(plan)
+        assert r.returncode == 99, (plan, r.returncode, r.stderr)
+        no_corruption(copy)
+        bms = bitmaps(copy)
+        assert [b["name"] for b in bms] == ["b"], plan
+        if "in-use" not in bms[0]["flags"]:
+            got = dirty(qemu_map(copy, "b"))
+            # consistent: either from before any write (nothing recorded) when
+            # the client's writes never happened, or with every write in it
+            assert got in ([], written), (plan, got)
+            outcomes.add("written back" if got else "untouched")
+            if got == []:
+                c = run("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", copy, img,
+                        check=False)
+                assert c.returncode == 0, (plan, c.stdout)
+        else:
+            outcomes.add("in use")
+    # the crash points cover the whole story: before the first write, while
+    # in use, and after the write-back
+    assert outcomes == {"untouched", "in use", "written back"}, outcomes
