@@ -325,7 +325,7 @@ static void check_bitmaps(struct ctx *c)
 {
     struct qcow2_state *s = c->s;
     struct qcow2_bitmap_list l;
-    struct rb_error e;
+    struct rb_error e = {0};
     int ret;
 
     if (!s->h.nb_bitmaps || !table_ok(c, "bitmap directory", s->h.bitmap_directory_offset,
@@ -349,6 +349,7 @@ static void check_bitmaps(struct ctx *c)
 
         if (tsize && table_ok(c, "bitmap table", toff, tsize * 8)) {
             inc_refs(c, toff, tsize * 8, "bitmap table");
+            e = (struct rb_error){0};
             ret = qcow2_bitmap_table_walk(s, toff, (uint32_t)tsize, count_bitmap_data, c,
                                           &e);
             if (ret == -EINVAL)

@@ -464,3 +464,64 @@ def test_close_write_back_power_loss(tmp_path):
     # the crash points cover the whole story: before the first write, while
     # in use, and after the write-back
     assert outcomes == {"untouched", "in use", "written back"}, outcomes
+
+
+def bitmap_dir(path):
+    """(offset, size) of the bitmap directory, from the header extension."""
+    with open(path, "rb") as f:
+        h = f.read(65536)
+    pos = int.from_bytes(h[100:104], "big")
+    while True:
+        typ, length = int.from_bytes(h[pos:pos + 4], "big"), int.from_bytes(
+            h[pos + 4:pos + 8], "big")
+        assert typ != 0
+        if typ == 0x23852875:
+            d = h[pos + 8:pos + 32]
+            return int.from_bytes(d[16:24], "big"), int.from_bytes(d[8:16], "big")
+        pos += 8 + (length + 7) // 8 * 8
+
+
+def poke(path, off, data):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(data)
+
+
+@pytest.mark.parametrize("damage", ["gbits", "reserved-flag", "table-past-end",
+                                    "table-entry", "name-past-dir", "type"])
+def test_damaged_bitmaps_refused(tmp_path, damage):
+    img = str(tmp_path / "d.qcow2")
+    make(img, "8M")
+    run(RBLOCK, "bitmap", "--add", img, "b")
+    run("qemu-io", "-c", "write 0 64k", img)  # a data cluster in the table
+    doff, _ = bitmap_dir(img)
+    with open(img, "rb") as f:
+        f.seek(doff)
+        toff = int.from_bytes(f.read(8), "big")
+    if damage == "gbits":
+        poke(img, doff + 17, bytes([40]))
+    elif damage == "reserved-flag":
+        poke(img, doff + 12, (0x80).to_bytes(4, "big"))
+    elif damage == "table-past-end":
+        poke(img, doff, (1 << 40).to_bytes(8, "big"))
+    elif damage == "table-entry":
+        poke(img, toff, (0xff00000000000000 | 65536 * 3).to_bytes(8, "big"))
+    elif damage == "name-past-dir":
+        poke(img, doff + 18, (60000).to_bytes(2, "big"))
+    elif damage == "type":
+        poke(img, doff + 16, bytes([7]))
+    before = open(img, "rb").read()
+    for cmd in ([RBLOCK, "bitmap", "--clear", img, "b"],
+                [RBLOCK, "bitmap", "--add", img, "c"],
+                [RBLOCK, "serve", "-r", "-B", "b", img]):
+        r = run(*cmd, check=False)
+        assert r.returncode == 1, (cmd, r.stderr)
+        assert r.stderr.startswith("rblock: " + img + ": ") and "\n" == r.stderr[-1], \
+            r.stderr
+        assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+    assert open(img, "rb").read() == before
+    # info and check still run and say something
+    r = run(RBLOCK, "info", img, check=False)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+    r = run(RBLOCK, "check", img, check=False)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
