@@ -25,6 +25,7 @@ struct rb_export {
     char *description;
     bool read_only;
     char **bitmaps;
+    struct rb_image **bitmap_layer; /* the layer of the chain holding each */
     size_t nb_bitmaps;
     struct timespec start;
     struct counters stats[RB_PROTO_COUNT];
@@ -73,14 +74,38 @@ struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_e
         goto fail;
     }
     e->bitmaps = calloc(cfg->nb_bitmaps + 1, sizeof(*e->bitmaps));
-    if (!e->bitmaps) {
+    e->bitmap_layer = calloc(cfg->nb_bitmaps + 1, sizeof(*e->bitmap_layer));
+    if (!e->bitmaps || !e->bitmap_layer) {
         rb_error_set(err, ENOMEM, "out of memory");
         goto fail;
     }
     for (size_t i = 0; i < cfg->nb_bitmaps; i++) {
-        /* refused at start-up, as qemu-nbd -B: unknown or inconsistent */
-        if (rb_qcow2_bitmap_use(e->img, cfg->bitmaps[i], err) < 0)
+        /* as qemu-nbd -B: the first layer of the chain that has it; refused
+         * at start-up when none has it, or when it is inconsistent */
+        struct rb_image *layer = e->img;
+        int ret;
+        for (;;) {
+            struct rb_error lerr = {0};
+            ret = rb_qcow2_bitmap_use(layer, cfg->bitmaps[i], &lerr);
+            if (ret == 0)
+                break;
+            if (ret != -ENOENT || !layer->backing || !rb_qcow2_is(layer->backing)) {
+                /* report the top image's error when no layer has it */
+                if (ret == -ENOENT && layer != e->img)
+                    rb_qcow2_bitmap_use(e->img, cfg->bitmaps[i], err);
+                else if (err)
+                    *err = lerr;
+                goto fail;
+            }
+            layer = layer->backing;
+        }
+        if (layer->size != e->img->size) {
+            rb_error_set(err, EINVAL, "%s: bitmap '%s' is for a disk of %" PRIu64
+                         " bytes, the export has %" PRIu64, layer->filename,
+                         cfg->bitmaps[i], layer->size, e->img->size);
             goto fail;
+        }
+        e->bitmap_layer[i] = layer;
         for (size_t k = 0; k < i; k++)
             if (strcmp(e->bitmaps[k], cfg->bitmaps[i]) == 0) {
                 rb_error_set(err, EINVAL, "bitmap '%s' given twice", cfg->bitmaps[i]);
@@ -100,6 +125,7 @@ fail:
     for (size_t i = 0; i < e->nb_bitmaps; i++)
         free(e->bitmaps[i]);
     free(e->bitmaps);
+    free(e->bitmap_layer);
     free(e->name);
     free(e->description);
     free(e);
@@ -118,6 +144,7 @@ int rb_export_close(struct rb_export *e, struct rb_error *err)
     for (size_t i = 0; i < e->nb_bitmaps; i++)
         free(e->bitmaps[i]);
     free(e->bitmaps);
+    free(e->bitmap_layer);
     free(e->name);
     free(e->description);
     free(e);
@@ -294,7 +321,8 @@ int rb_export_bitmap_extent(struct rb_export *e, enum rb_proto_id p, size_t i,
     if (ret == 0 && (len == 0 || i >= e->nb_bitmaps))
         ret = rb_error_set(err, EINVAL, "bitmap status of an empty range or no bitmap");
     if (ret == 0)
-        ret = rb_qcow2_bitmap_extent(e->img, e->bitmaps[i], off, len, dirty, bytes, err);
+        ret = rb_qcow2_bitmap_extent(e->bitmap_layer[i], e->bitmaps[i], off, len, dirty,
+                                     bytes, err);
     return account(e, p, ret, 0, 0);
 }
 

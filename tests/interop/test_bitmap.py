@@ -525,3 +525,29 @@ def test_damaged_bitmaps_refused(tmp_path, damage):
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
     r = run(RBLOCK, "check", img, check=False)
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+
+
+def test_serve_bitmap_of_backing_layer(tmp_path):
+    """As qemu-nbd -B, a bitmap the top image lacks is looked for down the
+    backing chain; writes into the top do not touch it."""
+    base = str(tmp_path / "base.qcow2")
+    top = str(tmp_path / "top.qcow2")
+    make(base, "16M")
+    run("qemu-img", "bitmap", "--add", base, "bb")
+    run("qemu-io", "-c", "write 1M 64k", "-c", "write 7M 1M", base)
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    assert rblock_map(top, "bb") == qemu_map(top, "bb")
+    assert dirty(rblock_map(top, "bb")) == [(MiB, K64), (7 * MiB, MiB)]
+    srv = Server(top, "-B", "bb")
+    try:
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        h.pwrite(b"\x05" * 512, 12 * MiB)
+        h.shutdown()
+    finally:
+        assert srv.stop()[0] == 0
+    assert dirty(qemu_map(top, "bb")) == [(MiB, K64), (7 * MiB, MiB)]
+    qcheck(top)
+    qcheck(base)
+    r = run(RBLOCK, "serve", "-r", "-B", "nowhere", top, check=False)
+    assert r.returncode == 1 and r.stderr == f"rblock: {top}: no bitmap 'nowhere'\n"
