@@ -352,8 +352,13 @@ static void check_bitmaps(struct ctx *c)
             e = (struct rb_error){0};
             ret = qcow2_bitmap_table_walk(s, toff, (uint32_t)tsize, count_bitmap_data, c,
                                           &e);
-            if (ret == -EINVAL)
-                problem(c, RB_QCOW2_CORRUPTION, toff, "%s", e.msg);
+            if (ret == -EINVAL) {
+                /* the other problems do not repeat the file name */
+                size_t n = strlen(s->name);
+                const char *m = strncmp(e.msg, s->name, n) == 0 && e.msg[n] == ':'
+                                    ? e.msg + n + 2 : e.msg;
+                problem(c, RB_QCOW2_CORRUPTION, toff, "%s", m);
+            }
             else if (ret < 0)
                 c->res->check_errors++;
         }

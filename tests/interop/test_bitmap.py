@@ -525,6 +525,8 @@ def test_damaged_bitmaps_refused(tmp_path, damage):
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
     r = run(RBLOCK, "check", img, check=False)
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr
+    if damage == "table-entry":
+        assert r.returncode == 2 and "ERROR: bitmap table at " in r.stdout, r.stdout
 
 
 def test_serve_bitmap_of_backing_layer(tmp_path):
