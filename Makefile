@@ -4,7 +4,7 @@
 BUILD ?= build
 CHECK_BUILD ?= build-check
 
-.PHONY: all deps demo check bench fuzz crash clean
+.PHONY: all deps demo check bench fuzz crash mutate clean
 
 all: deps
 	@if [ -f $(BUILD)/build.ninja ]; then meson setup --reconfigure $(BUILD) >/dev/null; \
@@ -34,5 +34,11 @@ fuzz: deps
 crash: all
 	RBLOCK_CRASH_ALL=1 tests/crash/run
 
+# Plant each bug of tests/mutants/ in a scratch copy (build-mutate/), build
+# it with ASan + UBSan and run the tests it names: fails when one survives.
+# Not part of check (time).  MUTANTS="name ..." runs only those.
+mutate: deps
+	tests/mutants/run $(MUTANTS)
+
 clean:
-	rm -rf $(BUILD) $(CHECK_BUILD) build-fuzz
+	rm -rf $(BUILD) $(CHECK_BUILD) build-fuzz build-mutate
