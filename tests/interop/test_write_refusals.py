@@ -116,15 +116,3 @@ def test_read_only_serve_reads_and_refuses_writes(tmp_path, make):
     assert sha(*files) == before
     run("qemu-img", "check", "-q", img, cwd=tmp_path)
 
-
-def test_snapshot_image_served_read_write_would_corrupt(tmp_path):
-    """Why the refusal matters, shown with qemu-nbd as the reference: QEMU
-    writes it correctly (copy-on-write of the shared cluster), so the
-    snapshot still reads as it was.  rblock, refusing, never gets there."""
-    img, _, _ = snapshots(tmp_path)
-    run("qemu-io", "-c", "write -P 0x33 0 64k", img)
-    run("qemu-img", "check", "-q", img)
-    out = tmp_path / "s1.raw"
-    run("qemu-img", "convert", "-l", "snapshot.name=s1", "-O", "raw", img, out)
-    with open(out, "rb") as f:
-        assert f.read(MiB) == b"\x11" * MiB
