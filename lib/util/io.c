@@ -522,6 +522,28 @@ static bool fault_hits(uint64_t n)
     return n == fault_plan.n || (!fault_plan.once && n > fault_plan.n);
 }
 
+/* One trace line (fault_lock held); best effort, like fault_report. */
+static void fault_trace(const char *what, uint64_t n, int fd, uint64_t off, uint64_t len)
+{
+    struct stat st;
+    char line[160];
+    int k;
+
+    if (fstat(fd, &st) < 0)
+        st.st_ino = 0;
+    if (len == UINT64_MAX)
+        k = snprintf(line, sizeof(line), "rblock-fault: %s %" PRIu64 " ino=%" PRIu64 "\n", what,
+                     n, (uint64_t)st.st_ino);
+    else
+        k = snprintf(line, sizeof(line),
+                     "rblock-fault: %s %" PRIu64 " ino=%" PRIu64 " off=%" PRIu64 " len=%" PRIu64
+                     "\n",
+                     what, n, (uint64_t)st.st_ino, off, len);
+    if (k > 0 && write(2, line, (size_t)k) < 0) {
+        /* a trace that cannot be written is only missing lines */
+    }
+}
+
 static int fault_write(int op, int fd, const void *buf, uint64_t len, uint64_t off,
                        bool may_unmap)
 {
@@ -529,6 +551,8 @@ static int fault_write(int op, int fd, const void *buf, uint64_t len, uint64_t o
 
     pthread_mutex_lock(&fault_lock);
     uint64_t n = ++fault_writes;
+    if (fault_plan.trace)
+        fault_trace("write", n, fd, op == OP_TRUNCATE ? len : off, op == OP_TRUNCATE ? 0 : len);
     if (fault_plan.mode == RB_IO_FAULT_FAIL_WRITE && fault_hits(n)) {
         pthread_mutex_unlock(&fault_lock);
         return -EIO;
@@ -554,6 +578,8 @@ static int fault_sync(int fd)
 
     pthread_mutex_lock(&fault_lock);
     uint64_t n = ++fault_syncs;
+    if (fault_plan.trace)
+        fault_trace("sync", n, fd, 0, UINT64_MAX);
     if (fault_plan.mode == RB_IO_FAULT_FAIL_SYNC && fault_hits(n)) {
         pthread_mutex_unlock(&fault_lock);
         return -EIO;
@@ -651,8 +677,9 @@ int rb_io_fault_parse(const char *spec, struct rb_io_fault_plan *plan)
     const char *p;
 
     *plan = (struct rb_io_fault_plan){.report_at_exit = true};
-    if (strcmp(spec, "count") == 0) {
+    if (strcmp(spec, "count") == 0 || strcmp(spec, "trace") == 0) {
         plan->mode = RB_IO_FAULT_COUNT;
+        plan->trace = spec[0] == 't';
         return 0;
     }
     for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {

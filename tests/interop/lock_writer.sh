@@ -83,24 +83,20 @@ for img in a.raw a.qcow2; do
     grep -qxF "rblock: $img: $LOCKED" err.txt || fail "message: $(cat err.txt)"
 done
 
-# Serving qcow2 read-write needs the qcow2 writer; until it lands, skip.
-if "$RBLOCK" serve a.qcow2 --run true 2>/dev/null; then
-    step "qemu-io cannot write, nor qemu-img info read, a qcow2 rblock serves"
-    set +e
-    "$RBLOCK" serve a.qcow2 --run "qemu-io -c 'write 0 512' a.qcow2" >out.txt 2>&1
-    rc=$?
-    "$RBLOCK" serve a.qcow2 --run "qemu-img info a.qcow2" >info.txt 2>&1
-    rc2=$?
-    set -e
-    [ $rc -ne 0 ] || fail "qemu-io wrote a qcow2 rblock serves: $(cat out.txt)"
-    grep -q 'Failed to get "write" lock' out.txt || fail "qemu-io said: $(cat out.txt)"
-    [ $rc2 -ne 0 ] || fail "qemu-img info read a qcow2 being written: $(cat info.txt)"
-    grep -q 'Failed to get shared "write" lock' info.txt || fail "qemu-img said: $(cat info.txt)"
-    "$RBLOCK" serve a.qcow2 --run "qemu-img info -U a.qcow2" >/dev/null ||
-        fail "qemu-img info -U refused"
-else
-    echo "(qcow2 served read-write not supported yet: qemu-side qcow2 cases skipped)"
-fi
+"$RBLOCK" serve a.qcow2 --run true || fail "rblock cannot serve a qcow2 read-write"
+step "qemu-io cannot write, nor qemu-img info read, a qcow2 rblock serves"
+set +e
+"$RBLOCK" serve a.qcow2 --run "qemu-io -c 'write 0 512' a.qcow2" >out.txt 2>&1
+rc=$?
+"$RBLOCK" serve a.qcow2 --run "qemu-img info a.qcow2" >info.txt 2>&1
+rc2=$?
+set -e
+[ $rc -ne 0 ] || fail "qemu-io wrote a qcow2 rblock serves: $(cat out.txt)"
+grep -q 'Failed to get "write" lock' out.txt || fail "qemu-io said: $(cat out.txt)"
+[ $rc2 -ne 0 ] || fail "qemu-img info read a qcow2 being written: $(cat info.txt)"
+grep -q 'Failed to get shared "write" lock' info.txt || fail "qemu-img said: $(cat info.txt)"
+"$RBLOCK" serve a.qcow2 --run "qemu-img info -U a.qcow2" >/dev/null ||
+    fail "qemu-img info -U refused"
 
 step "rblock serve works again once qemu-io is gone"
 "$RBLOCK" serve a.raw --run 'nbdinfo --size "$uri"' > size.txt || fail "serve after release"
