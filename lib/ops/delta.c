@@ -223,8 +223,8 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
              const struct rb_delta_opts *opts, struct rb_delta_stats *stats,
              struct rb_error *err)
 {
-    struct rb_open_opts bo = {.format = opts->base_format};
-    struct rb_open_opts no = {.format = opts->new_format};
+    struct rb_open_opts bo = {.format = opts->base_format, .force_share = opts->force_share};
+    struct rb_open_opts no = {.format = opts->new_format, .force_share = opts->force_share};
     struct rb_open_opts dopen = {
         .format = "qcow2", .write = true, .unsafe_no_barriers = true, .no_backing = true};
     struct rb_delta_stats st = {0};

@@ -38,6 +38,8 @@ struct rb_export_config {
     const char *path;        /* image file */
     const char *format;      /* "raw", "qcow2" or NULL to probe */
     bool read_only;          /* open read-only, refuse writes */
+    bool force_share;        /* with read_only: serve it even while another
+                                process writes it (qemu-img -U) */
     const char *name;        /* export name; "" and this name are accepted */
     const char *description; /* NULL when none */
 };

@@ -42,7 +42,8 @@ const char *rb_proto_name(enum rb_proto_id id)
 struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_error *err)
 {
     struct rb_open_opts opts = {
-        .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only};
+        .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only,
+        .force_share = cfg->force_share};
     struct rb_export *e = calloc(1, sizeof(*e));
 
     if (!e) {
