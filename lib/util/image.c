@@ -221,14 +221,35 @@ static const char *probe_with(uint64_t size, int (*rd)(void *, void *, size_t, u
                               with_tail ? RB_PROBE_BYTES : 0);
 }
 
+/*
+ * The probe reads no hole: on some file systems (ext4, xfs) reading a
+ * preallocated (unwritten) range puts pages in the cache that SEEK_DATA
+ * then reports as data, so a read would change what map says of the
+ * file.  A hole reads as zeros, which match no signature.
+ */
 static int read_fd(void *opaque, void *buf, size_t len, uint64_t off)
 {
-    return rb_io_pread_exact(*(int *)opaque, buf, len, off);
+    int fd = *(int *)opaque;
+    off_t data = lseek(fd, (off_t)off, SEEK_DATA);
+
+    if ((data < 0 && errno == ENXIO) || (data >= 0 && (uint64_t)data >= off + len)) {
+        memset(buf, 0, len);
+        return 0;
+    }
+    return rb_io_pread_exact(fd, buf, len, off);
 }
 
 static int read_image(void *opaque, void *buf, size_t len, uint64_t off)
 {
-    return rb_image_read(opaque, buf, off, len, NULL);
+    struct rb_image *img = opaque;
+    struct rb_extent ext;
+
+    if (rb_image_block_status_top(img, off, len, &ext, NULL) == 0 &&
+        !(ext.flags & RB_BS_DATA) && (ext.flags & RB_BS_ZERO) && ext.length >= len) {
+        memset(buf, 0, len);
+        return 0;
+    }
+    return rb_image_read(img, buf, off, len, NULL);
 }
 
 /* What the first and last sectors of an open layer look like. */

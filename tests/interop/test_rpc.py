@@ -305,7 +305,8 @@ def rblock_json(*args):
 
 def test_info_raw(c, raw_image):
     i = c.result("info")
-    assert i == rblock_json("info", "-f", "raw", "--output=json", raw_image)
+    # the server has the image open for writing: a reader needs -U
+    assert i == rblock_json("info", "-U", "-f", "raw", "--output=json", raw_image)
     q = qemu_json("info", "-f", "raw", "--output=json", raw_image)
     for k in ("virtual-size", "format", "filename"):
         assert i[k] == q[k]
@@ -349,7 +350,8 @@ def test_unix_socket_mode_0600(srv):
 
 
 def test_read_only_refuses_writes(raw_image):
-    s = Server(raw_image, "-f", "raw", "--read-only")
+    # -U: the module's server has this image open for writing
+    s = Server(raw_image, "-f", "raw", "--read-only", "-U")
     try:
         c = s.client()
         for m, p in [("write", {"offset": 0, "data": "AAAA"}),
@@ -366,10 +368,12 @@ def test_read_only_refuses_writes(raw_image):
 
 
 def test_tcp_and_several_listeners(raw_image, tmp):
-    # read-only: the module's server already has this image open for writing,
-    # and a second writer is refused (image locking)
+    # read-only with -U: the module's server already has this image open for
+    # writing, and a second writer, or a reader sharing nothing, is refused
+    # (image locking)
     sock = os.path.join(tmp, "second.sock")
-    s = Server(raw_image, "-f", "raw", "--read-only", rpc=["tcp:127.0.0.1:0", "unix:" + sock])
+    s = Server(raw_image, "-f", "raw", "--read-only", "-U",
+               rpc=["tcp:127.0.0.1:0", "unix:" + sock])
     try:
         assert s.rpc.startswith("tcp:127.0.0.1:") and not s.rpc.endswith(":0")
         for addr in (s.rpc, "unix:" + sock):
