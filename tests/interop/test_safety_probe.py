@@ -202,7 +202,7 @@ def test_guessed_raw_refuses_a_qcow2_header_in_block_0(guest_raw):
         e = c.error("write", {"offset": 0,
                               "data": base64.b64encode(b"vhdxfile").decode()})
         assert "first sector" in e["message"] and "vhdx" in e["message"], e
-        assert e["data"]["name"] == "EPERM", e
+        assert e["code"] == -32002 and e["data"]["name"] == "EPERM", e
         c.close()
     finally:
         rc, err = srv.stop()
