@@ -60,9 +60,15 @@ static int probe_backing(const char *file, struct rb_qcow2_create_opts *o,
         complain("out of memory");
         return -ENOMEM;
     }
-    b = open_image(path, o->backing_format, false);
+    /* as qemu-img create: the backing file is only read for its size and
+     * format, with force-share, so an overlay of an image in use can be
+     * made (a live snapshot) */
+    struct rb_open_opts bo = {.format = o->backing_format, .force_share = true};
+    struct rb_error berr = {0};
+    b = rb_image_open(path, &bo, &berr);
     free(path);
     if (!b) {
+        complain("%s", rb_error_msg(&berr, -EIO));
         complain("%s: cannot open backing file '%s'", file, o->backing_file);
         return -EINVAL;
     }

@@ -342,6 +342,11 @@ def test_readers_refuse_an_image_qemu_nbd_writes(images):
     q = QemuNbd(images, images / "held.qcow2", "qcow2")
     try:
         check_readers_refused_then_allowed_with_U(images)
+        # as qemu-img create: an overlay of an image in use can be made (the
+        # backing file is only read for its size, sharing everything)
+        p = rb("create", "-f", "qcow2", "-b", "held.qcow2", "-F", "qcow2", "ov.qcow2",
+               cwd=images)
+        assert p.returncode == 0, p.stderr
     finally:
         q.stop()
     p = rb("info", images / "held.qcow2")
