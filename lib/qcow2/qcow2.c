@@ -74,8 +74,10 @@ static char *resolve_relative(const char *image, const char *name)
     return out;
 }
 
-static int open_data_file(struct qcow2_state *s, bool write, struct rb_error *err)
+static int open_data_file(struct qcow2_state *s, const struct rb_open_opts *opts,
+                          struct rb_error *err)
 {
+    bool write = opts->write;
     int ret;
 
     if (strncmp(s->h.data_file, "json:", 5) == 0)
@@ -98,6 +100,15 @@ static int open_data_file(struct qcow2_state *s, bool write, struct rb_error *er
         return rb_error_set(err, EINVAL, "%s: external data file '%s' is not a regular "
                             "file or block device", s->name, s->data_file_path);
     fcntl(s->data_fd, F_SETFL, fcntl(s->data_fd, F_GETFL) & ~O_NONBLOCK);
+    /* locked as the image file is, as QEMU locks a data-file child */
+    ret = rb_image_lock_mode(s->data_fd, s->data_file_path,
+                             write ? RB_LOCK_WRITE
+                                   : opts->force_share ? RB_LOCK_SHARE_ALL : RB_LOCK_READ,
+                             err);
+    if (ret < 0) {
+        rb_error_prefix(err, "%s: external data file", s->name);
+        return ret;
+    }
     ret = rb_io_size(s->data_fd, &s->data_file_size);
     if (ret < 0)
         return rb_error_errno(err, -ret, "%s: cannot get the size of data file '%s'",
@@ -142,7 +153,7 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
     if (ret == 0)
         ret = qcow2_snapshots_load(s, err);
     if (ret == 0 && s->has_data_file)
-        ret = open_data_file(s, opts->write, err);
+        ret = open_data_file(s, opts, err);
     if (ret < 0)
         return ret;
 

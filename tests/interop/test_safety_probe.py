@@ -380,6 +380,27 @@ def test_raw_image_written_by_rblock_serve_is_refused_too(tmp_path):
     assert rc == 0, err
 
 
+def test_readers_refuse_an_image_whose_data_file_is_written(tmp_path):
+    """The external data file is locked as the image is (QEMU's data-file
+    child): a reader is refused while another process writes it."""
+    data = tmp_path / "d.raw"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={data}", "e.qcow2", "1M",
+             cwd=tmp_path)
+    srv = served(data, "-f", "raw")
+    try:
+        for args in (["info", "e.qcow2"], ["map", "e.qcow2"], ["check", "e.qcow2"]):
+            p = rb(*args, cwd=tmp_path)
+            assert p.returncode != 0, (args, p.stdout)
+            assert "e.qcow2: external data file" in p.stderr and LOCK_MSG in p.stderr, \
+                p.stderr
+            p = rb(*with_U(args), cwd=tmp_path)
+            assert p.returncode == 0, (args, p.stderr)
+    finally:
+        rc, err = srv.stop()
+    assert rc == 0, err
+    assert rb("info", "e.qcow2", cwd=tmp_path).returncode == 0
+
+
 def test_force_share_is_for_readers_only(images):
     p = rb("serve", "-U", images / "held.qcow2", "--run", "true")
     assert p.returncode != 0
