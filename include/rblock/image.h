@@ -132,12 +132,14 @@ struct rb_open_opts {
 /*
  * Open @path.  Probes the format unless opts->format is set: a file with
  * the signature of a format rblock does not read (vmdk, vdi, ...; see
- * rb_image_probe) is refused with EMEDIUMTYPE naming it; a file that is
- * none of them is raw, with img->format_guessed set.  Opens the backing chain read-only: names relative
- * to the overlay's folder, the backing format from the header (a backing
- * file is never probed), loops, "json:" names and chains deeper than the
- * cap are refused.  Returns an owned image or NULL with @err set
- * (message starts with the file name).
+ * rb_image_probe_buf) is refused with EMEDIUMTYPE naming it; a file that
+ * is none of them is raw, with img->format_guessed set.  Locks every layer
+ * (see rb_open_opts.lock) before reading it.  Opens the backing chain
+ * read-only: names relative to the overlay's folder, the backing format
+ * from the header (a backing file is never probed; one without a recorded
+ * format is raw, refused when it probes as anything else), loops, "json:"
+ * names and chains deeper than the cap are refused.  Returns an owned
+ * image or NULL with @err set (message starts with the file name).
  */
 struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts,
                                struct rb_error *err);
