@@ -405,6 +405,9 @@ def test_force_share_is_for_readers_only(images):
     p = rb("serve", "-U", images / "held.qcow2", "--run", "true")
     assert p.returncode != 0
     assert "--force-share/-U can only be used with --read-only" in p.stderr, p.stderr
+    p = rb("check", "-r", "leaks", "-U", images / "held.qcow2")
+    assert p.returncode != 0
+    assert "--force-share/-U cannot be used with -r" in p.stderr, p.stderr
 
 
 def test_readers_coexist_and_keep_writers_out(tmp_path):
