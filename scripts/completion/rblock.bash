@@ -23,7 +23,7 @@ _rblock()
         delta)   opts="-o -b -f -F -p -q -U --force-share --help" ;;
         serve)   opts="--nbd --rpc --read-only --export-name --description
                        --max-connections --max-inflight --handshake-timeout --run
-                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f --help" ;;
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 
