@@ -13,6 +13,7 @@
 
 #include "rblock/image.h"
 #include "rblock/io.h"
+#include "util/endian.h"
 
 struct rb_image *rb_image_new(const struct rb_image_ops *ops, const char *path)
 {
@@ -50,11 +51,6 @@ static uint32_t le32_at(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
            (uint32_t)p[3] << 24;
-}
-
-static uint32_t be32_at(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 /* "QFI\xfb"; any version (the driver names an unsupported one, qcow v1 too) */
@@ -164,7 +160,7 @@ static bool match_dmg(const struct probe_in *in)
     size_t at = in->tail_len - 512;
 
     return in->tail_len >= 512 && has(in->tail, in->tail_len, at, "koly", 4) &&
-           be32_at(in->tail + at + 8) == 512;
+           rb_load_be32(in->tail + at + 8) == 512;
 }
 
 static const struct probe_fmt {

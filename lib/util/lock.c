@@ -102,8 +102,7 @@ done:
                             what ? what : "consistent read",
                             mode == RB_LOCK_READ ? "; -U/--force-share reads it anyway" : "");
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: cannot lock the image: %s", path,
-                            strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: cannot lock the image", path);
     return 0;
 }
 

@@ -71,7 +71,7 @@ static int guard_sector0(struct rb_image *img, const void *buf, uint64_t off, ui
     int ret = rb_io_pread(raw(img)->fd, sector, n, 0);
 
     if (ret < 0)
-        return rb_error_set(err, -ret, "%s: read error: %s", img->filename, strerror(-ret));
+        return rb_error_errno(err, -ret, "%s: read error", img->filename);
     if (buf)
         memcpy(sector + off, buf, end - (size_t)off);
     else
