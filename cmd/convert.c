@@ -55,7 +55,7 @@ static struct rb_image *make_raw(struct rb_output *out, uint64_t size, bool *zer
     if (rb_output_size(out, size, err) < 0 || (fd = rb_output_dup(out, err)) < 0)
         return NULL;
     *zeroed = !out->blockdev;
-    img = rb_raw_open(out->path, fd, &oo, err);
+    img = rb_image_open_fd(out->path, fd, &oo, err);
     if (img && out->blockdev && img->size > size)
         img->size = size; /* convert writes the source's bytes, no more */
     return img;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "util/path.h"
 #include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 
@@ -28,32 +29,13 @@ static void usage(FILE *f)
                "  preallocation=off|metadata, backing_file, backing_fmt, size\n");
 }
 
-/* The backing name as the new image will resolve it: relative to the
- * folder of @file. */
-static char *backing_path(const char *file, const char *name)
-{
-    const char *slash = strrchr(file, '/');
-    size_t dir;
-    char *out;
-
-    if (name[0] == '/' || !slash)
-        return strdup(name);
-    dir = (size_t)(slash - file) + 1;
-    out = malloc(dir + strlen(name) + 1);
-    if (out) {
-        memcpy(out, file, dir);
-        strcpy(out + dir, name);
-    }
-    return out;
-}
-
 /* Open the backing chain: it gives the size and format when they were not
  * given, and the layers the new file must not be.  @chain is the opened
  * chain (owned by the caller). */
 static int probe_backing(const char *file, struct rb_qcow2_create_opts *o,
                          char **fmt_out, struct rb_image **chain)
 {
-    char *path = backing_path(file, o->backing_file);
+    char *path = rb_path_resolve(file, o->backing_file);
     struct rb_image *b;
 
     if (!path) {

@@ -224,13 +224,18 @@ enum rb_lock_mode { RB_LOCK_READ, RB_LOCK_WRITE, RB_LOCK_SHARE_ALL };
 int rb_image_lock_mode(int fd, const char *path, enum rb_lock_mode mode,
                        struct rb_error *err);
 
-/* Driver entry points (used by rb_image_open). */
-struct rb_image *rb_raw_open(const char *path, int fd, const struct rb_open_opts *opts,
-                             struct rb_error *err);
-/* The driver takes ownership of fd (closes it on failure too).  It sets
- * backing_name/backing_format; rb_image_open opens the chain. */
-struct rb_image *rb_qcow2_open(const char *path, int fd, const struct rb_open_opts *opts,
-                               struct rb_error *err);
+/*
+ * Open one layer on an fd the caller opened and locked (an output made by
+ * rb_output_open): the driver of opts->format (required; never probed),
+ * no backing chain (the caller sets img->backing if it has one).  Takes
+ * ownership of @fd, closing it on failure too.
+ */
+struct rb_image *rb_image_open_fd(const char *path, int fd, const struct rb_open_opts *opts,
+                                  struct rb_error *err);
+
+/* What the first and last sectors of an open layer say it is (as
+ * rb_image_probe for a file), reading through the driver, no hole read. */
+const char *rb_image_probe_layer(struct rb_image *img);
 
 /* Internal helper for drivers: allocate a struct rb_image with @ops and a
  * copy of @path.  Returns NULL on ENOMEM. */

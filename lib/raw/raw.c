@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "image/drivers.h"
 #include "rblock/image.h"
 #include "rblock/io.h"
 
