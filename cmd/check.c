@@ -125,7 +125,7 @@ int cmd_check(int argc, char **argv)
     int c, ret;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:hr:U", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hr:U", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             if (strcmp(optarg, "leaks") == 0) {
@@ -155,12 +155,11 @@ int cmd_check(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
-            return 1;
+            return bad_option("check", argv, c);
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        bad_usage("check", "needs one IMAGE");
         return 1;
     }
     if (oo.write && oo.force_share) {

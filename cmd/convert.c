@@ -167,7 +167,7 @@ int cmd_convert(int argc, char **argv)
     int c, ret = 1;
 
     rb_qcow2_create_opts_init(&j.qo);
-    while ((c = getopt_long(argc, argv, "f:O:o:cpqUh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUh", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': j.src_fmt = optarg; break;
         case 'O': j.out_fmt = optarg; break;
@@ -184,11 +184,13 @@ int cmd_convert(int argc, char **argv)
         case 'q': j.progress = false; break;
         case 'U': j.force_share = true; break;
         case 'h': usage(stdout); ret = 0; goto out;
-        default: usage(stderr); goto out;
+        default:
+            bad_option("convert", argv, c);
+            goto out;
         }
     }
     if (argc - optind != 2) {
-        usage(stderr);
+        bad_usage("convert", "needs SRC DST");
         goto out;
     }
     j.src_path = argv[optind];

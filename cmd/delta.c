@@ -71,7 +71,7 @@ int cmd_delta(int argc, char **argv)
     int opt, ret, rc = 1;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "o:b:f:F:pqUh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":o:b:f:F:pqUh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'o':
             if (add_options(&options, optarg) < 0) {
@@ -102,12 +102,12 @@ int cmd_delta(int argc, char **argv)
             rc = 0;
             goto out;
         default:
-            usage(stderr);
+            bad_option("delta", argv, opt);
             goto out;
         }
     }
     if (argc - optind != 3) {
-        usage(stderr);
+        bad_usage("delta", "needs BASE NEW DELTA");
         goto out;
     }
     opts.create_options = options;

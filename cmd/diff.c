@@ -125,7 +125,7 @@ static void print_json(struct out *o, struct rb_image *a, struct rb_image *b,
 static void print_note(struct rb_image *a, struct rb_image *b)
 {
     if (a->size != b->size)
-        printf("note: sizes differ (%s: %" PRIu64 " bytes, %s: %" PRIu64
+        fprintf(stderr, "rblock diff: note: sizes differ (%s: %" PRIu64 " bytes, %s: %" PRIu64
                " bytes); the shorter disk reads as zeros past its end\n",
                a->filename, a->size, b->filename, b->size);
 }
@@ -160,7 +160,7 @@ int cmd_diff(int argc, char **argv)
     int opt, ret, rc = 2;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "f:F:s:o:cpUh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":f:F:s:o:cpUh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'f':
             fmt_a = optarg;
@@ -192,12 +192,12 @@ int cmd_diff(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
+            bad_option("diff", argv, opt);
             return 2;
         }
     }
     if (argc - optind != 2) {
-        usage(stderr);
+        bad_usage("diff", "needs DISK_A DISK_B");
         return 2;
     }
     if (!(a = open_input(argv[optind], fmt_a, force_share)) ||

@@ -166,7 +166,7 @@ int cmd_info(int argc, char **argv)
     int c, ret = 0;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:Uh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
             if (parse_output(optarg, &json) < 0)
@@ -185,12 +185,11 @@ int cmd_info(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
-            return 1;
+            return bad_option("info", argv, c);
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        bad_usage("info", "needs one IMAGE");
         return 1;
     }
     /* like qemu-img info: the backing chain only when asked for */

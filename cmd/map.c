@@ -137,7 +137,7 @@ int cmd_map(int argc, char **argv)
     int c, ret;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:Uh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
             if (parse_output(optarg, &json) < 0)
@@ -153,12 +153,11 @@ int cmd_map(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
-            return 1;
+            return bad_option("map", argv, c);
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        bad_usage("map", "needs one IMAGE");
         return 1;
     }
     img = rb_image_open(argv[optind], &oo, &err);

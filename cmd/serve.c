@@ -160,7 +160,7 @@ int cmd_serve(int argc, char **argv)
     const char *tls_mode = NULL;
     int c, status = 1, activated;
 
-    while ((c = getopt_long(argc, argv, "rUx:d:m:f:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":rUx:d:m:f:h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_NBD:
             if (n_nbd == MAX_ADDRS) {
@@ -216,12 +216,12 @@ int cmd_serve(int argc, char **argv)
         case OPT_TLS_PSK: tls_cfg.psk_file = optarg; break;
         case OPT_TLS_VERIFY: tls_cfg.verify_peer = true; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 1;
+        default:
+            return bad_option("serve", argv, c);
         }
     }
     if (optind != argc - 1) {
-        complain("serve needs exactly one IMAGE (try 'rblock serve --help')");
-        return 1;
+        return bad_usage("serve", "needs one IMAGE");
     }
     cfg.path = argv[optind];
     if (cfg.force_share && !cfg.read_only) {

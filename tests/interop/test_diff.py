@@ -294,10 +294,10 @@ def test_human_and_count(tmp_path):
     # sizes differ: the note says so
     a, b = case_b_longer(tmp_path)
     r = run(RBLOCK, "diff", a, b, check=False)
-    assert r.returncode == 1 and "sizes differ" in r.stdout
+    assert r.returncode == 1 and "sizes differ" in r.stderr
     a, b = case_a_longer_zero_tail(tmp_path)
     r = run(RBLOCK, "diff", a, b, check=False)
-    assert r.returncode == 0 and "sizes differ" in r.stdout and "identical" in r.stdout
+    assert r.returncode == 0 and "sizes differ" in r.stderr and "identical" in r.stdout
 
 
 def test_trouble(tmp_path):
