@@ -92,6 +92,21 @@ bool rb_export_read_only(const struct rb_export *e)
 {
     return e->read_only;
 }
+unsigned rb_export_caps(const struct rb_export *e)
+{
+    const struct rb_image_ops *ops = e->img->ops;
+    unsigned caps = RB_EXPORT_CAN_FLUSH;
+
+    if (e->read_only || !ops->write)
+        return caps;
+    caps |= RB_EXPORT_CAN_WRITE;
+    if (ops->trim)
+        caps |= RB_EXPORT_CAN_TRIM;
+    if (ops->write_zeroes)
+        caps |= RB_EXPORT_CAN_ZERO;
+    return caps;
+}
+
 const char *rb_export_name(const struct rb_export *e)
 {
     return e->name;
