@@ -6,7 +6,7 @@ CHECK_BUILD ?= build-check
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build deps demo check bench fuzz crash install clean
+.PHONY: all build deps demo check bench fuzz crash mutate install clean
 
 all: build
 
@@ -48,5 +48,11 @@ install:
 	ninja -C $(BUILD)
 	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir $(DESTDIR))
 
+# Plant each bug of tests/mutants/ in a scratch copy (build-mutate/), build
+# it with ASan + UBSan and run the tests it names: fails when one survives.
+# Not part of check (time).  MUTANTS="name ..." runs only those.
+mutate: deps
+	tests/mutants/run $(MUTANTS)
+
 clean:
-	rm -rf $(BUILD) $(CHECK_BUILD) build-fuzz
+	rm -rf $(BUILD) $(CHECK_BUILD) build-fuzz build-mutate

@@ -23,6 +23,7 @@ static void usage(FILE *f)
                "  -r all    repair leaks and errors: refcounts below the references,\n"
                "            COPIED flags, the dirty and corrupt bits (rebuilding the\n"
                "            refcounts when they cannot be trusted)\n"
+               "  -U, --force-share  check it even while another process writes it\n"
                "exit status: 0 clean, 1 check failed, 2 corruptions, 3 leaks only\n");
 }
 
@@ -110,6 +111,7 @@ int cmd_check(int argc, char **argv)
         {"output", required_argument, NULL, 'o'},
         {"format", required_argument, NULL, 'f'},
         {"repair", required_argument, NULL, 'r'},
+        {"force-share", no_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -123,7 +125,7 @@ int cmd_check(int argc, char **argv)
     int c, ret;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:hr:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hr:U", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             if (strcmp(optarg, "leaks") == 0) {
@@ -146,16 +148,23 @@ int cmd_check(int argc, char **argv)
         case 'f':
             oo.format = optarg;
             break;
+        case 'U':
+            oo.force_share = true;
+            break;
         case 'h':
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
-            return 1;
+            return bad_option("check", argv, c);
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        bad_usage("check", "needs one IMAGE");
+        return 1;
+    }
+    if (oo.write && oo.force_share) {
+        /* as qemu-img: sharing everything is for readers only */
+        complain("--force-share/-U cannot be used with -r (repairing writes the image)");
         return 1;
     }
     img = rb_image_open(argv[optind], &oo, &err);

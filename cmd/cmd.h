@@ -27,6 +27,14 @@ int cmd_bitmap(int argc, char **argv);
 /* Print "rblock: <formatted message>\n" to stderr. */
 void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Usage errors, one line each, exit status 1:
+ *   rblock map: invalid option -s (try 'rblock map --help')
+ * bad_option after getopt_long returned '?' or ':' (@c; option strings
+ * start with ':', and main() sets opterr = 0, so getopt prints nothing
+ * itself); bad_usage for wrong operands. */
+int bad_option(const char *cmd, char **argv, int c);
+int bad_usage(const char *cmd, const char *what);
+
 /* Parse a size as qemu-img does: bytes, or a decimal number (a fraction
  * such as 1.5 too) with one suffix b/B (bytes), k/K, M, G, T, P, E (powers
  * of 1024), or 0x and hex digits.  Returns 0 or -EINVAL. */

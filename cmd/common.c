@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+#include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,28 @@ void complain(const char *fmt, ...)
 int parse_size(const char *s, uint64_t *out)
 {
     return rb_parse_size(s, out);
+}
+
+int bad_usage(const char *cmd, const char *what)
+{
+    fprintf(stderr, "rblock %s: %s (try 'rblock %s --help')\n", cmd, what, cmd);
+    return 1;
+}
+
+int bad_option(const char *cmd, char **argv, int c)
+{
+    const char *arg = optind > 0 ? argv[optind - 1] : "";
+    char what[160];
+
+    if (c == ':' && strncmp(arg, "--", 2) == 0)
+        snprintf(what, sizeof(what), "option '%.100s' needs an argument", arg);
+    else if (c == ':')
+        snprintf(what, sizeof(what), "option -%c needs an argument", optopt);
+    else if (optopt && isprint(optopt))
+        snprintf(what, sizeof(what), "invalid option -%c", optopt);
+    else
+        snprintf(what, sizeof(what), "invalid option '%.100s'", arg);
+    return bad_usage(cmd, what);
 }
 
 int parse_output(const char *s, bool *json)

@@ -29,6 +29,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: rblock convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] "
                "SRC DST\n\n"
                "  -f FMT      source format (raw, qcow2; probed by default)\n"
+               "  -U          read SRC even while another process writes it\n"
                "  -O FMT      output format (default raw)\n"
                "  -o OPTIONS  qcow2 options as for 'rblock create' (compat, cluster_size,\n"
                "              refcount_bits, lazy_refcounts, extended_l2, compression_type)\n"
@@ -54,7 +55,7 @@ static struct rb_image *make_raw(struct rb_output *out, uint64_t size, bool *zer
     if (rb_output_size(out, size, err) < 0 || (fd = rb_output_dup(out, err)) < 0)
         return NULL;
     *zeroed = !out->blockdev;
-    img = rb_raw_open(out->path, fd, &oo, err);
+    img = rb_image_open_fd(out->path, fd, &oo, err);
     if (img && out->blockdev && img->size > size)
         img->size = size; /* convert writes the source's bytes, no more */
     return img;
@@ -76,11 +77,12 @@ struct job {
     const char *src_path, *dst_path, *src_fmt, *out_fmt;
     struct rb_qcow2_create_opts qo;
     bool compress, progress;
+    bool force_share;
 };
 
 static int run(struct job *j)
 {
-    struct rb_open_opts so = {.format = j->src_fmt};
+    struct rb_open_opts so = {.format = j->src_fmt, .force_share = j->force_share};
     struct rb_error err = {0};
     struct rb_image *src, *dst = NULL;
     struct rb_output *out = NULL;
@@ -156,6 +158,7 @@ int cmd_convert(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
+        {"force-share", no_argument, NULL, 'U'},
         {NULL, 0, NULL, 0},
     };
     struct rb_error err = {0};
@@ -164,7 +167,7 @@ int cmd_convert(int argc, char **argv)
     int c, ret = 1;
 
     rb_qcow2_create_opts_init(&j.qo);
-    while ((c = getopt_long(argc, argv, "f:O:o:cpqh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUh", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': j.src_fmt = optarg; break;
         case 'O': j.out_fmt = optarg; break;
@@ -179,12 +182,15 @@ int cmd_convert(int argc, char **argv)
         case 'c': j.compress = true; break;
         case 'p': j.progress = true; break;
         case 'q': j.progress = false; break;
+        case 'U': j.force_share = true; break;
         case 'h': usage(stdout); ret = 0; goto out;
-        default: usage(stderr); goto out;
+        default:
+            bad_option("convert", argv, c);
+            goto out;
         }
     }
     if (argc - optind != 2) {
-        usage(stderr);
+        bad_usage("convert", "needs SRC DST");
         goto out;
     }
     j.src_path = argv[optind];

@@ -17,7 +17,7 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: rblock delta [-o OPTIONS] [-b BACKING_NAME] [-f NEW_FMT] [-F BASE_FMT]\n"
-        "                    [-p] [-q] BASE NEW DELTA\n"
+        "                    [-p] [-q] [-U] BASE NEW DELTA\n"
         "\n"
         "Write DELTA, a qcow2 image whose backing file is BASE, holding only the\n"
         "clusters where NEW differs from BASE (zero clusters where NEW is zeros).\n"
@@ -28,6 +28,7 @@ static void usage(FILE *f)
         "  -f NEW_FMT   format of NEW (default: probed)\n"
         "  -F BASE_FMT  format of BASE, recorded as the backing format (default: "
         "probed)\n"
+        "  -U           read BASE and NEW even while another process writes them\n"
         "  -p           show progress\n"
         "  -q           print nothing on success\n");
 }
@@ -58,6 +59,7 @@ int cmd_delta(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {"progress", no_argument, NULL, 'p'},
         {"quiet", no_argument, NULL, 'q'},
+        {"force-share", no_argument, NULL, 'U'},
         {NULL, 0, NULL, 0},
     };
     struct rb_delta_opts opts = {0};
@@ -69,7 +71,7 @@ int cmd_delta(int argc, char **argv)
     int opt, ret, rc = 1;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "o:b:f:F:pqh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":o:b:f:F:pqUh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'o':
             if (add_options(&options, optarg) < 0) {
@@ -92,25 +94,31 @@ int cmd_delta(int argc, char **argv)
         case 'q':
             quiet = true;
             break;
+        case 'U':
+            opts.force_share = true;
+            break;
         case 'h':
             usage(stdout);
             rc = 0;
             goto out;
         default:
-            usage(stderr);
+            bad_option("delta", argv, opt);
             goto out;
         }
     }
     if (argc - optind != 3) {
-        usage(stderr);
+        bad_usage("delta", "needs BASE NEW DELTA");
         goto out;
     }
     opts.create_options = options;
     if (show_progress) {
-        struct rb_image *n = open_image(argv[optind + 1], opts.new_format, false);
+        struct rb_open_opts no = {.format = opts.new_format, .force_share = opts.force_share};
+        struct rb_image *n = rb_image_open(argv[optind + 1], &no, &err);
 
-        if (!n)
+        if (!n) {
+            complain("%s", rb_error_msg(&err, -1));
             goto out;
+        }
         prog = progress_new(true, n->size); /* the walk covers NEW's size */
         rb_image_close(n);
         opts.on_progress = on_progress;

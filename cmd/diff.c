@@ -31,11 +31,23 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: rblock diff [--sector-size 512|4096|N] [--output=human|json] [--count]\n"
-        "                   [-p] [-f FMT_A] [-F FMT_B] DISK_A DISK_B\n"
+        "                   [-p] [-U] [-f FMT_A] [-F FMT_B] DISK_A DISK_B\n"
         "\n"
         "List the sectors where DISK_A and DISK_B differ (raw files, block devices or\n"
         "qcow2 images and chains, in any mix).  The shorter disk reads as zeros past\n"
-        "its end.  Exit status: 0 same, 1 different, 2 trouble.\n");
+        "its end.  Exit status: 0 same, 1 different, 2 trouble.\n"
+        "  -U, --force-share  read them even while another process writes them\n");
+}
+
+static struct rb_image *open_input(const char *path, const char *fmt, bool force_share)
+{
+    struct rb_open_opts oo = {.format = fmt, .force_share = force_share};
+    struct rb_error err = {0};
+    struct rb_image *img = rb_image_open(path, &oo, &err);
+
+    if (!img)
+        complain("%s", rb_error_msg(&err, -EIO));
+    return img;
 }
 
 static void flush_range(struct out *o)
@@ -113,7 +125,7 @@ static void print_json(struct out *o, struct rb_image *a, struct rb_image *b,
 static void print_note(struct rb_image *a, struct rb_image *b)
 {
     if (a->size != b->size)
-        printf("note: sizes differ (%s: %" PRIu64 " bytes, %s: %" PRIu64
+        fprintf(stderr, "rblock diff: note: sizes differ (%s: %" PRIu64 " bytes, %s: %" PRIu64
                " bytes); the shorter disk reads as zeros past its end\n",
                a->filename, a->size, b->filename, b->size);
 }
@@ -135,6 +147,7 @@ int cmd_diff(int argc, char **argv)
         {"output", required_argument, NULL, 'o'},
         {"count", no_argument, NULL, 'c'},
         {"progress", no_argument, NULL, 'p'},
+        {"force-share", no_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -143,11 +156,11 @@ int cmd_diff(int argc, char **argv)
     struct rb_image *a = NULL, *b = NULL;
     struct rb_error err = {0};
     struct rb_diff_stats st;
-    bool show_progress = false;
+    bool show_progress = false, force_share = false;
     int opt, ret, rc = 2;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "f:F:s:o:cph", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":f:F:s:o:cpUh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'f':
             fmt_a = optarg;
@@ -172,20 +185,23 @@ int cmd_diff(int argc, char **argv)
         case 'p':
             show_progress = true;
             break;
+        case 'U':
+            force_share = true;
+            break;
         case 'h':
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
+            bad_option("diff", argv, opt);
             return 2;
         }
     }
     if (argc - optind != 2) {
-        usage(stderr);
+        bad_usage("diff", "needs DISK_A DISK_B");
         return 2;
     }
-    if (!(a = open_image(argv[optind], fmt_a, false)) ||
-        !(b = open_image(argv[optind + 1], fmt_b, false)))
+    if (!(a = open_input(argv[optind], fmt_a, force_share)) ||
+        !(b = open_input(argv[optind + 1], fmt_b, force_share)))
         goto out;
     if (o.json && !o.count_only && !(o.f = tmpfile())) {
         complain("cannot create a temporary file: %s", strerror(errno));

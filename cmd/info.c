@@ -141,11 +141,12 @@ static void print_human(struct rb_image *img, const struct rb_qcow2_info *q)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rblock info [--output=human|json] [--backing-chain] [-f FMT] IMAGE\n"
+    fprintf(f, "usage: rblock info [--output=human|json] [--backing-chain] [-f FMT] [-U] IMAGE\n"
                "\nShow an image's size, format, header, features, layout and chain.\n"
                "  --output=json    qemu-img info's keys, plus rblock's own under \"rblock\"\n"
                "  --backing-chain  every layer of the chain (a JSON array)\n"
-               "  -f FMT           force the format (raw, qcow2)\n");
+               "  -f FMT           force the format (raw, qcow2)\n"
+               "  -U, --force-share  open it even while another process writes it\n");
 }
 
 int cmd_info(int argc, char **argv)
@@ -154,6 +155,7 @@ int cmd_info(int argc, char **argv)
         {"output", required_argument, NULL, 'o'},
         {"backing-chain", no_argument, NULL, 'b'},
         {"format", required_argument, NULL, 'f'},
+        {"force-share", no_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -164,7 +166,7 @@ int cmd_info(int argc, char **argv)
     int c, ret = 0;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
             if (parse_output(optarg, &json) < 0)
@@ -176,16 +178,18 @@ int cmd_info(int argc, char **argv)
         case 'f':
             oo.format = optarg;
             break;
+        case 'U':
+            oo.force_share = true;
+            break;
         case 'h':
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
-            return 1;
+            return bad_option("info", argv, c);
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        bad_usage("info", "needs one IMAGE");
         return 1;
     }
     /* like qemu-img info: the backing chain only when asked for */

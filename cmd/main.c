@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ static int help(int argc, char **argv)
     const struct command *c;
     char *args[] = {argv[1], (char *)"--help", NULL};
 
+    opterr = 0; /* usage errors are ours: one line each (bad_option) */
     if (argc < 2) {
         usage(stdout);
         return 0;

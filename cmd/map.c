@@ -5,6 +5,7 @@
  * prints (same merging of extents, same fields); the human form is
  * qemu-img's table followed, for a qcow2 image, by its L1/L2 structure.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -84,11 +85,12 @@ static int print_tables(struct rb_image *img)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rblock map [--output=human|json] [-f FMT] IMAGE\n"
+    fprintf(f, "usage: rblock map [--output=human|json] [-f FMT] [-U] IMAGE\n"
                "\nPrint the guest-to-host mapping of IMAGE and its backing chain.\n"
                "  --output=json   exactly the schema of qemu-img map --output=json\n"
                "  --output=human  a table of data extents, then the L1/L2 tables\n"
-               "  -f FMT          force the format (raw, qcow2)\n");
+               "  -f FMT          force the format (raw, qcow2)\n"
+               "  -U, --force-share  map it even while another process writes it\n");
 }
 
 static int walk(struct rb_image *img, bool json)
@@ -124,39 +126,45 @@ int cmd_map(int argc, char **argv)
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'},
         {"format", required_argument, NULL, 'f'},
+        {"force-share", no_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *fmt = NULL;
+    struct rb_open_opts oo = {0};
+    struct rb_error err = {0};
     bool json = false;
     struct rb_image *img;
     int c, ret;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
             if (parse_output(optarg, &json) < 0)
                 return 1;
             break;
         case 'f':
-            fmt = optarg;
+            oo.format = optarg;
+            break;
+        case 'U':
+            oo.force_share = true;
             break;
         case 'h':
             usage(stdout);
             return 0;
         default:
-            usage(stderr);
-            return 1;
+            return bad_option("map", argv, c);
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        bad_usage("map", "needs one IMAGE");
         return 1;
     }
-    img = open_image(argv[optind], fmt, false);
-    if (!img)
+    img = rb_image_open(argv[optind], &oo, &err);
+    if (!img) {
+        complain("%s", rb_error_msg(&err, -EIO));
         return 1;
+    }
     ret = walk(img, json);
     if (ret == 0 && !json && rb_qcow2_is(img))
         ret = print_tables(img);

@@ -39,6 +39,8 @@ static void usage(FILE *f)
             "                         docs/jsonrpc.md); --run sets $rpc (and\n"
             "                         $rpc_unixsocket) to the first\n"
             "  -r, --read-only        refuse writes\n"
+            "  -U, --force-share      with --read-only: serve IMAGE even while another\n"
+            "                         process writes it\n"
             "  -x, --export-name NAME export name (\"\" is always accepted)\n"
             "  -d, --description TEXT description shown to clients\n"
             "  -B, --bitmap NAME      offer the qcow2 dirty bitmap NAME as the NBD\n"
@@ -132,6 +134,7 @@ int cmd_serve(int argc, char **argv)
         {"nbd", required_argument, NULL, OPT_NBD},
         {"rpc", required_argument, NULL, OPT_RPC},
         {"read-only", no_argument, NULL, 'r'},
+        {"force-share", no_argument, NULL, 'U'},
         {"export-name", required_argument, NULL, 'x'},
         {"description", required_argument, NULL, 'd'},
         {"bitmap", required_argument, NULL, 'B'},
@@ -162,7 +165,7 @@ int cmd_serve(int argc, char **argv)
     const char *tls_mode = NULL;
     int c, status = 1, activated;
 
-    while ((c = getopt_long(argc, argv, "rx:d:m:f:B:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":rUx:d:m:f:B:h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_NBD:
             if (n_nbd == MAX_ADDRS) {
@@ -186,6 +189,7 @@ int cmd_serve(int argc, char **argv)
             }
             bitmaps[cfg.nb_bitmaps++] = optarg;
             break;
+        case 'U': cfg.force_share = true; break;
         case 'x':
             if (strlen(optarg) > 4096) {
                 complain("--export-name is longer than 4096 bytes");
@@ -224,14 +228,19 @@ int cmd_serve(int argc, char **argv)
         case OPT_TLS_PSK: tls_cfg.psk_file = optarg; break;
         case OPT_TLS_VERIFY: tls_cfg.verify_peer = true; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 1;
+        default:
+            return bad_option("serve", argv, c);
         }
     }
     if (optind != argc - 1) {
-        complain("serve needs exactly one IMAGE (try 'rblock serve --help')");
-        return 1;
+        return bad_usage("serve", "needs one IMAGE");
     }
     cfg.path = argv[optind];
+    if (cfg.force_share && !cfg.read_only) {
+        /* as qemu-img: sharing everything is for readers only */
+        complain("--force-share/-U can only be used with --read-only");
+        return 1;
+    }
     if (parse_tls(tls_mode, &tls_cfg) < 0)
         return 1;
     srv.handshake_timeout_ms = hs_seconds * 1000;
@@ -268,6 +277,11 @@ int cmd_serve(int argc, char **argv)
     srv.export = rb_export_open(&cfg, &err);
     if (!srv.export)
         goto fail;
+    if (!cfg.format && !rb_export_read_only(srv.export) &&
+        strcmp(rb_export_format(srv.export), "raw") == 0)
+        complain("%s: warning: no format given and raw was guessed: writes that would make "
+                 "the first sector look like another format are refused (-f raw lifts "
+                 "this restriction)", cfg.path);
     if (run_cmd && rb_listeners_export_env(&ls, &rb_nbd_protocol, cfg.name, &err) < 0)
         goto fail;
     if (run_cmd && rb_rpc_export_env(&ls, &err) < 0)

@@ -93,6 +93,8 @@ struct rb_delta_opts {
     uint32_t cluster_bytes;     /* 0 = 64 KiB */
     const char *create_options; /* further "-o" options for the qcow2 (may be NULL) */
     bool serial_reads;
+    bool force_share;           /* -U: read BASE and NEW (and DELTA's backing)
+                                   even while another process writes them */
     void (*on_progress)(void *opaque, uint64_t done_bytes);
     void *opaque;
 };

@@ -89,6 +89,9 @@ struct rb_image {
     char *backing_name;      /* as stored in the header (driver sets it) */
     char *backing_format;    /* as recorded ("raw", "qcow2"), NULL if absent */
     char *backing_path;      /* backing_name resolved from the overlay's folder */
+    bool format_guessed;     /* the format was probed, not given (-f): a raw
+                                image then refuses writes that would make its
+                                first sector probe as another format */
     void *priv;              /* driver state */
 };
 
@@ -104,12 +107,19 @@ struct rb_open_opts {
                                 opened, guest writes are refused */
     bool unsafe_no_barriers; /* no fdatasync between metadata steps (convert
                                 output that is deleted on failure) */
-    bool lock;               /* lock the top layer's file (fcntl OFD locks on
-                                QEMU's lock bytes): with write (which locks
-                                anyway), refused while another process reads
-                                or writes it; without, while one writes it.
-                                Fails with EAGAIN, "image is locked by
-                                another process" */
+    bool lock;               /* no effect, kept for callers: every layer is
+                                always locked (fcntl OFD locks on QEMU's lock
+                                bytes, rb_image_lock): the top layer opened
+                                with write is refused while another process
+                                reads or writes it; every layer opened for
+                                reading (the backing chain too) while one
+                                writes it.  Fails with EAGAIN, "image is
+                                locked by another process ..." */
+    bool force_share;        /* qemu-img's -U: the layers opened for reading
+                                refuse nothing to others and ignore writers
+                                (with write the top layer still locks as a
+                                writer; commands refuse -U for an image they
+                                write, as qemu-img does) */
     bool sequential;         /* the caller writes in ascending order (convert):
                                 the raw driver starts writeback behind it */
     unsigned max_depth;      /* cap on the backing chain; 0 = RB_MAX_CHAIN */
@@ -120,12 +130,16 @@ struct rb_open_opts {
 #define RB_DEFAULT_CACHE_BYTES (8u << 20)
 
 /*
- * Open @path.  Probes the format unless opts->format is set (a file that
- * is not qcow2 is raw).  Opens the backing chain read-only: names relative
- * to the overlay's folder, the backing format from the header (a backing
- * file is never probed), loops, "json:" names and chains deeper than the
- * cap are refused.  Returns an owned image or NULL with @err set
- * (message starts with the file name).
+ * Open @path.  Probes the format unless opts->format is set: a file with
+ * the signature of a format rblock does not read (vmdk, vdi, ...; see
+ * rb_image_probe_buf) is refused with EMEDIUMTYPE naming it; a file that
+ * is none of them is raw, with img->format_guessed set.  Locks every layer
+ * (see rb_open_opts.lock) before reading it.  Opens the backing chain
+ * read-only: names relative to the overlay's folder, the backing format
+ * from the header (a backing file is never probed; one without a recorded
+ * format is raw, refused when it probes as anything else), loops, "json:"
+ * names and chains deeper than the cap are refused.  Returns an owned
+ * image or NULL with @err set (message starts with the file name).
  */
 struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts,
                                struct rb_error *err);
@@ -134,8 +148,25 @@ struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts
  * call rb_image_flush first when durability matters. */
 void rb_image_close(struct rb_image *img);
 
-/* Probe: returns "qcow2" or "raw" for an open fd. */
+/*
+ * Format probing.  Each known format is one row of a table (image.c): a
+ * name and a match function over the first RB_PROBE_BYTES of the file
+ * (@head) and the last RB_PROBE_BYTES (@tail, NULL when the file is
+ * shorter; for trailers: fixed VHD, dmg).  Returns the first match:
+ * "qcow2", "vmdk", "vdi", "vhdx", "vpc", "qed", "luks", "parallels",
+ * "bochs", "cloop", "dmg", or "raw" when none matches.  Pure functions of
+ * their arguments; lengths may be anything (short buffers match nothing
+ * that needs more).
+ */
+#define RB_PROBE_BYTES 512
+const char *rb_image_probe_buf(const uint8_t *head, size_t head_len, const uint8_t *tail,
+                               size_t tail_len);
+/* The same for an open fd (reads head and tail; "raw" on read errors). */
 const char *rb_image_probe(int fd);
+/* Would a first sector holding these bytes probe as a format other than
+ * raw?  Returns its name or NULL.  Used to refuse guest writes into a raw
+ * image whose format was guessed (QEMU's raw "probed" restriction). */
+const char *rb_image_probe_first_sector(const uint8_t *head, size_t head_len);
 
 /* Range-checked wrappers.  Reads and writes past the end fail with
  * -EINVAL (reads) or -ENOSPC (writes), with a message. */
@@ -185,13 +216,26 @@ struct rb_image *rb_image_layer(struct rb_image *img, unsigned depth);
  */
 int rb_image_lock(int fd, const char *path, bool write, struct rb_error *err);
 
-/* Driver entry points (used by rb_image_open). */
-struct rb_image *rb_raw_open(const char *path, int fd, const struct rb_open_opts *opts,
-                             struct rb_error *err);
-/* The driver takes ownership of fd (closes it on failure too).  It sets
- * backing_name/backing_format; rb_image_open opens the chain. */
-struct rb_image *rb_qcow2_open(const char *path, int fd, const struct rb_open_opts *opts,
-                               struct rb_error *err);
+/* The same with a mode: RB_LOCK_SHARE_ALL (qemu-img -U) only marks the
+ * file as read (byte 100), refuses nothing to others and never fails on
+ * a conflict.  The message names the lock, as QEMU's does: 'failed to get
+ * shared "write" lock' when another process writes. */
+enum rb_lock_mode { RB_LOCK_READ, RB_LOCK_WRITE, RB_LOCK_SHARE_ALL };
+int rb_image_lock_mode(int fd, const char *path, enum rb_lock_mode mode,
+                       struct rb_error *err);
+
+/*
+ * Open one layer on an fd the caller opened and locked (an output made by
+ * rb_output_open): the driver of opts->format (required; never probed),
+ * no backing chain (the caller sets img->backing if it has one).  Takes
+ * ownership of @fd, closing it on failure too.
+ */
+struct rb_image *rb_image_open_fd(const char *path, int fd, const struct rb_open_opts *opts,
+                                  struct rb_error *err);
+
+/* What the first and last sectors of an open layer say it is (as
+ * rb_image_probe for a file), reading through the driver, no hole read. */
+const char *rb_image_probe_layer(struct rb_image *img);
 
 /* Internal helper for drivers: allocate a struct rb_image with @ops and a
  * copy of @path.  Returns NULL on ENOMEM. */

@@ -87,7 +87,13 @@ int rb_io_truncate(int fd, uint64_t size);
  *     (no atexit, no cleanup).  With @seed != 0, each unsynced write is
  *     instead kept or dropped at random (a disk that reorders its cache),
  *     the kept ones replayed in their order.
- *   COUNT: only count.
+ *   COUNT: only count.  With @trace, also write one line per write and
+ *     per sync to fd 2, in call order, so a crash test can find the points
+ *     where given metadata is written:
+ *       rblock-fault: write N ino=I off=O len=L
+ *       rblock-fault: sync N ino=I
+ *     (I is the inode number of the file, O and L the byte range; for a
+ *     truncate, off is the new size and len 0).
  *
  * The undo log keeps the old and new bytes of each unsynced write in an
  * unlinked temporary file; a sync of a file (any fd of it: files are known
@@ -118,6 +124,7 @@ struct rb_io_fault_plan {
     bool once;           /* FAIL_*: only the Nth fails */
     uint64_t seed;       /* POWER_*: 0 drops all unsynced writes */
     bool report_at_exit; /* write "rblock-fault: writes=W syncs=S" to fd 2 at exit */
+    bool trace;          /* COUNT: a line per write and sync to fd 2 (see above) */
 };
 
 /* Install @plan (NULL or mode OFF: none) and reset the counters and the
@@ -125,7 +132,7 @@ struct rb_io_fault_plan {
  * (-EINVAL for a bad plan, or the error creating the undo log file). */
 int rb_io_fault_set(const struct rb_io_fault_plan *plan);
 
-/* Parse "count", "fail-write:N", "fail-sync:N" (":once" may follow),
+/* Parse "count", "trace" (COUNT with @trace), "fail-write:N", "fail-sync:N" (":once" may follow),
  * "power-write:N" or "power-sync:N" (":SEED" may follow, a number > 0).
  * Every plan parsed from a string reports its counts at exit.  Returns 0
  * or -EINVAL. */

@@ -24,6 +24,7 @@
 #include "rblock/io.h"
 #include "rblock/output.h"
 #include "rblock/qcow2-create.h"
+#include "util/path.h"
 
 struct delta {
     const struct rb_delta_opts *opts;
@@ -174,15 +175,11 @@ done:
  * leads to, as rb_image_open resolves it (relative to DELTA's folder). */
 static int stat_backing(const char *delta_path, const char *name, struct stat *st)
 {
-    const char *slash = strrchr(delta_path, '/');
-    size_t dir = name[0] != '/' && slash ? (size_t)(slash - delta_path) + 1 : 0;
-    char *path = malloc(dir + strlen(name) + 1);
+    char *path = rb_path_resolve(delta_path, name);
     int ret;
 
     if (!path)
         return -ENOMEM;
-    memcpy(path, delta_path, dir);
-    strcpy(path + dir, name);
     ret = stat(path, st) < 0 ? -errno : 0;
     free(path);
     return ret;
@@ -223,8 +220,8 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
              const struct rb_delta_opts *opts, struct rb_delta_stats *stats,
              struct rb_error *err)
 {
-    struct rb_open_opts bo = {.format = opts->base_format};
-    struct rb_open_opts no = {.format = opts->new_format};
+    struct rb_open_opts bo = {.format = opts->base_format, .force_share = opts->force_share};
+    struct rb_open_opts no = {.format = opts->new_format, .force_share = opts->force_share};
     struct rb_open_opts dopen = {
         .format = "qcow2", .write = true, .unsafe_no_barriers = true, .no_backing = true};
     struct rb_delta_stats st = {0};
@@ -277,7 +274,7 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
         goto fail;
     /* Opened on the locked file; its backing is BASE itself, borrowed
      * (detached again before the close). */
-    d.out = rb_qcow2_open(delta_path, fd, &dopen, err);
+    d.out = rb_image_open_fd(delta_path, fd, &dopen, err);
     if (!d.out) {
         ret = -(err && err->code ? err->code : EIO);
         goto fail;

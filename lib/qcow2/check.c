@@ -392,11 +392,7 @@ static void check_copied(struct ctx *c)
             uint64_t e = qcow2_l2_entry_get(s, l2, j);
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
 
-            /* NORMAL and ZERO_ALLOC clusters (qcow2_get_cluster_type) */
-            if (e & QCOW2_OFLAG_COMPRESSED)
-                continue;
-            if (!host && !(s->has_data_file && (e & QCOW2_OFLAG_COPIED) &&
-                           (s->extended_l2 || !(e & QCOW2_OFLAG_ZERO))))
+            if (!qcow2_l2e_copied_applies(s, e))
                 continue;
             if (s->has_data_file)
                 rc = 1; /* data file clusters are not refcounted */

@@ -16,7 +16,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "image/drivers.h"
 #include "qcow2/qcow2.h"
+#include "util/path.h"
 #include "util/endian.h"
 #include "rblock/io.h"
 
@@ -56,48 +58,36 @@ static int load_l1(struct qcow2_state *s, struct rb_error *err)
     return 0;
 }
 
-/* The data file name is relative to the image's folder, as qemu does. */
-static char *resolve_relative(const char *image, const char *name)
+static int open_data_file(struct qcow2_state *s, const struct rb_open_opts *opts,
+                          struct rb_error *err)
 {
-    const char *slash = strrchr(image, '/');
-    size_t dir_len;
-    char *out;
-
-    if (name[0] == '/' || !slash)
-        return strdup(name);
-    dir_len = (size_t)(slash - image) + 1;
-    out = malloc(dir_len + strlen(name) + 1);
-    if (out) {
-        memcpy(out, image, dir_len);
-        strcpy(out + dir_len, name);
-    }
-    return out;
-}
-
-static int open_data_file(struct qcow2_state *s, bool write, struct rb_error *err)
-{
+    bool write = opts->write;
     int ret;
 
     if (strncmp(s->h.data_file, "json:", 5) == 0)
         return rb_error_set(err, EINVAL, "%s: data file name '%s' is a json: "
                             "pseudo-filename, which is not supported", s->name,
                             s->h.data_file);
-    s->data_file_path = resolve_relative(s->name, s->h.data_file);
+    s->data_file_path = rb_path_resolve(s->name, s->h.data_file);
     if (!s->data_file_path)
         return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
-    /* O_NONBLOCK and the type check: the name comes from the header and
-     * may name a FIFO, whose open or read would wait forever. */
-    s->data_fd = open(s->data_file_path, (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
-    if (s->data_fd < 0) {
-        s->data_fd = s->fd;
-        return rb_error_errno(err, errno, "%s: cannot open external data file '%s'",
-                              s->name, s->data_file_path);
-    }
+    /* the name comes from the header: it may name a FIFO or a device */
     struct stat st;
-    if (fstat(s->data_fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)))
-        return rb_error_set(err, EINVAL, "%s: external data file '%s' is not a regular "
-                            "file or block device", s->name, s->data_file_path);
-    fcntl(s->data_fd, F_SETFL, fcntl(s->data_fd, F_GETFL) & ~O_NONBLOCK);
+    ret = rb_open_untrusted(s->data_file_path, write ? O_RDWR : O_RDONLY, &st, err);
+    if (ret < 0) {
+        rb_error_prefix(err, "%s: cannot open external data file", s->name);
+        return ret;
+    }
+    s->data_fd = ret;
+    /* locked as the image file is, as QEMU locks a data-file child */
+    ret = rb_image_lock_mode(s->data_fd, s->data_file_path,
+                             write ? RB_LOCK_WRITE
+                                   : opts->force_share ? RB_LOCK_SHARE_ALL : RB_LOCK_READ,
+                             err);
+    if (ret < 0) {
+        rb_error_prefix(err, "%s: external data file", s->name);
+        return ret;
+    }
     ret = rb_io_size(s->data_fd, &s->data_file_size);
     if (ret < 0)
         return rb_error_errno(err, -ret, "%s: cannot get the size of data file '%s'",
@@ -142,7 +132,7 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
     if (ret == 0)
         ret = qcow2_snapshots_load(s, err);
     if (ret == 0 && s->has_data_file)
-        ret = open_data_file(s, opts->write, err);
+        ret = open_data_file(s, opts, err);
     if (ret < 0)
         return ret;
 

@@ -541,6 +541,18 @@ int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
 
 /* ---- inline index helpers -------------------------------------------------- */
 
+/* Does L2 entry @e point at a cluster whose COPIED flag says whether its
+ * refcount is 1 (NORMAL and ZERO_ALLOC clusters, as QEMU's
+ * qcow2_get_cluster_type)?  check.c judges the flag, repair.c mends it. */
+static inline bool qcow2_l2e_copied_applies(const struct qcow2_state *s, uint64_t e)
+{
+    if (e & QCOW2_OFLAG_COMPRESSED)
+        return false;
+    return (e & QCOW2_L2E_OFFSET_MASK) ||
+           (s->has_data_file && (e & QCOW2_OFLAG_COPIED) &&
+            (s->extended_l2 || !(e & QCOW2_OFLAG_ZERO)));
+}
+
 static inline uint64_t qcow2_l1_index(const struct qcow2_state *s, uint64_t guest_off)
 {
     return guest_off >> (s->h.cluster_bits + s->l2_bits);

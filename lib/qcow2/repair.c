@@ -377,11 +377,7 @@ static int fix_copied(struct qcow2_state *s, const struct qcow2_refs *r, uint64_
             uint64_t e = qcow2_l2_entry_get(s, l2, j);
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
 
-            /* the entries check.c's check_copied judges */
-            if (e & QCOW2_OFLAG_COMPRESSED)
-                continue;
-            if (!host && !(s->has_data_file && (e & QCOW2_OFLAG_COPIED) &&
-                           (s->extended_l2 || !(e & QCOW2_OFLAG_ZERO))))
+            if (!qcow2_l2e_copied_applies(s, e))
                 continue;
             if (s->has_data_file)
                 rc = 1; /* data file clusters are not refcounted */

@@ -25,7 +25,7 @@ _rblock()
                        --help" ;;
         serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
-                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f --help" ;;
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 

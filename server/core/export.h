@@ -38,6 +38,8 @@ struct rb_export_config {
     const char *path;        /* image file */
     const char *format;      /* "raw", "qcow2" or NULL to probe */
     bool read_only;          /* open read-only, refuse writes */
+    bool force_share;        /* with read_only: serve it even while another
+                                process writes it (qemu-img -U) */
     const char *name;        /* export name; "" and this name are accepted */
     const char *description; /* NULL when none */
     const char *const *bitmaps; /* persistent dirty bitmaps to serve (qcow2,
@@ -79,6 +81,14 @@ const char *rb_export_description(const struct rb_export *e); /* may be NULL */
 const char *rb_export_format(const struct rb_export *e);      /* "raw", "qcow2" */
 uint32_t rb_export_cluster_bytes(const struct rb_export *e);  /* 4096 for raw */
 unsigned rb_export_chain_length(const struct rb_export *e);
+
+/* What clients may ask of the export, from its image's operations and
+ * --read-only: the protocols advertise exactly these. */
+#define RB_EXPORT_CAN_WRITE 0x1 /* write, and FUA on it */
+#define RB_EXPORT_CAN_TRIM 0x2
+#define RB_EXPORT_CAN_ZERO 0x4  /* write_zeroes, and fast zero (ENOTSUP when slow) */
+#define RB_EXPORT_CAN_FLUSH 0x8
+unsigned rb_export_caps(const struct rb_export *e);
 /* True when @name (len bytes, not NUL-terminated) selects this export:
  * the empty (default) name or the configured one. */
 bool rb_export_matches(const struct rb_export *e, const char *name, size_t len);

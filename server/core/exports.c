@@ -46,7 +46,8 @@ const char *rb_proto_name(enum rb_proto_id id)
 struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_error *err)
 {
     struct rb_open_opts opts = {
-        .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only};
+        .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only,
+        .force_share = cfg->force_share};
     struct rb_export *e = calloc(1, sizeof(*e));
 
     if (!e) {
@@ -159,6 +160,21 @@ bool rb_export_read_only(const struct rb_export *e)
 {
     return e->read_only;
 }
+unsigned rb_export_caps(const struct rb_export *e)
+{
+    const struct rb_image_ops *ops = e->img->ops;
+    unsigned caps = RB_EXPORT_CAN_FLUSH;
+
+    if (e->read_only || !ops->write)
+        return caps;
+    caps |= RB_EXPORT_CAN_WRITE;
+    if (ops->trim)
+        caps |= RB_EXPORT_CAN_TRIM;
+    if (ops->write_zeroes)
+        caps |= RB_EXPORT_CAN_ZERO;
+    return caps;
+}
+
 const char *rb_export_name(const struct rb_export *e)
 {
     return e->name;

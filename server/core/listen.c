@@ -63,11 +63,21 @@ static int listen_unix(struct rb_listeners *ls, const char *path, const char *ad
         return rb_error_set(err, ENAMETOOLONG, "%s: socket path is longer than %zu bytes",
                             addr, sizeof(sa.sun_path) - 1);
     strcpy(sa.sun_path, path);
-    /* Replace a stale socket (never another kind of file). */
+    /* Replace a stale socket (never another kind of file, and never one a
+     * live server accepts on: connecting tells them apart, as qemu-nbd's
+     * and nbdkit's users expect). */
     if (lstat(path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
             return rb_error_set(err, EEXIST, "%s: '%s' exists and is not a socket", addr,
                                 path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            ret = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+            close(fd);
+            if (ret == 0)
+                return rb_error_set(err, EADDRINUSE, "%s: '%s' is in use by another server",
+                                    addr, path);
+        }
         unlink(path);
     }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

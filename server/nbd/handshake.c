@@ -72,19 +72,25 @@ static struct rb_export *export_of(struct rb_conn *c)
     return c->srv->export;
 }
 
+/* The transmission flags (proto.md "Transmission flags"), from what the
+ * export can do. */
 static uint16_t transmission_flags(struct rb_conn *c, const struct nbd_session *s)
 {
-    struct rb_export *e = export_of(c);
+    unsigned caps = rb_export_caps(export_of(c));
     /* Every connection shares the one image and a flush flushes all of
      * it, so FLUSH/FUA are visible across connections: CAN_MULTI_CONN. */
-    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN |
-                 NBD_FLAG_SEND_CACHE;
+    uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
 
-    if (rb_export_read_only(e))
+    if (caps & RB_EXPORT_CAN_FLUSH)
+        f |= NBD_FLAG_SEND_FLUSH;
+    if (!(caps & RB_EXPORT_CAN_WRITE))
         f |= NBD_FLAG_READ_ONLY;
     else
-        f |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
-             NBD_FLAG_SEND_FAST_ZERO;
+        f |= NBD_FLAG_SEND_FUA;
+    if (caps & RB_EXPORT_CAN_TRIM)
+        f |= NBD_FLAG_SEND_TRIM;
+    if (caps & RB_EXPORT_CAN_ZERO)
+        f |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
     if (s->structured)
         f |= NBD_FLAG_SEND_DF;
     return f;

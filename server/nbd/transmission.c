@@ -456,28 +456,52 @@ static bool in_range(const struct tx *t, const struct req *r)
     return rb_add_ok(r->off, r->len, &end) && end <= rb_export_size(t->e);
 }
 
+/*
+ * Everything a request must be before it runs, in one place (proto.md
+ * "Request types" and "Command flags"): a known type the export
+ * can run, flags valid for it, and a length and range the server promised
+ * to accept.  Writes past the end and writes to a read-only export are
+ * left to the export, which answers ENOSPC and EPERM as the spec asks of
+ * them.  NULL when valid, else why not.
+ */
+static const char *validate_request(const struct tx *t, const struct req *r)
+{
+    if (r->type > NBD_CMD_BLOCK_STATUS || r->type == NBD_CMD_DISC)
+        return "unknown command";
+    if (r->flags & ~allowed_flags(t, r->type))
+        return "flag not valid for this command";
+    switch (r->type) {
+    case NBD_CMD_READ:
+        if (r->len > NBD_MAX_REQUEST_BYTES)
+            return "read larger than the maximum block size";
+        if (!in_range(t, r))
+            return "read past the end of the export";
+        return NULL;
+    case NBD_CMD_BLOCK_STATUS:
+        if (!t->s->structured || !t->s->meta)
+            return "no metadata context was negotiated";
+        if (r->len == 0 || !in_range(t, r))
+            return "block status range is empty or past the end";
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
 static void run_request(struct tx *t, const struct req *r, struct buf *b)
 {
     struct rb_error err = {0};
     unsigned wflags = r->flags & NBD_CMD_FLAG_FUA ? RB_WRITE_FUA : 0;
+    const char *invalid = validate_request(t, r);
     int ret;
 
-    if (r->type > NBD_CMD_BLOCK_STATUS || r->type == NBD_CMD_DISC) {
-        reply_status(t, r, -EINVAL, "unknown command");
-        return;
-    }
-    if (r->flags & ~allowed_flags(t, r->type)) {
-        reply_status(t, r, -EINVAL, "flag not valid for this command");
+    if (invalid) {
+        reply_status(t, r, -EINVAL, invalid);
         return;
     }
     switch (r->type) {
     case NBD_CMD_READ:
-        if (r->len > NBD_MAX_REQUEST_BYTES)
-            reply_status(t, r, -EINVAL, "read larger than the maximum block size");
-        else if (!in_range(t, r))
-            reply_status(t, r, -EINVAL, "read past the end of the export");
-        else
-            do_read(t, r, b);
+        do_read(t, r, b);
         return;
     case NBD_CMD_WRITE:
         ret =
@@ -500,12 +524,7 @@ static void run_request(struct tx *t, const struct req *r, struct buf *b)
         ret = rb_export_write_zeroes(t->e, RB_PROTO_NBD, r->off, r->len, wflags, &err);
         break;
     case NBD_CMD_BLOCK_STATUS:
-        if (!t->s->structured || !t->s->meta)
-            reply_status(t, r, -EINVAL, "no metadata context was negotiated");
-        else if (r->len == 0 || !in_range(t, r))
-            reply_status(t, r, -EINVAL, "block status range is empty or past the end");
-        else
-            do_block_status(t, r);
+        do_block_status(t, r);
         return;
     default:
         ret = -EINVAL;

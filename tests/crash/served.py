@@ -9,7 +9,11 @@
 FORMAT is qcow2 (an overlay over a raw backing file, made by qemu-img) or
 raw.  KIND is a $RBLOCK_FAULT plan without its number: power-write,
 power-sync, power-write-seed (unsynced writes kept or dropped at random),
-fail-write, fail-write-once, fail-sync.  SAMPLE is how many fault points
+fail-write, fail-write-once, fail-sync; with "-meta" (power-write-meta)
+the points are those around L2-table and refcount-block allocation, found
+by a traced run (RBLOCK_FAULT=trace), and SAMPLE caps their number.  FORMAT
+qcow2:SIZE[,OPT=V...] passes creation options to qemu-img (cluster_size=SIZE
+first).  SAMPLE is how many fault points
 to run, spread evenly over 1..W (or S) and always with the first and the
 last; 0 runs all of them; "A,B,..." runs those points.
 
@@ -110,6 +114,7 @@ def make_images(d, fmt):
     if fmt == "raw":
         return path, "raw", bytes(base)
     img = os.path.join(d, "overlay.qcow2")
+    # qcow2:SIZE[,OPTION=VALUE...]: cluster size and other creation options
     opts = ["-o", "cluster_size=" + fmt.split(":")[1]] if ":" in fmt else []
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *opts, "-b", "base.raw",
                     "-F", "raw", img], check=True, cwd=d)
@@ -299,6 +304,100 @@ def count(fmt, seq):
     return int(rc_line["writes"]), int(rc_line["syncs"])
 
 
+def qcow2_metadata(path):
+    """{cluster offset: kind} of an image's metadata clusters: "l1",
+    "l2", "reftable", "refblock" (from its header, L1 and refcount table;
+    rblock writes these in place, so the final image names every
+    metadata cluster the run wrote), and its cluster size."""
+    import struct
+    with open(path, "rb") as f:
+        hdr = f.read(104)
+        cbits, = struct.unpack(">I", hdr[20:24])
+        l1_size, l1_off, rt_off, rt_clusters = struct.unpack(">IQQI", hdr[36:60])
+        c = 1 << cbits
+        kinds = {}
+        for k in range(0, max(l1_size * 8, 1), c):
+            kinds[(l1_off + k) // c * c] = "l1"
+        for k in range(rt_clusters):
+            kinds[rt_off + k * c] = "reftable"
+        mask = 0x00fffffffffffe00
+        f.seek(l1_off)
+        for i in range(l1_size):
+            e, = struct.unpack(">Q", f.read(8))
+            if e & mask:
+                kinds[e & mask] = "l2"
+        f.seek(rt_off)
+        for i in range(rt_clusters * c // 8):
+            e, = struct.unpack(">Q", f.read(8))
+            if e & mask:
+                kinds[e & mask] = "refblock"
+    return kinds, c
+
+
+def metadata_points(fmt, seq, limit):
+    """Fault points (1-based write numbers) around the allocation of L2
+    tables and refcount blocks, found by a traced run (RBLOCK_FAULT=trace):
+      - the first write of each L2 table and refcount block (its
+        allocation), and the write after it;
+      - the first write after each sync that made L2 tables durable: a
+        power loss there keeps those tables, so every cluster they point
+        at must already have its refcount on disk (DESIGN.md 4).
+    At most @limit points, the allocation ones first, the others spread."""
+    with tempfile.TemporaryDirectory() as d:
+        image, ifmt, base = make_images(d, fmt)
+        ino = os.stat(image).st_ino
+        srv = Server(d, image, ifmt, "trace")
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        drive(h, Model(base), seq)
+        h.shutdown()
+        del h
+        rc, err = srv.stop()
+        if rc != 0:
+            sys.exit(f"served {fmt}: the traced run failed (exit {rc}): {err[-2000:]}")
+        kinds, c = qcow2_metadata(image)
+    first = {}       # metadata cluster -> its first write
+    durable = set()  # first write after a sync that made L2 tables durable
+    l2_pending = after_sync = False
+    for line in err.splitlines():
+        f = line.split()
+        if len(f) < 4 or f[0] != "rblock-fault:" or f[1] not in ("write", "sync"):
+            continue
+        kv = dict(x.split("=") for x in f[3:])
+        if int(kv["ino"]) != ino:
+            continue
+        n = int(f[2])
+        if f[1] == "sync":
+            after_sync, l2_pending = l2_pending, False
+            continue
+        if after_sync:
+            durable.add(n)
+            after_sync = False
+        if not int(kv["len"]):
+            continue  # a truncate
+        at = int(kv["off"]) // c * c
+        kind = kinds.get(at)
+        if kind == "l2":
+            l2_pending = True
+        if kind in ("l2", "refblock") and at not in first:
+            first[at] = n
+    if not first:
+        sys.exit(f"served {fmt}: the traced run wrote no L2 table or refcount block "
+                 f"(no trace?): {err[-500:]}")
+    alloc = sorted({p for n in first.values() for p in (n, n + 1)})
+    rest = sorted(durable - set(alloc))
+    room = max(limit - len(alloc), 0)
+    if len(rest) > room:  # the first few (the prefix of meta_ops), the rest spread
+        head = rest[:min(6, room)]
+        tail = rest[len(head):]
+        n = room - len(head)
+        rest = head + ([tail[i - 1] for i in sample(len(tail), n)] if n else [])
+    nl2 = sum(1 for at in first if kinds[at] == "l2")
+    log(f"served {fmt}: first writes of {nl2} L2 tables, {len(first) - nl2} refcount blocks; "
+        f"{len(durable)} syncs made L2 tables durable; {len(alloc) + len(rest)} points")
+    return sorted(set(alloc) | set(rest))
+
+
 def sample(total, n):
     if n <= 0 or n >= total:
         return list(range(1, total + 1))
@@ -306,21 +405,30 @@ def sample(total, n):
     return sorted(pts)
 
 
-def qcow2_writable():
-    with tempfile.TemporaryDirectory() as d:
-        img = os.path.join(d, "t.qcow2")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, "1M"], check=True)
-        r = subprocess.run([RBLOCK, "serve", "--nbd", "unix:" + os.path.join(d, "s"),
-                            "--run", "true", img], capture_output=True, text=True)
-        return "not supported" not in r.stderr
+def meta_ops():
+    """A prefix for the -meta runs: clusters allocated and, before any
+    flush, others released (trim, zero with unmap), so that a release's
+    L2 write-back happens while new clusters' refcounts are still only in
+    the cache: the window the cache dependency closes (DESIGN.md 4)."""
+    c = 65536
+    out = [("write", 0, c, False), ("flush", 0, 0, False)]
+    for k in (3, 6, 9):  # k * 65536 % 3 == 0: zero may unmap (see drive)
+        out += [("write", k * c, c, False), ("trim", (k - 3) * c, c, False),
+                ("write", (k + 1) * c, 4096, False), ("zero", k * c, c, False)]
+    out += [("read", 0, 12 * c, False), ("flush", 0, 0, False)]
+    return out
 
 
 def faults(fmt, kind, n):
-    seq = ops(1, 90)
+    seq = (meta_ops() if kind.endswith("-meta") else []) + ops(1, 90)
     writes, syncs = count(fmt, seq)
     base = kind.replace("-once", "").replace("-seed", "")
     total = syncs if base.endswith("sync") else writes
-    if "," in n:  # chosen points
+    if base.endswith("-meta"):  # around L2-table/refcount-block allocation
+        base = base[:-len("-meta")]
+        total = syncs if base.endswith("sync") else writes
+        pts = [p for p in metadata_points(fmt, seq, int(n)) if p <= total]
+    elif "," in n:  # chosen points
         pts = [int(x) for x in n.split(",") if x and int(x) <= total]
     else:
         pts = sample(total, int(n))
@@ -355,9 +463,6 @@ def main():
     if len(sys.argv) != 5 or sys.argv[1] not in ("faults", "kill9"):
         sys.exit(__doc__)
     mode, fmt = sys.argv[1], sys.argv[2]
-    if fmt.startswith("qcow2") and not qcow2_writable():
-        log(f"served {fmt}: SKIP (rblock cannot write qcow2 yet)")
-        return 77
     if mode == "faults":
         return faults(fmt, sys.argv[3], sys.argv[4])
     import kill9

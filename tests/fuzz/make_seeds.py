@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Write the NBD and JSON-RPC seed corpora (tests/fuzz/corpus/{nbd,jsonrpc}).
+"""Write the NBD, JSON-RPC and probe seed corpora (tests/fuzz/corpus/{nbd,jsonrpc,probe}).
 
 Each seed is what a client sends, prefixed with one byte for the harness
 (bit 0: serve read-only; bit 1: a qcow2 export, else raw).  Run from anywhere; rewrites the seeds.
@@ -91,7 +91,62 @@ nbd["structured_rw_qcow2"] = b"\2" + nbd["structured_rw"][1:]
 nbd["read_only_qcow2"] = b"\3" + nbd["read_only"][1:]
 rpc["methods_qcow2"] = b"\2" + rpc["methods"][1:]
 
-for sub, seeds in (("nbd", nbd), ("jsonrpc", rpc)):
+
+
+# fuzz_probe: files with every signature rblock names (first sector, or the
+# last 512 bytes for fixed VHD and dmg), and raw files whose first 5 bytes
+# script a change of the first sector (offset LE16, length LE16, kind:
+# 0 write of the bytes from 5 on, 1 write_zeroes, 2 trim).
+def sector(data, size=1024):
+    return data.ljust(size, b"\0")
+
+
+def tail(data, size=2048):
+    return bytes(size - 512) + data.ljust(512, b"\0")
+
+
+def script(off, length, kind, payload=b""):
+    return struct.pack("<HHB", off, length, kind) + payload
+
+
+def qcow2_header(backing=b"/etc/passwd"):
+    h = struct.pack(">IIQIIQIIQQIIQ", 0x514649FB, 2, 72, len(backing), 16, 1 << 20, 0, 1,
+                    0x30000, 0x10000, 1, 0, 0) + backing
+    return h
+
+
+probe = {
+    "qcow2": sector(qcow2_header()),
+    "vmdk_sparse": sector(b"KDMV\1\0\0\0\3\0\0\0"),
+    "vmdk_hosted": sector(b"COWD\1\0\0\0"),
+    "vmdk_descriptor": sector(b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\n"
+                              b"parentCID=ffffffff\ncreateType=\"monolithicFlat\"\n"),
+    "vmdk_version_line": sector(b"# comment\n  \r\nversion=3\r\n"),
+    "vdi": sector(b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(0x40, b"\0") +
+                  struct.pack("<II", 0xBEDA107F, 0x00010001)),
+    "vhdx": sector(b"vhdxfile"),
+    "vpc_dynamic": sector(b"conectix\0\0\0\2"),
+    "vpc_fixed": tail(b"conectix\0\0\0\2"),
+    "qed": sector(b"QED\0" + struct.pack("<III", 65536, 16, 4)),
+    "luks1": sector(b"LUKS\xba\xbe\0\1aes"),
+    "luks2": sector(b"LUKS\xba\xbe\0\2"),
+    "parallels": sector(b"WithoutFreeSpace" + struct.pack("<I", 2)),
+    "parallels_ext": sector(b"WithouFreSpacExt" + struct.pack("<I", 2)),
+    "bochs": sector(b"Bochs Virtual HD Image".ljust(32, b"\0") + b"Redolog".ljust(16, b"\0") +
+                    b"Growing".ljust(16, b"\0") + struct.pack("<II", 0x20000, 512)),
+    "cloop": sector(b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 "
+                    b"/dev/cloop $1\n"),
+    "dmg": tail(b"koly" + struct.pack(">II", 4, 512)),
+    "raw_write_qcow2_header": sector(script(0, 512, 0, qcow2_header()), 4096),
+    "raw_write_magic_at_0": sector(script(0, 4, 0, b"QFI\xfb")),
+    "raw_write_vhdx_at_0": sector(script(0, 8, 0, b"vhdxfile")),
+    "raw_zero_head": sector(script(3, 2, 1, b"QEDx")),
+    "raw_trim_head": sector(script(0, 512, 2)),
+    "raw_write_mbr": sector(script(0, 512, 0, b"\xeb\x63\x90".ljust(505, b"\0") + b"\x55\xaa")),
+    "raw_write_past_sector": sector(script(510, 600, 0, b"LUKS\xba\xbe" * 100), 2048),
+}
+
+for sub, seeds in (("nbd", nbd), ("jsonrpc", rpc), ("probe", probe)):
     d = os.path.join(HERE, "corpus", sub)
     os.makedirs(d, exist_ok=True)
     for k, v in seeds.items():

@@ -5,7 +5,7 @@
 # identical, is no larger than qemu-img convert's; and images written
 # through the rblock write path (random writes via convert -O qcow2 into
 # overlays made with rblock create) stay readable by QEMU.
-set -eu
+set -euo pipefail
 R=${RBLOCK:?}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
@@ -51,14 +51,18 @@ for s in plain zlib zstd ext v2 top; do
 done
 # the converted chain is a standalone image QEMU can keep writing
 $R convert -O qcow2 top.qcow2 flat.qcow2
-qemu-img info flat.qcow2 | grep -q backing && fail "flattened image has a backing file"
+info=$(qemu-img info --output=json flat.qcow2)
+case $info in *backing-filename*) fail "flattened image has a backing file: $info";; esac
 qemu-io -c 'write -P 0xab 0 64k' -c 'write -P 0xcd 47M 1M' flat.qcow2 >/dev/null
 qemu-img check -q flat.qcow2 || fail "check after qemu-io"
+qemu-io -c 'read -P 0xab 0 64k' -c 'read -P 0xcd 47M 1M' flat.qcow2 >/dev/null ||
+    fail "qemu-io reads back its writes to the flattened image"
 
 # rblock create -b overlay, then QEMU and rblock read the same
 $R create -q -f qcow2 -b top.qcow2 ov.qcow2
-qemu-img info --output=json ov.qcow2 | grep -q '"backing-filename-format": "qcow2"' || \
-    fail "overlay backing format"
+info=$(qemu-img info --output=json ov.qcow2)
+case $info in *'"backing-filename-format": "qcow2"'*) ;; *) fail "overlay backing format: $info";; esac
 qemu-img compare -q top.qcow2 ov.qcow2 || fail "overlay reads as its backing"
-$R convert ov.qcow2 ov.raw && qemu-img compare -q top.qcow2 ov.raw || fail "convert overlay"
+$R convert ov.qcow2 ov.raw || fail "convert overlay"
+qemu-img compare -q top.qcow2 ov.raw || fail "converted overlay differs"
 echo "convert_qcow2: ok"

@@ -3,7 +3,7 @@
 # empty, odd size) to raw and to qcow2 with every option: the output
 # checks clean, compares identical, is no larger than qemu-img convert's,
 # holes stay holes, QEMU can write it; failures remove the partial output.
-set -eu
+set -euo pipefail
 R=${RBLOCK:?}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
@@ -65,47 +65,73 @@ qemu-img compare -q -f raw -F qcow2 huge.raw huge.qcow2 || fail "compare 1 TiB"
 [ "$(stat -c %s huge.qcow2)" -lt $((4 << 20)) ] || fail "1 TiB output too large"
 qemu-io -c 'write -P 0xab 0 64k' -c 'write -P 0xcd 100G 1M' huge.qcow2 >/dev/null
 qemu-img check -q huge.qcow2 || fail "check 1 TiB after qemu-io"
-qemu-io -c 'read -P 0xab 0 64k' -c 'read -P 0xcd 100G 1M' huge.qcow2 | \
-    grep -q 'verification failed' && fail "qemu-io reads back"
+qemu-io -c 'read -P 0xab 0 64k' -c 'read -P 0xcd 100G 1M' huge.qcow2 >/dev/null ||
+    fail "qemu-io reads back"
 $R convert -O qcow2 -c -o compression_type=zstd sparse.raw z.qcow2
 qemu-io -c 'write -P 0xab 4096 8k' z.qcow2 >/dev/null
 qemu-img check -q z.qcow2 || fail "check compressed after qemu-io"
 
 # failures: clear message, exit 1, no partial output left behind
-out=$($R convert missing.raw o.raw 2>&1) && fail "missing source"
-echo "$out" | grep -q 'missing.raw' || fail "missing source message: $out"
+rc=0; out=$($R convert missing.raw o.raw 2>&1) || rc=$?
+[ $rc = 1 ] || fail "missing source: exit $rc: $out"
+case $out in *missing.raw*) ;; *) fail "missing source message: $out";; esac
+# an unwritable destination folder: mode 555 stops everyone but root; as
+# root (how CI runs) a read-only tmpfs mount, else an immutable folder
 mkdir ro; chmod 555 ro
-if ! touch ro/probe 2>/dev/null; then
-    out=$($R convert sparse.raw ro/o.qcow2 -O qcow2 2>&1) && fail "unwritable destination"
-    echo "$out" | grep -q 'ro/o.qcow2' || fail "unwritable message: $out"
+ro_undo=
+if touch ro/probe 2>/dev/null; then
+    rm -f ro/probe
+    if mount -t tmpfs -o ro,size=64k tmpfs ro 2>/dev/null; then
+        ro_undo="umount $T/ro"
+    elif chattr +i ro 2>/dev/null; then
+        ro_undo="chattr -i $T/ro"
+    else
+        echo "convert_raw: SKIP unwritable destination: as root, neither a read-only" \
+             "tmpfs mount nor chattr +i works here" >&2
+    fi
+    [ -z "$ro_undo" ] || trap '$ro_undo; rm -rf "$T"' EXIT
+    touch ro/probe 2>/dev/null && fail "could not make an unwritable folder"
 fi
-rm -f ro/probe
-(trap '' XFSZ; ulimit -f 256; $R convert -O qcow2 odd.raw big.qcow2 2>err.txt) && fail "file size limit"
+if ! touch ro/probe 2>/dev/null; then
+    rc=0; out=$($R convert sparse.raw ro/o.qcow2 -O qcow2 2>&1) || rc=$?
+    [ $rc = 1 ] || fail "unwritable destination: exit $rc: $out"
+    case $out in *ro/o.qcow2*) ;; *) fail "unwritable message: $out";; esac
+    [ ! -e ro/o.qcow2 ] || fail "unwritable destination: a file was made"
+fi
+if [ -n "$ro_undo" ]; then $ro_undo; trap 'rm -rf "$T"' EXIT; fi
+rc=0; (trap '' XFSZ; ulimit -f 256; $R convert -O qcow2 odd.raw big.qcow2 2>err.txt) || rc=$?
+[ $rc = 1 ] || fail "file size limit: exit $rc: $(cat err.txt)"
 grep -q 'partial output removed' err.txt || fail "limit message: $(cat err.txt)"
 [ ! -e big.qcow2 ] || fail "partial qcow2 output left behind"
-(trap '' XFSZ; ulimit -f 256; $R convert odd.raw big.raw 2>err.txt) && fail "file size limit raw"
+rc=0; (trap '' XFSZ; ulimit -f 256; $R convert odd.raw big.raw 2>err.txt) || rc=$?
+[ $rc = 1 ] || fail "file size limit raw: exit $rc: $(cat err.txt)"
 [ ! -e big.raw ] || fail "partial raw output left behind"
-$R convert -O vmdk sparse.raw o.vmdk 2>/dev/null && fail "unknown output format"
+rc=0; $R convert -O vmdk sparse.raw o.vmdk 2>err.txt || rc=$?
+[ $rc = 1 ] || fail "unknown output format: exit $rc: $(cat err.txt)"
+[ ! -e o.vmdk ] || fail "unknown output format: a file was made"
 # a full disk (a small tmpfs, when we may mount one)
 mkdir full
 if mount -t tmpfs -o size=128k tmpfs full 2>/dev/null; then
     trap 'umount "$T/full" 2>/dev/null || true; rm -rf "$T"' EXIT
     for f in raw qcow2; do
-        out=$($R convert -O $f sparse.raw full/o.$f 2>&1) && fail "full disk ($f)"
-        echo "$out" | grep -q 'No space left on device' || fail "full disk message: $out"
+        rc=0; out=$($R convert -O $f sparse.raw full/o.$f 2>&1) || rc=$?
+        [ $rc = 1 ] || fail "full disk ($f): exit $rc: $out"
+        grep -q 'No space left on device' <<< "$out" || fail "full disk message: $out"
         [ ! -e full/o.$f ] || fail "partial output on a full disk ($f)"
     done
     umount full
     trap 'rm -rf "$T"' EXIT
+else
+    echo "convert_raw: SKIP full disk: cannot mount a tmpfs here (needs root)" >&2
 fi
 # a source that changes size while it is read
 head -c 200M /dev/zero | tr '\0' 'x' > grow.raw
 ( while [ ! -e stop ]; do truncate -s +4096 grow.raw; done ) &
 grower=$!
-out=$($R convert -O qcow2 grow.raw g.qcow2 2>&1) && ok=1 || ok=0
+rc=0; out=$($R convert -O qcow2 grow.raw g.qcow2 2>&1) || rc=$?
 touch stop; wait $grower
-[ $ok = 0 ] || fail "source changing size not noticed"
-echo "$out" | grep -q 'changed size' || fail "size change message: $out"
+[ $rc = 1 ] || fail "source changing size not noticed: exit $rc: $out"
+grep -q 'changed size' <<< "$out" || fail "size change message: $out"
 [ ! -e g.qcow2 ] || fail "partial output left after a size change"
 echo "convert_raw: ok"
 exit 0

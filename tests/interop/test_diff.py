@@ -187,21 +187,6 @@ def test_raw(tmp_path, case, ss):
     assert rc == 0 and out["ranges"] == [] and out["differing-sectors"] == 0
 
 
-_QCOW2_OK = None
-
-
-def need_qcow2(tmp_path):
-    """Skip while the qcow2 driver has not landed (it says "not supported")."""
-    global _QCOW2_OK
-    if _QCOW2_OK is None:
-        q = tmp_path / "probe.qcow2"
-        qemu_img("create", "-q", "-f", "qcow2", q, "1M")
-        r = run(RBLOCK, "diff", q, q, check=False)
-        _QCOW2_OK = "not supported" not in r.stderr
-    if not _QCOW2_OK:
-        pytest.skip("qcow2 driver not available yet")
-
-
 def qcow2_of(raw, out, *opts):
     qemu_img("convert", "-f", "raw", "-O", "qcow2", *opts, raw, out)
     return out
@@ -209,7 +194,6 @@ def qcow2_of(raw, out, *opts):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
 def test_qcow2(tmp_path, case):
-    need_qcow2(tmp_path)
     a, b = case(tmp_path)
     qa = qcow2_of(a, tmp_path / "a.qcow2")
     qb = qcow2_of(b, tmp_path / "b.qcow2", "-o", "cluster_size=4096")
@@ -235,7 +219,6 @@ def qemu_io(img, *cmds):
 
 
 def test_overlays_sharing_a_backing_file(tmp_path):
-    need_qcow2(tmp_path)
     base = make_raw(tmp_path / "base.raw", 16 * MiB, fill=[(0, 12 * MiB)])
     for name in ("o1", "o2"):
         qemu_img("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw",
@@ -262,7 +245,6 @@ def test_overlays_sharing_a_backing_file(tmp_path):
 
 
 def test_overlay_chain_and_shorter_backing(tmp_path):
-    need_qcow2(tmp_path)
     base = make_raw(tmp_path / "base.raw", 4 * MiB, fill=[(0, 4 * MiB)])
     qemu_img("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw",
              tmp_path / "mid.qcow2", "8M")
@@ -312,10 +294,10 @@ def test_human_and_count(tmp_path):
     # sizes differ: the note says so
     a, b = case_b_longer(tmp_path)
     r = run(RBLOCK, "diff", a, b, check=False)
-    assert r.returncode == 1 and "sizes differ" in r.stdout
+    assert r.returncode == 1 and "sizes differ" in r.stderr
     a, b = case_a_longer_zero_tail(tmp_path)
     r = run(RBLOCK, "diff", a, b, check=False)
-    assert r.returncode == 0 and "sizes differ" in r.stdout and "identical" in r.stdout
+    assert r.returncode == 0 and "sizes differ" in r.stderr and "identical" in r.stdout
 
 
 def test_trouble(tmp_path):
@@ -335,7 +317,6 @@ def test_trouble(tmp_path):
 
 
 def test_corrupt_image_found_during_the_walk(tmp_path):
-    need_qcow2(tmp_path)
     import struct
     q = tmp_path / "c.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", q, "4M")

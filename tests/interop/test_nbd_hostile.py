@@ -250,12 +250,16 @@ def test_client_that_never_reads_replies(server, image, tmp_path):
     go(s)
     s.setblocking(False)
     sent = 0
+    stalled = False
     try:
-        for i in range(4096):
+        # up to 1M requests (28 MiB of them, 1 TiB of replies): a server
+        # that kept reading them would queue without bound
+        for i in range(1 << 20):
             s.send(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, 0, SIZE))
             sent += 1
     except BlockingIOError:
-        pass  # the server stopped reading our requests: back-pressure
+        stalled = True  # the server stopped reading our requests: back-pressure
+    assert stalled, f"the server took all {sent} requests without back-pressure"
     assert sent > 10
     assert real_client_works(server, image)
     s.close()

@@ -109,18 +109,28 @@ def test_reads_match_file(server, image, structured):
     # DF: one data chunk, zeros included
     if structured:
         chunks = []
+        DATA, HOLE = nbd.READ_DATA, nbd.READ_HOLE
 
         def chunk(sub, off, status, err):
-            chunks.append((off, len(sub)))
+            chunks.append((off, len(sub), status))
             return 0
         off = 3 * MiB + MiB // 2
         assert h.pread_structured(MiB, off, chunk, nbd.CMD_FLAG_DF) == \
             file_bytes(image, off, MiB)
-        assert chunks == [(off, MiB)]
-        # without DF the hole at 4M comes as a hole chunk
+        assert chunks == [(off, MiB, DATA)]
+        # without DF the hole at 4M comes as an OFFSET_HOLE chunk
         chunks.clear()
         assert h.pread_structured(MiB, off, chunk) == file_bytes(image, off, MiB)
-        assert chunks == [(off, MiB // 2), (4 * MiB, MiB // 2)]
+        assert chunks == [(off, MiB // 2, DATA), (4 * MiB, MiB // 2, HOLE)]
+        # a read wholly inside the hole is one hole chunk, no payload
+        chunks.clear()
+        assert h.pread_structured(MiB, 5 * MiB, chunk) == bytes(MiB)
+        assert chunks == [(5 * MiB, MiB, HOLE)]
+        # hole, data, hole: three chunks of the right types, in order
+        chunks.clear()
+        assert h.pread_structured(3 * MiB, 7 * MiB, chunk) == file_bytes(image, 7 * MiB,
+                                                                          3 * MiB)
+        assert chunks == [(7 * MiB, MiB, HOLE), (8 * MiB, MiB, DATA), (9 * MiB, MiB, HOLE)]
     h.shutdown()
 
 

@@ -15,8 +15,8 @@ step() { echo "--- $*"; }
 export PATH="/usr/bin:$PATH"   # nbdsh wants Debian's python3
 
 /usr/bin/python3 "$HERE/tls_pki.py" "$T"
-PKI=$T/pki CLIENT=$T/client ANON=$T/anon OTHER=$T/other PSK=$T/keys.psk
-export T PKI CLIENT ANON OTHER PSK
+PKI=$T/pki CLIENT=$T/client CLIENT2=$T/client2 ANON=$T/anon OTHER=$T/other PSK=$T/keys.psk
+export T PKI CLIENT CLIENT2 ANON OTHER PSK
 
 MiB=1048576
 head -c $((3 * MiB)) /dev/urandom > disk.raw
@@ -106,17 +106,34 @@ if "$RBLOCK" serve -r --tls-cert "$PKI" --tls-verify-peer --run \
     fail "a client without a certificate passed --tls-verify-peer"
 fi
 
-step "--tls-verify-peer with ca-crl.pem refuses a revoked client certificate"
+step "--tls-verify-peer with ca-crl.pem: the revoked client is refused, another served"
 mkdir crl
 cp "$PKI"/ca-cert.pem "$PKI"/server-cert.pem "$PKI"/server-key.pem crl/
+# without a list, both clients are served (the control)
+for c in "$CLIENT" "$CLIENT2"; do
+    C=$c "$RBLOCK" serve -r --tls-cert crl --tls-verify-peer --nbd tcp:127.0.0.1:0 --run \
+        'nbdinfo --size "nbds://localhost:$port?tls-certificates=$C"' disk.raw > size.txt ||
+        fail "client $c refused without a revocation list"
+    [ "$(cat size.txt)" = 8388608 ] || fail "size: $(cat size.txt)"
+done
 certtool --generate-crl --load-ca-privkey "$PKI/ca-key.pem" \
     --load-ca-certificate "$PKI/ca-cert.pem" --load-certificate "$CLIENT/client-cert.pem" \
     --template "$PKI/ca.info" --outfile crl/ca-crl.pem > /dev/null 2>&1
-if "$RBLOCK" serve -r --tls-cert crl --tls-verify-peer --nbd tcp:127.0.0.1:0 --run \
-    'nbdinfo --size "nbds://localhost:$port?tls-certificates=$CLIENT"' disk.raw \
-    > /dev/null 2>&1; then
-    fail "a revoked client certificate was accepted"
-fi
+# a valid list that does not name client2: the server starts and serves it
+"$RBLOCK" serve -r --tls-cert crl --tls-verify-peer --nbd tcp:127.0.0.1:0 --run \
+    'nbdinfo --size "nbds://localhost:$port?tls-certificates=$CLIENT2"' disk.raw \
+    > size.txt 2> crl-ok.err || fail "a client the list does not name was refused: $(cat crl-ok.err)"
+[ "$(cat size.txt)" = 8388608 ] || fail "size with a revocation list: $(cat size.txt)"
+# the revoked one: the server started (the command ran) and refused it in
+# the handshake, at certificate verification
+rc=0
+"$RBLOCK" serve -r --tls-cert crl --tls-verify-peer --nbd tcp:127.0.0.1:0 --run \
+    'echo started; nbdinfo --size "nbds://localhost:$port?tls-certificates=$CLIENT"' disk.raw \
+    > revoked.out 2> revoked.err || rc=$?
+[ $rc != 0 ] || fail "a revoked client certificate was accepted"
+grep -qx started revoked.out || fail "the server did not start: $(cat revoked.err)"
+grep -q 'TLS handshake failed: Error in the certificate verification' revoked.err ||
+    fail "not refused at certificate verification: $(cat revoked.err)"
 
 step "bad credentials and options are start-up errors (exit 1, one line)"
 mkdir empty mismatch

@@ -6,6 +6,8 @@ psktool in a folder the caller owns:
                   --tls-cert folder, qemu/nbdkit layout) + ca-key.pem
   DIR/client/     ca-cert.pem client-cert.pem client-key.pem (libnbd's and
                   qemu's client layout, a certificate signed by the CA)
+  DIR/client2/    the same layout, a second client certificate of the CA
+                  (the one a revocation list does not name)
   DIR/anon/       ca-cert.pem only (a client without a certificate)
   DIR/other/      ca-cert.pem of an unrelated CA (must fail to verify)
   DIR/keys.psk    alice:<hexkey>        DIR/wrong.psk  alice:<another key>
@@ -60,8 +62,14 @@ def make(base):
             f"{client}/client.info",
             "organization = rblock test\ncn = client\ntls_www_client\nencryption_key\n"
             "signing_key\nexpiration_days = 3\n")
+    client2 = os.path.join(base, "client2")
+    os.makedirs(client2, exist_ok=True)
+    _signed(pki, f"{client2}/client-key.pem", f"{client2}/client-cert.pem",
+            f"{client2}/client.info",
+            "organization = rblock test\ncn = client2\ntls_www_client\nencryption_key\n"
+            "signing_key\nexpiration_days = 3\n")
     os.makedirs(anon, exist_ok=True)
-    for d in (client, anon):
+    for d in (client, client2, anon):
         with open(f"{pki}/ca-cert.pem", "rb") as src, open(f"{d}/ca-cert.pem", "wb") as dst:
             dst.write(src.read())
     _ca(other, "some other CA")

@@ -357,6 +357,60 @@ static void test_callback_error_stops(void **state)
     fake_free(b);
 }
 
+/* One data segment holding @bytes (copied). */
+static struct rb_image *fake_data(const uint8_t *bytes, uint64_t size, ino_t ino)
+{
+    struct rb_image *img = calloc(1, sizeof(*img));
+    struct fake *f = calloc(1, sizeof(*f));
+
+    assert_non_null(img);
+    assert_non_null(f);
+    img->ops = &fake_ops;
+    img->filename = (char *)"fake";
+    img->size = size;
+    img->ino = ino;
+    img->dev = 1;
+    img->priv = f;
+    f->bytes = malloc(size);
+    assert_non_null(f->bytes);
+    memcpy(f->bytes, bytes, size);
+    f->seg_end[0] = size;
+    f->kind[0] = SEG_DATA;
+    f->nsegs = 1;
+    return img;
+}
+
+/* Differing runs with whole identical 64 KiB blocks between them, read in
+ * tasks larger than a block: each run is reported alone, never merged
+ * across the identical blocks. */
+static void test_runs_split_by_identical_blocks(void **state)
+{
+    const uint64_t size = 1 << 20;
+    uint8_t *x = malloc(size), *y;
+    static const uint64_t at[][2] = {{1000, 4000}, {200 << 10, 4096}, {(200 << 10) + 70000, 1},
+                                     {900 << 10, 65536}};
+
+    (void)state;
+    assert_non_null(x);
+    for (uint64_t i = 0; i < size; i++)
+        x[i] = (uint8_t)rnd();
+    y = malloc(size);
+    assert_non_null(y);
+    memcpy(y, x, size);
+    for (size_t k = 0; k < sizeof(at) / sizeof(at[0]); k++)
+        for (uint64_t i = at[k][0]; i < at[k][0] + at[k][1]; i++)
+            y[i] ^= 0x5a;
+    struct rb_image *a = fake_data(x, size, 1), *b = fake_data(y, size, 2);
+    for (size_t gi = 0; gi < sizeof(granules) / sizeof(granules[0]); gi++) {
+        diff_and_check(a, b, granules[gi], size, false, NULL);
+        diff_and_check(b, a, granules[gi], 0, true, NULL);
+    }
+    fake_free(a);
+    fake_free(b);
+    free(x);
+    free(y);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -364,6 +418,7 @@ int main(void)
         cmocka_unit_test(test_shared_backing),
         cmocka_unit_test(test_shared_not_read),
         cmocka_unit_test(test_callback_error_stops),
+        cmocka_unit_test(test_runs_split_by_identical_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,15 +10,12 @@
 #
 # VM_REFERENCE=qemu makes the delta with qemu-img instead (a self-check of
 # the harness, never what `make check` runs).
-set -u
+set -uo pipefail
 VM_TEST_NAME=delta_boot
 . "$(dirname "$0")/lib/lib.sh"
 
-if [ "${VM_REFERENCE:-}" = qemu ]; then
+[ "${VM_REFERENCE:-}" != qemu ] ||
     vm_log "VM_REFERENCE=qemu: the delta is made by qemu-img, rblock is not tested"
-else
-    vm_rblock_has delta || vm_skip "'rblock delta' is not implemented yet"
-fi
 vm_setup
 vm_tmpdir
 cd "$VM_TMP" || vm_fail "cd $VM_TMP"
@@ -55,7 +52,7 @@ vm_check_console console.log "$token" "$base_bin_sha"
 
 # After the guest: the image is sound and holds what the guest wrote.
 vm_qemu_img_check delta.qcow2
-if [ -n "${RBLOCK:-}" ] && vm_rblock_has check; then
+if [ -n "${RBLOCK:-}" ]; then
     "$RBLOCK" check delta.qcow2 >check.log 2>&1 || { cat check.log >&2; vm_fail "rblock check delta.qcow2 failed"; }
 fi
 qemu-img convert -O raw delta.qcow2 after.raw || vm_fail "qemu-img convert -O raw failed"

@@ -11,17 +11,13 @@
 #
 # VM_REFERENCE=qemu serves with qemu-nbd instead (a self-check of the
 # harness, never what `make check` runs).
-set -u
+set -uo pipefail
 VM_TEST_NAME=nbd_kernel_boot
 . "$(dirname "$0")/lib/lib.sh"
 
-if [ "${VM_REFERENCE:-}" = qemu ]; then
-    vm_log "VM_REFERENCE=qemu: served by qemu-nbd, rblock is not tested"
-else
-    vm_rblock_has serve || vm_skip "'rblock serve' is not implemented yet"
-fi
-[ -x /usr/sbin/nbd-client ] || vm_skip "no /usr/sbin/nbd-client (install nbd-client)"
-command -v socat >/dev/null 2>&1 || vm_skip "socat not installed (QEMU runs it per guest connection)"
+[ "${VM_REFERENCE:-}" != qemu ] || vm_log "VM_REFERENCE=qemu: served by qemu-nbd, rblock is not tested"
+[ -x /usr/sbin/nbd-client ] || vm_fail "no /usr/sbin/nbd-client (scripts/install-deps installs nbd-client)"
+command -v socat >/dev/null 2>&1 || vm_fail "socat not installed (scripts/install-deps installs it; QEMU runs it per guest connection)"
 vm_setup
 vm_resolve_modules $VM_MODULES_NBD >/dev/null ||
     vm_skip "the guest kernel $VM_KVER lacks a module of: $VM_MODULES_NBD"

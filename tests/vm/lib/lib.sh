@@ -60,7 +60,7 @@ vm_pick_kernel() {
         [ -r "/lib/modules/$v/modules.dep" ] || continue
         best=$(printf '%s\n%s\n' "$best" "$v" | sed '/^$/d' | sort -V | tail -n 1)
     done
-    [ -n "$best" ] || vm_skip "no readable /boot/vmlinuz-* with modules (install linux-image-amd64)"
+    [ -n "$best" ] || vm_fail "no readable /boot/vmlinuz-* with modules (install linux-image-amd64)"
     VM_KVER=$best
 }
 
@@ -180,12 +180,12 @@ vm_build_initramfs() {
 vm_setup() {
     local t
     for t in qemu-system-x86_64 busybox cpio mke2fs debugfs e2fsck qemu-img timeout; do
-        command -v "$t" >/dev/null 2>&1 || vm_skip "$t not installed (scripts/install-deps installs it)"
+        command -v "$t" >/dev/null 2>&1 || vm_fail "$t not installed (scripts/install-deps installs it)"
     done
-    busybox --list 2>/dev/null | grep -qx insmod || vm_skip "busybox has no insmod applet"
+    busybox --list 2>/dev/null | grep -qx insmod || vm_fail "busybox has no insmod applet (install busybox-static)"
     case "$(file -L "$(command -v busybox)" 2>/dev/null)" in
         *static*) ;;
-        *) command -v file >/dev/null 2>&1 && vm_skip "busybox is not static (install busybox-static)" ;;
+        *) command -v file >/dev/null 2>&1 && vm_fail "busybox is not static (install busybox-static)" ;;
     esac
     vm_pick_kernel
     VM_CACHE=${BUILDDIR:-${TMPDIR:-/tmp}}/vm-cache
@@ -318,13 +318,6 @@ vm_check_written() {
     fi
 }
 
-# vm_rblock_has CMD: true unless 'rblock CMD' is the placeholder that says
-# it is not implemented yet.
-vm_rblock_has() {
-    [ -n "${RBLOCK:-}" ] && [ -x "$RBLOCK" ] || vm_skip "RBLOCK is not set to the rblock binary"
-    ! "$RBLOCK" "$1" --help 2>&1 | grep -q 'not implemented yet'
-}
-
 # vm_qemu_img_check IMAGE: qemu-img check must report no errors and no leaks.
 vm_qemu_img_check() {
     local out
@@ -338,7 +331,7 @@ vm_qemu_img_check() {
 # (`rblock serve`, or qemu-nbd when VM_REFERENCE=qemu) in the background and
 # wait until it listens (polls for the socket; no fixed sleeps).  Sets
 # VM_SERVE_PID.  Returns 2 when the port was taken (the caller picks
-# another), skips when rblock says a part it needs is not implemented yet.
+# another).
 vm_serve_start() {
     local image=$1 addr=$2 i
     if [ "${VM_REFERENCE:-}" = qemu ]; then
@@ -357,7 +350,6 @@ vm_serve_start() {
             wait "$VM_SERVE_PID"
             cat serve.log >&2
             grep -qiE 'address already in use' serve.log && return 2
-            vm_serve_skip_missing
             vm_fail "the NBD server exited before it listened on $addr"
         fi
         # Ready means it answers an NBD handshake (rblock binds its
@@ -371,15 +363,6 @@ vm_serve_start() {
         sleep 0.05   # polling for the listener, bounded to 30 s
     done
     vm_fail "the NBD server did not listen on $addr within 30 s"
-}
-
-# A server that stopped because a part of rblock it needs is still a
-# placeholder ("... not implemented yet" / "not supported yet") is a skip,
-# named in the message, never a pass.
-vm_serve_skip_missing() {
-    if grep -qiE 'not (implemented|supported) yet' serve.log; then
-        vm_skip "rblock serve: $(grep -m1 -iE 'not (implemented|supported) yet' serve.log)"
-    fi
 }
 
 # vm_serve_stop: SIGTERM (clean shutdown: flush, close the image) and wait;
@@ -403,7 +386,6 @@ vm_serve_stop() {
     case "$rc" in
         0) ;;
         *) cat serve.log >&2
-            vm_serve_skip_missing
             vm_fail "the NBD server exited with status $rc after SIGTERM" ;;
     esac
 }

@@ -1,15 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * image.c - format probing, the backing chain, and range-checked wrappers
- * around the driver operations.
+ * image.c - struct rb_image: the range-checked wrappers around the driver
+ * operations and the walk of the backing chain for block status.  Knows no
+ * driver (lib/image/open.c opens by name).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "rblock/image.h"
 #include "rblock/io.h"
@@ -27,173 +25,6 @@ struct rb_image *rb_image_new(const struct rb_image_ops *ops, const char *path)
         return NULL;
     }
     return img;
-}
-
-const char *rb_image_probe(int fd)
-{
-    uint8_t magic[4];
-
-    if (rb_io_pread_exact(fd, magic, sizeof(magic), 0) == 0 &&
-        magic[0] == 'Q' && magic[1] == 'F' && magic[2] == 'I' && magic[3] == 0xfb)
-        return "qcow2";
-    return "raw";
-}
-
-/* True when the first bytes of raw image @img are the qcow2 magic. */
-static bool looks_like_qcow2(struct rb_image *img)
-{
-    struct rb_error err = {0};
-    uint8_t magic[4];
-
-    return img->size >= sizeof(magic) && rb_image_read(img, magic, 0, sizeof(magic), &err) == 0 &&
-           memcmp(magic, "QFI\xfb", 4) == 0;
-}
-
-/* Resolve a backing name against the folder of the overlay, as QEMU does:
- * absolute names stay, relative ones are relative to the overlay's folder. */
-static char *resolve_backing(const char *overlay, const char *name)
-{
-    const char *slash;
-    size_t dir_len;
-    char *out;
-
-    if (name[0] == '/')
-        return strdup(name);
-    slash = strrchr(overlay, '/');
-    if (!slash)
-        return strdup(name);
-    dir_len = (size_t)(slash - overlay) + 1;
-    out = malloc(dir_len + strlen(name) + 1);
-    if (!out)
-        return NULL;
-    memcpy(out, overlay, dir_len);
-    strcpy(out + dir_len, name);
-    return out;
-}
-
-static struct rb_image *open_one(const char *path, const struct rb_open_opts *opts,
-                                 bool top, struct rb_error *err)
-{
-    struct rb_open_opts o = *opts;
-    const char *fmt;
-    struct stat st;
-    int fd;
-
-    if (strncmp(path, "json:", 5) == 0) {
-        rb_error_set(err, EINVAL, "%s: json: pseudo-filenames are not supported", path);
-        return NULL;
-    }
-    if (!top)
-        o.write = false;
-    /* O_NONBLOCK: a backing name from an untrusted header may name a FIFO,
-     * whose open would wait forever for a writer; it is refused below. */
-    fd = open(path, (o.write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        rb_error_set(err, errno, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    if (fstat(fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
-        rb_error_set(err, EINVAL, "%s: not a regular file or block device", path);
-        close(fd);
-        return NULL;
-    }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    if (top && (o.lock || o.write) && rb_image_lock(fd, path, o.write, err) < 0) {
-        close(fd);
-        return NULL;
-    }
-    fmt = o.format ? o.format : rb_image_probe(fd);
-    struct rb_image *img;
-    if (strcmp(fmt, "qcow2") == 0) {
-        img = rb_qcow2_open(path, fd, &o, err);
-    } else if (strcmp(fmt, "raw") == 0) {
-        img = rb_raw_open(path, fd, &o, err);
-    } else {
-        rb_error_set(err, EINVAL, "%s: unknown format '%s' (known: raw, qcow2)", path, fmt);
-        close(fd);
-        return NULL;
-    }
-    if (img) {
-        img->dev = st.st_dev;
-        img->ino = st.st_ino;
-    }
-    return img;
-}
-
-struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts,
-                               struct rb_error *err)
-{
-    static const struct rb_open_opts defaults;
-    struct rb_image *top, *cur;
-    unsigned max_depth, depth = 0;
-
-    if (!opts)
-        opts = &defaults;
-    max_depth = opts->max_depth ? opts->max_depth : RB_MAX_CHAIN;
-    top = open_one(path, opts, true, err);
-    if (!top)
-        return NULL;
-    if (opts->no_backing) {
-        /* say where the backing file would be, without opening it */
-        if (top->backing_name && strncmp(top->backing_name, "json:", 5) != 0 &&
-            !(top->backing_path = resolve_backing(top->filename, top->backing_name))) {
-            rb_error_set(err, ENOMEM, "%s: out of memory", path);
-            goto fail;
-        }
-        return top;
-    }
-
-    for (cur = top; cur->backing_name; cur = cur->backing) {
-        struct rb_open_opts bo = *opts;
-
-        if (++depth > max_depth) {
-            rb_error_set(err, ELOOP, "%s: backing chain is deeper than %u layers",
-                         path, max_depth);
-            goto fail;
-        }
-        if (strncmp(cur->backing_name, "json:", 5) == 0) {
-            rb_error_set(err, EINVAL,
-                         "%s: backing file name '%s' is a json: pseudo-filename, "
-                         "which is not supported", cur->filename, cur->backing_name);
-            goto fail;
-        }
-        cur->backing_path = resolve_backing(cur->filename, cur->backing_name);
-        if (!cur->backing_path) {
-            rb_error_set(err, ENOMEM, "%s: out of memory", path);
-            goto fail;
-        }
-        /* The recorded backing format is used and a backing file is never
-         * probed: a raw disk a guest wrote can hold a qcow2 header naming
-         * any host file.  Without a recorded format (images of QEMU
-         * before -F was required) it is raw, and refused when it looks
-         * like qcow2, with the fix in the message. */
-        bo.format = cur->backing_format ? cur->backing_format : "raw";
-        cur->backing = open_one(cur->backing_path, &bo, false, err);
-        if (!cur->backing) {
-            rb_error_prefix(err, "%s: cannot open backing file", cur->filename);
-            goto fail;
-        }
-        if (!cur->backing_format && looks_like_qcow2(cur->backing)) {
-            rb_error_set(err, EINVAL, "%s: backing file '%s' has no recorded format and "
-                         "holds a qcow2 header; backing files are not probed: record "
-                         "its format with 'qemu-img rebase -u -b %s -F qcow2 %s' (or -F raw)",
-                         cur->filename, cur->backing_name, cur->backing_name,
-                         cur->filename);
-            goto fail;
-        }
-        /* A loop: the new layer is a file already in the chain. */
-        for (struct rb_image *p = top; p != cur->backing; p = p->backing) {
-            if (p->dev == cur->backing->dev && p->ino == cur->backing->ino) {
-                rb_error_set(err, ELOOP, "%s: backing chain has a loop: '%s' is "
-                             "its own backing file", path, cur->backing_path);
-                goto fail;
-            }
-        }
-    }
-    return top;
-fail:
-    rb_image_close(top);
-    return NULL;
 }
 
 void rb_image_close(struct rb_image *img)
