@@ -121,8 +121,14 @@ def stalled(tmp_path_factory):
 def test_rpc_stall_starts(stalled):
     srv, c, s, base, t0, sent = stalled
     assert sent == 1
-    # it is connected, and its replies wait for it
-    now = c.result("stats")["protocols"]["jsonrpc"]["connections_now"]
+    # it is connected (the server counts it once its thread has taken the
+    # connection: poll, with a bound), and its replies wait for it
+    deadline = time.monotonic() + 20
+    while True:
+        now = c.result("stats")["protocols"]["jsonrpc"]["connections_now"]
+        if now == base + 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert now == base + 1
 
 
