@@ -463,12 +463,10 @@ struct qcow2_snapshot {
 int qcow2_snapshots_load(struct qcow2_state *s, struct rb_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
 
-/* ---- write path (write.c, alloc.c: provided by the write-path engineer) -- */
+/* ---- write path (write.c, alloc.c) ----------------------------------------- */
 
 /*
- * qcow2.c puts these in its rb_image_ops table.  Until the real write path
- * lands, lib/qcow2/write.c is a stub whose qcow2_write_open fails with
- * "writing qcow2 not supported yet"; write.c replaces it whole.
+ * qcow2.c puts these in its rb_image_ops table.
  *
  * qcow2_write_open is called at the end of a read-write open (state fully
  * loaded, lock not held); qcow2_write_close at close before the caches are

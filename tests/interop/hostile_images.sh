@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# Images whose headers name hostile files (issue 7): a backing file or an
+# Images whose headers name hostile files: a backing file or an
 # external data file that is a FIFO or a character device, a json:
 # pseudo-filename, a backing loop, a chain deeper than the cap.  Each is
 # refused with one clear message; nothing hangs (timeout is only a

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""Hostile NBD clients beyond the protocol cases of test_nbd_hostile.py
-(issue 7, item 3): offset + length overflowing 64 bits on every command,
+"""Hostile NBD clients beyond the protocol cases of test_nbd_hostile.py:
+offset + length overflowing 64 bits on every command,
 clients that pipeline reads and never read a reply (slow readers), more
 clients than --max-connections, and stopping the server while such clients
 hang on.  After each: the server process is alive and a real client

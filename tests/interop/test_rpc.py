@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""JSON-RPC 2.0 beside NBD (issue 6), over real sockets: the seed's two
+"""JSON-RPC 2.0 beside NBD over real sockets: the seed's two
 requests byte for byte, the specification's rules, every method, and one
 image seen the same through both protocols."""
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
-# A Linux guest boots from a delta made by `rblock delta` (issue 4, item 3).
+# A Linux guest boots from a delta made by `rblock delta`.
 #
 # base.raw: ext4 by mke2fs -d; new.raw: a copy with files added by debugfs.
 # `rblock delta base.raw new.raw delta.qcow2`, then the guest boots with

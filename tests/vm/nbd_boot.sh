@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # A Linux guest boots with its disk served by `rblock serve` and QEMU as the
-# NBD client (issue 5, acceptance).  The server exports a qcow2 overlay
+# NBD client.  The server exports a qcow2 overlay
 # over a unix socket; QEMU's nbd block driver is the guest's virtio disk.
 # The guest reads the files only the overlay has, writes files, powers off;
 # then the server is stopped (SIGTERM: flush and close), the overlay passes

@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # A Linux guest mounts a disk served by `rblock serve` through its own
-# kernel's nbd driver and Debian's nbd-client (issue 5, acceptance), as
+# kernel's nbd driver and Debian's nbd-client, as
 # `nbd-client HOST 10809 /dev/nbd0` does on a real machine.  QEMU's user
 # networking (restrict=on: the guest reaches nothing else) forwards the
 # guest's 10.0.2.100:10809 to the server on a loopback port.  The guest

@@ -366,7 +366,7 @@ vm_serve_start() {
 }
 
 # vm_serve_stop: SIGTERM (clean shutdown: flush, close the image) and wait;
-# rblock must then exit 0 (issue 5: clean shutdown on SIGINT/SIGTERM).
+# rblock must then exit 0 (a clean shutdown on SIGINT/SIGTERM).
 vm_serve_stop() {
     local rc i
     kill -TERM "$VM_SERVE_PID" 2>/dev/null
