@@ -10,7 +10,8 @@ chain to raw.  Every output passes `qemu-img check`, reads as the live
 image (`qemu-img compare` through its chain), and holds clusters (data or
 zero) exactly where a granule of the bitmap was dirty, widened to the
 output's clusters, as `qemu-img map` shows them; rblock reports reading
-exactly those bytes of NEW and none of BASE.  An inconsistent bitmap (left
+exactly those bytes of NEW and none of BASE.  `rblock diff --bitmap` lists
+the ranges qemu-nbd -B serves as dirty.  An inconsistent bitmap (left
 in_use by a kill -9 of the server), a missing one, a raw NEW and an output
 that is an input are refused with one line, nothing created or changed.
 """
@@ -242,6 +243,8 @@ def test_in_use_bitmap_refused(tmp_path, pair):
     os.rmdir(srv.dir)
     line = refused(["--bitmap", "b", full, live, out], "inconsistent", [live, full], out)
     assert "'b'" in line and live in line
+    r = run(RBLOCK, "diff", "--bitmap", "b", full, live, check=False)
+    assert r.returncode == 2 and "inconsistent" in r.stderr and not r.stdout, r.stdout + r.stderr
     # removed and added again, it is usable (and empty)
     run(RBLOCK, "bitmap", "--remove", live, "b")
     run(RBLOCK, "bitmap", "--add", live, "b")
@@ -280,3 +283,36 @@ def test_output_is_input_refused(tmp_path, pair):
     qcheck(live)
     qcheck(full)
     compare(full, live)
+
+
+def test_diff_bitmap_lists_dirty_ranges(tmp_path, pair):
+    """diff --bitmap lists what qemu-nbd -B serves as dirty, in sectors,
+    reading nothing; exit status as cmp."""
+    live, full = pair
+    run("qemu-img", "bitmap", "--add", "-g", "16k", live, "fine")
+    serve_writes(live, [("w", 100, b"\x55" * 4096), ("w", 5 * MiB - 10, b"\x66" * 20),
+                        ("z", 9 * MiB, 200 * 1024)])
+    for name in ("b", "fine"):
+        want = dirty_ranges(live, name)
+        assert want
+        for ss in (512, 4096, 3000):
+            r = run(RBLOCK, "diff", "--bitmap", name, "--sector-size", str(ss),
+                    "--output=json", full, live, check=False)
+            assert r.returncode == 1, r.stderr
+            j = json.loads(r.stdout)
+            assert j["bytes-read-a"] == 0 and j["bytes-read-b"] == 0
+            sectors = set()
+            for off, n in want:
+                sectors.update(range(off // ss, (off + n + ss - 1) // ss))
+            got = set()
+            for rg in j["ranges"]:
+                got.update(range(rg["start"], rg["start"] + rg["count"]))
+            assert got == sectors and j["differing-sectors"] == len(sectors)
+        r = run(RBLOCK, "diff", "--bitmap", name, full, live, check=False)
+        assert r.returncode == 1 and f"(bitmap '{name}')" in r.stdout, r.stdout
+    run(RBLOCK, "bitmap", "--clear", live, "b")
+    r = run(RBLOCK, "diff", "--bitmap", "b", full, live, check=False)
+    assert r.returncode == 0 and r.stdout == "nothing dirty (bitmap 'b')\n", r.stdout
+    r = run(RBLOCK, "diff", "--bitmap", "nope", full, live, check=False)
+    assert r.returncode == 2 and "no bitmap 'nope'" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
