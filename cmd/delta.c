@@ -17,10 +17,13 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: rblock delta [-o OPTIONS] [-b BACKING_NAME] [-f NEW_FMT] [-F BASE_FMT]\n"
-        "                    [-p] [-q] [-U] BASE NEW DELTA\n"
+        "                    [--bitmap NAME] [-p] [-q] [-U] BASE NEW DELTA\n"
         "\n"
         "Write DELTA, a qcow2 image whose backing file is BASE, holding only the\n"
         "clusters where NEW differs from BASE (zero clusters where NEW is zeros).\n"
+        "  --bitmap NAME  do not compare: copy the clusters dirty in NEW's persistent\n"
+        "                 bitmap NAME (an incremental backup onto BASE, the\n"
+        "                 previous one); reads nothing else of NEW, nothing of BASE\n"
         "  -o OPTIONS   qcow2 creation options, as qemu-img create -o "
         "(cluster_size=...)\n"
         "  -b NAME      backing file name to store (default: BASE's path relative to\n"
@@ -60,6 +63,7 @@ int cmd_delta(int argc, char **argv)
         {"progress", no_argument, NULL, 'p'},
         {"quiet", no_argument, NULL, 'q'},
         {"force-share", no_argument, NULL, 'U'},
+        {"bitmap", required_argument, NULL, 'B'},
         {NULL, 0, NULL, 0},
     };
     struct rb_delta_opts opts = {0};
@@ -97,6 +101,9 @@ int cmd_delta(int argc, char **argv)
         case 'U':
             opts.force_share = true;
             break;
+        case 'B':
+            opts.bitmap = optarg;
+            break;
         case 'h':
             usage(stdout);
             rc = 0;
@@ -130,7 +137,16 @@ int cmd_delta(int argc, char **argv)
         complain("%s", rb_error_msg(&err, ret));
         goto out;
     }
-    if (!quiet)
+    if (!quiet && opts.bitmap)
+        printf("%s: %" PRIu64 " data clusters, %" PRIu64 " zero clusters; "
+               "read %" PRIu64 " bytes of new (dirty in bitmap '%s'), none of base, "
+               "%" PRIu64 " bytes skipped unread\n",
+               argv[optind + 2], st.data_clusters, st.zero_clusters, st.diff.read_b_bytes,
+               opts.bitmap,
+               st.diff.size_bytes > st.diff.read_b_bytes
+                   ? st.diff.size_bytes - st.diff.read_b_bytes
+                   : 0);
+    else if (!quiet)
         printf("%s: %" PRIu64 " data clusters, %" PRIu64 " zero clusters; "
                "read %" PRIu64 " bytes of base and %" PRIu64 " of new, "
                "%" PRIu64 " bytes skipped unread\n",

@@ -6,6 +6,10 @@
  * streamed: human output and --count print as they go; JSON keeps the
  * documented key order ("differing-sectors" before "ranges") by spooling
  * the ranges to an unlinked temporary file, so memory stays bounded.
+ *
+ * With --bitmap NAME nothing is read: the ranges listed are those dirty in
+ * DISK_B's persistent bitmap NAME (what `delta --bitmap` would copy onto
+ * DISK_A, the previous backup), widened to whole sectors.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -31,12 +35,14 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: rblock diff [--sector-size 512|4096|N] [--output=human|json] [--count]\n"
-        "                   [-p] [-U] [-f FMT_A] [-F FMT_B] DISK_A DISK_B\n"
+        "                   [--bitmap NAME] [-p] [-U] [-f FMT_A] [-F FMT_B] DISK_A DISK_B\n"
         "\n"
         "List the sectors where DISK_A and DISK_B differ (raw files, block devices or\n"
         "qcow2 images and chains, in any mix).  The shorter disk reads as zeros past\n"
         "its end.  Exit status: 0 same, 1 different, 2 trouble.\n"
-        "  -U, --force-share  read them even while another process writes them\n");
+        "  -U, --force-share  read them even while another process writes them\n"
+        "  --bitmap NAME      read nothing: list the ranges dirty in DISK_B's persistent\n"
+        "                     bitmap NAME (qcow2), what delta --bitmap would copy\n");
 }
 
 static struct rb_image *open_input(const char *path, const char *fmt, bool force_share)
@@ -107,6 +113,40 @@ static int copy_spool(FILE *spool)
     return ferror(spool) ? -EIO : 0;
 }
 
+/* The runs dirty in @b's bitmap @name, widened to sectors, as diff runs. */
+static int bitmap_runs(struct out *o, struct rb_image *b, const char *name,
+                       struct rb_diff_stats *st, struct rb_error *err)
+{
+    uint64_t off = 0;
+
+    memset(st, 0, sizeof(*st));
+    st->size_bytes = b->size;
+    while (off < b->size) {
+        uint64_t n, s, e;
+        bool dirty;
+        int ret = rb_image_bitmap_extent(b, name, off, b->size - off, &dirty, &n, err);
+
+        if (ret < 0)
+            return ret;
+        if (dirty) {
+            s = off / o->ss * o->ss;
+            e = (off + n + o->ss - 1) / o->ss * o->ss;
+            struct rb_diff_run run = {.off = s, .len = e - s};
+            if (o->pend_count && (o->pend_start + o->pend_count) * o->ss > s) {
+                /* a sector shared with the previous run: counted once */
+                run.off += o->ss;
+                run.len -= o->ss;
+            }
+            st->diff_bytes += n;
+            if (run.len && (ret = on_run(o, &run, err)) < 0)
+                return ret;
+        }
+        off += n;
+        progress_update(o->progress, off);
+    }
+    return 0;
+}
+
 static void print_json(struct out *o, struct rb_image *a, struct rb_image *b,
                        const struct rb_diff_stats *st)
 {
@@ -130,9 +170,15 @@ static void print_note(struct rb_image *a, struct rb_image *b)
                a->filename, a->size, b->filename, b->size);
 }
 
-static void print_human(struct out *o)
+static void print_human(struct out *o, const char *bitmap)
 {
-    if (o->sectors)
+    if (bitmap && o->sectors)
+        printf("%" PRIu64 " dirty sectors of %" PRIu64 " bytes in %" PRIu64
+               " range%s (bitmap '%s')\n",
+               o->sectors, o->ss, o->ranges, o->ranges == 1 ? "" : "s", bitmap);
+    else if (bitmap)
+        printf("nothing dirty (bitmap '%s')\n", bitmap);
+    else if (o->sectors)
         printf("%" PRIu64 " differing sectors of %" PRIu64 " bytes in %" PRIu64
                " range%s\n",
                o->sectors, o->ss, o->ranges, o->ranges == 1 ? "" : "s");
@@ -148,10 +194,11 @@ int cmd_diff(int argc, char **argv)
         {"count", no_argument, NULL, 'c'},
         {"progress", no_argument, NULL, 'p'},
         {"force-share", no_argument, NULL, 'U'},
+        {"bitmap", required_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *fmt_a = NULL, *fmt_b = NULL;
+    const char *fmt_a = NULL, *fmt_b = NULL, *bitmap = NULL;
     struct out o = {.ss = 512, .f = stdout};
     struct rb_image *a = NULL, *b = NULL;
     struct rb_error err = {0};
@@ -188,6 +235,9 @@ int cmd_diff(int argc, char **argv)
         case 'U':
             force_share = true;
             break;
+        case 'B':
+            bitmap = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -216,7 +266,7 @@ int cmd_diff(int argc, char **argv)
     };
     if (!o.json && !o.count_only)
         print_note(a, b);
-    ret = rb_diff(a, b, &dopts, &st, &err);
+    ret = bitmap ? bitmap_runs(&o, b, bitmap, &st, &err) : rb_diff(a, b, &dopts, &st, &err);
     flush_range(&o);
     progress_done(o.progress);
     if (ret < 0) {
@@ -232,7 +282,7 @@ int cmd_diff(int argc, char **argv)
     else if (o.json)
         print_json(&o, a, b, &st);
     else
-        print_human(&o);
+        print_human(&o, bitmap);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         complain("cannot write the output: %s", strerror(errno));
         goto out;

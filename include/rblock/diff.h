@@ -92,6 +92,9 @@ struct rb_delta_opts {
                                    BASE's path relative to DELTA's folder */
     uint32_t cluster_bytes;     /* 0 = 64 KiB */
     const char *create_options; /* further "-o" options for the qcow2 (may be NULL) */
+    const char *bitmap;         /* NULL: compare BASE and NEW; else the name of a
+                                   persistent dirty bitmap of NEW (qcow2): copy
+                                   the clusters it marks dirty, read nothing else */
     bool serial_reads;
     bool force_share;           /* -U: read BASE and NEW (and DELTA's backing)
                                    even while another process writes them */
@@ -110,7 +113,11 @@ struct rb_delta_stats {
  * @base_path (format recorded in the header), holding only the clusters
  * where @new_path differs from it: a data cluster where NEW's bytes are
  * not all zeros, a zero cluster where they are, nothing where NEW equals
- * BASE.  One pass over the data.  DELTA is opened as every output is
+ * BASE.  One pass over the data.  With opts->bitmap, the clusters that a
+ * dirty granule of NEW's bitmap touches are taken as the differing ones
+ * and nothing else of NEW or BASE is read (stats: read_b_bytes, diff_bytes);
+ * a missing bitmap (ENOENT), an inconsistent one (EINVAL) or a NEW
+ * without bitmaps (ENOTSUP) is refused before DELTA is created.  DELTA is opened as every output is
  * (rblock/output.h): it may not be BASE, NEW or any layer of their chains,
  * an existing file is replaced only once its write lock is held (EAGAIN
  * otherwise, file untouched), a special file is refused.  On failure DELTA

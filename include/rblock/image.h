@@ -73,6 +73,12 @@ struct rb_image_ops {
      * offset into an unallocated cluster (convert -c).  May be NULL. */
     int (*write_compressed)(struct rb_image *img, const void *buf,
                             uint64_t off, size_t len, struct rb_error *err);
+    /* The run at off (at most len long) that is all dirty or all clean in
+     * the persistent dirty bitmap @name of this layer; refuses a missing
+     * or inconsistent (in_use) bitmap.  NULL when the format has none. */
+    int (*bitmap_extent)(struct rb_image *img, const char *name, uint64_t off,
+                         uint64_t len, bool *dirty, uint64_t *bytes,
+                         struct rb_error *err);
     /* Release everything except img itself and img->backing. */
     void (*close)(struct rb_image *img);
 };
@@ -195,6 +201,18 @@ int rb_image_flush(struct rb_image *img, struct rb_error *err);
  */
 int rb_image_block_status(struct rb_image *img, uint64_t off, uint64_t len,
                           struct rb_extent *ext, struct rb_error *err);
+
+/*
+ * Dirty bitmap @name of the top layer of @img (not its backing chain) over
+ * [@off, @off + @len): *dirty and *bytes (> 0, at most @len) for the run
+ * at @off that is all dirty or all clean, granules widened to bytes.
+ * Fails with ENOENT for a missing bitmap, EINVAL for an inconsistent
+ * (in_use) one, ENOTSUP for a format without bitmaps (raw).  Takes the
+ * driver's lock.  Returns 0 or -errno with @err set.
+ */
+int rb_image_bitmap_extent(struct rb_image *img, const char *name, uint64_t off,
+                           uint64_t len, bool *dirty, uint64_t *bytes,
+                           struct rb_error *err);
 
 /* Status of the top layer only (no chain walk). */
 int rb_image_block_status_top(struct rb_image *img, uint64_t off, uint64_t len,

@@ -152,6 +152,25 @@ int rb_image_flush(struct rb_image *img, struct rb_error *err)
     return img->ops->flush(img, err);
 }
 
+int rb_image_bitmap_extent(struct rb_image *img, const char *name, uint64_t off,
+                           uint64_t len, bool *dirty, uint64_t *bytes,
+                           struct rb_error *err)
+{
+    int ret;
+
+    if (!img->ops->bitmap_extent)
+        return rb_error_set(err, ENOTSUP, "%s: a %s image has no dirty bitmaps",
+                            img->filename, img->ops->format);
+    if (len == 0 || off >= img->size || len > img->size - off)
+        return rb_error_set(err, EINVAL, "%s: bitmap range %" PRIu64 "+%" PRIu64
+                            " is outside the disk", img->filename, off, len);
+    ret = img->ops->bitmap_extent(img, name, off, len, dirty, bytes, err);
+    if (ret == 0 && (*bytes == 0 || *bytes > len))
+        return rb_error_set(err, EIO, "%s: driver returned a bad bitmap extent",
+                            img->filename);
+    return ret;
+}
+
 int rb_image_block_status_top(struct rb_image *img, uint64_t off, uint64_t len,
                               struct rb_extent *ext, struct rb_error *err)
 {

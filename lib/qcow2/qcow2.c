@@ -33,6 +33,7 @@ static const struct rb_image_ops qcow2_ops = {
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .write_compressed = qcow2_write_compressed,
+    .bitmap_extent = rb_qcow2_bitmap_extent,
     .close = qcow2_close,
 };
 
