@@ -77,7 +77,7 @@ vm_extract_elf() {
         for off in $(LC_ALL=C grep -obUaP "$(printf '%s' "${magic%%:*}" | sed 's/../\\x&/g')" "$img" | cut -d: -f1 | head -n 4); do
             tail -c +"$((off + 1))" "$img" | $cmd >"$out.tmp" 2>/dev/null
             if [ "$(head -c 4 "$out.tmp" | od -A n -t x1 | tr -d ' ')" = 7f454c46 ] &&
-               LC_ALL=C readelf -n "$out.tmp" 2>/dev/null | grep -q 'Unknown note type: (0x00000012)'; then
+               grep -q 'Unknown note type: (0x00000012)' <<< "$(LC_ALL=C readelf -n "$out.tmp" 2>/dev/null)"; then
                 mv "$out.tmp" "$out"
                 return 0
             fi
@@ -182,7 +182,10 @@ vm_setup() {
     for t in qemu-system-x86_64 busybox cpio mke2fs debugfs e2fsck qemu-img timeout; do
         command -v "$t" >/dev/null 2>&1 || vm_fail "$t not installed (scripts/install-deps installs it)"
     done
-    busybox --list 2>/dev/null | grep -qx insmod || vm_fail "busybox has no insmod applet (install busybox-static)"
+    # (a here-string, not a pipe: under pipefail grep -q's early exit can
+    # kill busybox with SIGPIPE and fail the check at random)
+    grep -qx insmod <<< "$(busybox --list 2>/dev/null)" ||
+        vm_fail "busybox has no insmod applet (install busybox-static)"
     case "$(file -L "$(command -v busybox)" 2>/dev/null)" in
         *static*) ;;
         *) command -v file >/dev/null 2>&1 && vm_fail "busybox is not static (install busybox-static)" ;;
@@ -313,7 +316,7 @@ vm_check_written() {
     got=$(vm_cat "$raw" /marker.txt)
     [ "$got" = "$(printf 'base marker\nguest %s' "$token")" ] || vm_fail "/marker.txt holds '$got'"
     [ "$(vm_cat "$raw" /new-only.txt)" = "$VM_NEW_TEXT" ] || vm_fail "/new-only.txt lost"
-    if debugfs -R "stat /delete-me.txt" "$raw" 2>&1 | grep -q 'Inode:'; then
+    if grep -q 'Inode:' <<< "$(debugfs -R "stat /delete-me.txt" "$raw" 2>&1)"; then
         vm_fail "/delete-me.txt is still in the image"
     fi
 }
