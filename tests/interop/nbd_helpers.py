@@ -44,6 +44,15 @@ class Server:
         s.connect(self.path)
         return s
 
+    def kill(self):
+        """SIGKILL, as a crash: nothing is flushed or closed by the server;
+        its socket and folder are removed here."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stderr.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
     def stop(self):
         """SIGTERM, wait; returns (exit status, stderr text)."""
         if self.proc.poll() is None:

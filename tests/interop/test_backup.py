@@ -18,7 +18,6 @@ that is an input are refused with one line, nothing created or changed.
 import hashlib
 import json
 import os
-import signal
 import subprocess
 
 import nbd
@@ -236,11 +235,7 @@ def test_in_use_bitmap_refused(tmp_path, pair):
     h.connect_uri(srv.uri)
     h.pwrite(b"\x11" * K64, 5 * MiB)
     h.flush()
-    srv.proc.send_signal(signal.SIGKILL)
-    srv.proc.wait()
-    srv.proc.stderr.close()
-    os.unlink(srv.path)
-    os.rmdir(srv.dir)
+    srv.kill()
     line = refused(["--bitmap", "b", full, live, out], "inconsistent", [live, full], out)
     assert "'b'" in line and live in line
     r = run(RBLOCK, "diff", "--bitmap", "b", full, live, check=False)

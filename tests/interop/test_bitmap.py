@@ -8,7 +8,6 @@ serving qemu:dirty-bitmap:NAME as qemu-nbd -B does."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 
 import nbd
@@ -253,10 +252,7 @@ def test_kill9_leaves_in_use(tmp_path):
     h.connect_uri(srv.uri)
     h.pwrite(b"\x11" * K64, 5 * MiB)
     h.flush()
-    srv.proc.send_signal(signal.SIGKILL)
-    srv.proc.wait()
-    os.unlink(srv.path)
-    os.rmdir(srv.dir)
+    srv.kill()
     assert bitmaps(img) == [{"flags": ["in-use", "auto"], "name": "b",
                              "granularity": K64}]
     # an inconsistent bitmap is not recorded into and stays in_use, while a
@@ -360,10 +356,7 @@ def test_serve_bitmap_live_and_refused(tmp_path):
     h.connect_uri(srv.uri)
     h.pwrite(b"\x11" * K64, 5 * MiB)
     h.flush()
-    srv.proc.send_signal(signal.SIGKILL)
-    srv.proc.wait()
-    os.unlink(srv.path)
-    os.rmdir(srv.dir)
+    srv.kill()
     r = run(RBLOCK, "serve", "-r", "-B", "b", img, check=False)
     assert r.returncode == 1 and "inconsistent" in r.stderr, r.stderr
 
