@@ -14,7 +14,7 @@
 
 #include "jsonrpc/rpc.h"
 
-enum rpc_ptype { P_INT, P_BOOL, P_DATA };
+enum rpc_ptype { P_INT, P_BOOL, P_DATA, P_STR, P_ARRAY };
 
 struct rpc_param {
     const char *name;
@@ -22,7 +22,7 @@ struct rpc_param {
     bool required;
 };
 
-#define RPC_MAX_PARAMS 4
+#define RPC_MAX_PARAMS 8
 
 /* Parsed arguments, indexed as the method's params[]. */
 struct rpc_args {
@@ -31,6 +31,7 @@ struct rpc_args {
     bool b[RPC_MAX_PARAMS];
     const char *s[RPC_MAX_PARAMS];
     size_t s_len[RPC_MAX_PARAMS];
+    json_t *j[RPC_MAX_PARAMS]; /* P_ARRAY: borrowed from the request */
 };
 
 struct rpc_call {
@@ -76,5 +77,13 @@ int rpc_m_trim(struct rpc_call *c, json_t **result);
 int rpc_m_flush(struct rpc_call *c, json_t **result);
 int rpc_m_block_status(struct rpc_call *c, json_t **result);
 int rpc_m_map(struct rpc_call *c, json_t **result);
+/* control.c: the exports and their bitmaps */
+int rpc_m_export_list(struct rpc_call *c, json_t **result);
+int rpc_m_export_add(struct rpc_call *c, json_t **result);
+int rpc_m_export_remove(struct rpc_call *c, json_t **result);
+int rpc_m_export_info(struct rpc_call *c, json_t **result);
+int rpc_m_bitmap(struct rpc_call *c, json_t **result);
+/* The index of parameter @name of c->m, or -1. */
+int rpc_param_index(const struct rpc_method *m, const char *name);
 
 #endif

@@ -7,9 +7,9 @@ static void nbd_serve(struct rb_conn *c)
     struct nbd_session s;
 
     /* the handshake ends with rb_conn_handshake_done (before its last reply) */
-    if (nbd_handshake(c, &s) != 0)
-        return;
-    nbd_transmission(c, &s);
+    if (nbd_handshake(c, &s) == 0)
+        nbd_transmission(c, &s);
+    rb_exports_put(c->srv->exports, s.export, c);
 }
 
 const struct rb_protocol rb_nbd_protocol = {
