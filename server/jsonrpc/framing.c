@@ -213,7 +213,7 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
     struct rb_rpc_in in;
     struct rb_rpc_out out;
     long long progress_ms = 0; /* last time pending output moved */
-    bool eof = false;
+    bool eof = false, first = true;
     int fl;
 
     fl = fcntl(fd, F_GETFL);
@@ -302,6 +302,15 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
             goto done;
         }
         ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
+        if (n > 0 && first) {
+            first = false;
+            /* An HTTP method where JSON would start with '{', '[' or
+             * white space: the same listener speaks HTTP/1.1. */
+            if (p[0] >= 'A' && p[0] <= 'Z') {
+                end = rb_rpc_serve_http(fd, be, lim, p, (size_t)n);
+                goto done;
+            }
+        }
         if (n > 0) {
             rb_rpc_in_added(&in, (size_t)n);
         } else if (n == 0) {

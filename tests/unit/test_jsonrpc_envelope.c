@@ -366,8 +366,21 @@ static void test_invalid_params(void **state)
              RB_RPC_INVALID_PARAMS, json_integer(1), "must be a base64 string");
     err_case("{\"method\":\"write\",\"params\":{\"offset\":0,\"data\":\"AAAA\",\"fua\":1},"
              "\"id\":1}", RB_RPC_INVALID_PARAMS, json_integer(1), "must be a boolean");
-    err_case("{\"method\":\"block_status\",\"params\":{\"offset\":0,\"length\":0},\"id\":1}",
-             RB_RPC_INVALID_PARAMS, json_integer(1), "at least 1");
+    /* length 0: an empty result, as read and map (but still range-checked) */
+    {
+        json_t *r0 = ask("{\"method\":\"block_status\",\"params\":{\"offset\":0,"
+                         "\"length\":0},\"id\":1}");
+        assert_int_equal(json_array_size(json_object_get(r0, "result")), 0);
+        assert_true(json_is_array(json_object_get(r0, "result")));
+        json_decref(r0);
+        r0 = ask("{\"method\":\"map\",\"params\":{\"offset\":0,\"length\":0},\"id\":1}");
+        assert_true(json_is_array(json_object_get(r0, "result")));
+        assert_int_equal(json_array_size(json_object_get(r0, "result")), 0);
+        json_decref(r0);
+    }
+    err_case("{\"method\":\"block_status\",\"params\":{\"offset\":8388609,\"length\":0},"
+             "\"id\":1}",
+             RB_RPC_OUT_OF_RANGE, json_integer(1), "past the end");
     /* too large for an integer of JSON's usual 64 bits: a parse error */
     err_case("{\"method\":\"read\",\"params\":{\"offset\":99999999999999999999,\"length\":1},"
              "\"id\":1}", RB_RPC_PARSE_ERROR, NULL, "too big");
