@@ -265,6 +265,8 @@ static int parse_head(char *h, size_t n, struct http_req *rq)
             return 400;
     memcpy(rq->path, sp1 + 1, (size_t)(sp2 - sp1 - 1));
     rq->path[strcspn(rq->path, "?#")] = '\0'; /* the query does not route */
+    if (strchr(sp2 + 1, ' '))
+        return 400;
     if (strcmp(sp2 + 1, "HTTP/1.1") == 0)
         rq->http10 = false;
     else if (strcmp(sp2 + 1, "HTTP/1.0") == 0)
@@ -427,12 +429,13 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
         }
         if (deadline < 0)
             deadline = now_ms() + req_timeout;
-        status = parse_head(in.p + in.start, head_len, &rq);
+        /* (the first read may have brought more than the limit at once) */
+        status = head_len > RB_HTTP_MAX_HEAD ? 431 : parse_head(in.p + in.start, head_len, &rq);
         in.start += head_len;
         in.len -= head_len;
         if (status) {
             respond_error(fd, status,
-                          status == 431   ? "a header line over the limit"
+                          status == 431   ? "request line and headers over the limit"
                           : status == 501 ? "Transfer-Encoding is not supported: send "
                                             "Content-Length"
                           : status == 505 ? "HTTP/1.0 and HTTP/1.1 only"
