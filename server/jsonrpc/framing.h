@@ -118,10 +118,14 @@ enum rb_rpc_end {
 enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
                                 const struct rb_rpc_limits *lim);
 
+/* Does a stream starting with @p (@n bytes) speak HTTP?  1 yes (an
+ * HTTP method and a space), 0 no, -1 cannot tell yet (a prefix of one). */
+int rb_rpc_sniff_http(const char *p, size_t n);
+
 /*
  * JSON-RPC over HTTP/1.1 (http.c) on @fd (non-blocking), the first
  * @pre_len bytes of the stream already read into @pre.  rb_rpc_serve_fd
- * hands a connection over when it starts with an upper-case letter.
+ * hands a connection over when it starts with an HTTP method and a space.
  */
 enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
                                   const struct rb_rpc_limits *lim, const char *pre,

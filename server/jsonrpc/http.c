@@ -4,8 +4,8 @@
  * a JSON-RPC body (a request or a batch) gets the JSON-RPC response as
  * application/json, so curl and a browser's fetch() work.  The line
  * protocol and HTTP share a listener: framing.c hands a connection over
- * when its first byte is an upper-case letter (an HTTP method; JSON starts
- * with '{', '[' or white space).
+ * when it starts with an HTTP method and a space (JSON starts with '{',
+ * '[' or white space; random bytes start so once in 2^32).
  *
  * Routes are rows of one table (method, path, handler): a page served by
  * GET is one more row.  A method other than GET and POST is 405; a path no

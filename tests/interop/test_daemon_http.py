@@ -147,10 +147,11 @@ def assert_alive(server):
 
 
 @pytest.mark.parametrize("raw,status", [
-    (b"POST\r\n\r\n", 400),
+    (b"POST /\r\n\r\n", 400),
+    (b"POST  / HTTP/1.1\r\n\r\n", 400),
     (b"POST / HTTP/1.1 extra\r\n\r\n", 400),
     (b"POST nowhere HTTP/1.1\r\n\r\n", 400),
-    (b"P\x00ST / HTTP/1.1\r\n\r\n", 400),
+    (b"POST /\x00 HTTP/1.1\r\n\r\n", 400),
     (b"POST / HTTP/2.0\r\n\r\n", 505),
     (b"POST / HTTP/1.1\r\nno colon here\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
@@ -218,3 +219,9 @@ def test_line_protocol_still_works_on_the_same_port(server):
     s.sendall(b'{"method":"get_version","id":1}\n')
     assert json.loads(f.readline())["result"]["name"] == "rblock"
     s.close()
+    # what is not an HTTP method and a space is a (bad) JSON line
+    for junk in (b"POST\r\n", b"GETX / HTTP/1.1\r\n", b"Gopher\n"):
+        s, f = connect(server)
+        s.sendall(junk)
+        assert json.loads(f.readline())["error"]["code"] == -32700
+        s.close()

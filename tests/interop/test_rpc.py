@@ -112,7 +112,8 @@ def test_method_not_found(c):
     ({"offset": 0, "length": 1, "size": 1}, "unknown parameter 'size'"),
     ({"offset": 0, "length": 4 * MiB + 1}, "over the limit of 4194304"),
     ({"offset": 0.5, "length": 1}, "not a real number"),
-    ([0, 1, 2], "takes 2 parameters"),
+    ([0, 1, "", 3], "takes 3 parameters"),
+    ([0, 1, 2], "parameter 'export' must be a string"),
 ])
 def test_invalid_params(c, params, needle):
     err(c.call("read", params, rid=7), -32602, 7, needle)

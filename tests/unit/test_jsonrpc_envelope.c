@@ -351,11 +351,13 @@ static void test_invalid_params(void **state)
              "missing parameter 'offset'");
     err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":1,\"lenght\":2},"
              "\"id\":1}", RB_RPC_INVALID_PARAMS, json_integer(1),
-             "unknown parameter 'lenght' of method 'read' (it takes offset, length)");
+             "unknown parameter 'lenght' of method 'read' (it takes offset, length, export?)");
     err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":4194305},\"id\":1}",
              RB_RPC_INVALID_PARAMS, json_integer(1), "over the limit of 4194304");
+    err_case("{\"method\":\"read\",\"params\":[0,1,\"\",3],\"id\":1}", RB_RPC_INVALID_PARAMS,
+             json_integer(1), "takes 3 parameters");
     err_case("{\"method\":\"read\",\"params\":[0,1,2],\"id\":1}", RB_RPC_INVALID_PARAMS,
-             json_integer(1), "takes 2 parameters");
+             json_integer(1), "parameter 'export' must be a string, not an integer");
     err_case("{\"method\":\"get_version\",\"params\":{\"x\":1},\"id\":1}",
              RB_RPC_INVALID_PARAMS, json_integer(1), "no parameters");
     err_case("{\"method\":\"write\",\"params\":{\"offset\":0,\"data\":\"AAA\"},\"id\":1}",
