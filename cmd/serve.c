@@ -702,7 +702,7 @@ int cmd_serve(int argc, char **argv)
             char uri[32768];
             bool nbd = ls.v[i].proto == &rb_nbd_protocol;
 
-            rb_listener_uri(&ls.v[i], nbd, srv.tls != NULL && nbd, deflt, uri, sizeof(uri));
+            rb_listener_uri(&ls.v[i], nbd, srv.tls != NULL, deflt, uri, sizeof(uri));
             if (!quiet)
                 fprintf(stderr, "rblock: serving %s on %s\n", nbd ? "NBD" : "JSON-RPC",
                         uri[0] ? uri : ls.v[i].addr);

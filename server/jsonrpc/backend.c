@@ -5,11 +5,15 @@
  * JSON-RPC in the statistics.  Also the protocol entry point.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/export.h"
+#include "core/tls.h"
 #include "jsonrpc/jsonrpc.h"
 #include "rblock/qcow2.h"
 
@@ -283,16 +287,110 @@ void rb_rpc_backend_for(struct rb_rpc_ctx *base, struct rb_conn *c, struct rb_rp
     be->opaque = base;
 }
 
+/*
+ * JSON-RPC over TLS.  There is no STARTTLS: with --tls, a JSON-RPC client
+ * on TCP speaks TLS from its first byte (HTTPS for HTTP).  The framing
+ * works on a plain socket, so it gets one end of a socketpair, and two
+ * threads carry the bytes between the other end and the TLS session (one
+ * receiving, one sending: GnuTLS allows that at once on one session).
+ */
+struct pump {
+    struct rb_conn *c;
+    int fd;
+};
+
+static void *pump_in(void *arg) /* TLS -> framing */
+{
+    struct pump *p = arg;
+    char buf[16384];
+
+    for (;;) {
+        long n = p->c->tr->recv(p->c->tr_ctx, buf, sizeof(buf));
+        if (n == -EINTR || n == -EAGAIN)
+            continue;
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            ssize_t k = send(p->fd, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0)
+                goto out;
+            off += k;
+        }
+    }
+out:
+    shutdown(p->fd, SHUT_WR); /* the framing sees the end of stream */
+    return NULL;
+}
+
+static void *pump_out(void *arg) /* framing -> TLS */
+{
+    struct pump *p = arg;
+    char buf[65536];
+
+    for (;;) {
+        ssize_t n = recv(p->fd, buf, sizeof(buf), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (rb_conn_send(p->c, buf, (size_t)n) < 0) {
+            /* the client is gone: make the framing's sends fail too */
+            shutdown(p->fd, SHUT_RDWR);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void serve_tls(struct rb_conn *c, const struct rb_rpc_backend *be)
+{
+    struct pump in, out;
+    pthread_t tin, tout;
+    int sv[2];
+
+    if (rb_tls_start(c, c->srv->tls) < 0)
+        return;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return;
+    in = (struct pump){c, sv[1]};
+    out = (struct pump){c, sv[1]};
+    if (pthread_create(&tin, NULL, pump_in, &in) != 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return;
+    }
+    if (pthread_create(&tout, NULL, pump_out, &out) != 0) {
+        rb_conn_abort(c);
+        pthread_join(tin, NULL);
+        close(sv[0]);
+        close(sv[1]);
+        return;
+    }
+    rb_rpc_serve_fd(sv[0], be, c->srv->proto_config[RB_PROTO_JSONRPC]);
+    /* Every reply queued is sent (pump_out drains to the end of stream),
+     * then the receiving side is woken by shutting the socket down. */
+    shutdown(sv[0], SHUT_WR);
+    pthread_join(tout, NULL);
+    rb_conn_abort(c);
+    pthread_join(tin, NULL);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 static void rpc_serve(struct rb_conn *c)
 {
     struct rb_rpc_backend be;
     struct ctx base;
 
-    /* TLS is NBD's: JSON-RPC listens on loopback or unix
-     * sockets only in plain text. */
-    if (c->tr)
-        return;
     rb_rpc_backend_for(&base, c, &be);
+    /* --tls: JSON-RPC on TCP is TLS only (a unix socket, mode 0600, is
+     * reachable by its owner only, and stays plain for socat). */
+    if (rb_tls_mode(c->srv->tls) != RB_TLS_OFF && strcmp(c->peer, "unix") != 0) {
+        serve_tls(c, &be);
+        return;
+    }
     rb_rpc_serve_fd(c->fd, &be, c->srv->proto_config[RB_PROTO_JSONRPC]);
 }
 

@@ -225,3 +225,43 @@ def test_line_protocol_still_works_on_the_same_port(server):
         s.sendall(junk)
         assert json.loads(f.readline())["error"]["code"] == -32700
         s.close()
+
+
+def test_jsonrpc_over_tls(tmp_path):
+    """With --tls-cert, JSON-RPC on TCP is TLS only (HTTPS for curl, TLS
+    lines for socat), and may then listen beyond loopback without
+    --rpc-insecure; the unix socket stays plain."""
+    import tls_pki
+    tls_pki.make(str(tmp_path))
+    img = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), str(MiB)], check=True)
+    d = Daemon(img, "-f", "qcow2", "--nbd", f"unix:{tmp_path / 'nbd.sock'}",
+               "--tls-cert", tmp_path / "pki", "--rpc", "tcp:127.0.0.1:0",
+               "--rpc", "tcp:0.0.0.0:0", "--rpc", f"unix:{tmp_path / 'rpc.sock'}",
+               listeners=4)
+    try:
+        url = d.rpc_uris[0]
+        assert url.startswith("https://127.0.0.1:") and d.rpc_uris[1].startswith("https://")
+        ca = str(tmp_path / "pki" / "ca-cert.pem")
+        status, _, body = curl(url, "--cacert", ca, data='{"method":"get_version","id":1}')
+        assert status == 200 and json.loads(body)["result"]["name"] == "rblock"
+        hostport = url[len("https://"):].rstrip("/")
+        r = subprocess.run(["socat", "-", f"OPENSSL:{hostport},cafile={ca}"],
+                           input=b'{"method":"get_version","id":2}\n', capture_output=True,
+                           timeout=120)
+        assert json.loads(r.stdout)["id"] == 2, r
+        # plain text on the TLS port gets nothing
+        r = subprocess.run(["curl", "-s", "--max-time", "60", "-d", "{}",
+                            url.replace("https", "http")], capture_output=True)
+        assert r.returncode != 0 and r.stdout == b""
+        # another CA's client refuses the server
+        r = subprocess.run(["curl", "-s", "--max-time", "60", "--cacert",
+                            str(tmp_path / "other" / "ca-cert.pem"), "-d", "{}", url],
+                           capture_output=True)
+        assert r.returncode != 0
+        from rpc_harness import Client
+        with Client(f"unix:{tmp_path / 'rpc.sock'}") as c:  # plain
+            assert c.result("get_version")["name"] == "rblock"
+    finally:
+        status, err = d.stop()
+    assert status == 0, err
