@@ -25,7 +25,10 @@ _rblock()
                        --help" ;;
         serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
-                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help
+                       --export --socket -k --port -p --bind -b -D --snapshot -s --persistent -t
+                       --shared -e --fork --pid-file --discard= --detect-zeroes= --verbose -v
+                       --quiet -q --print-uri --rpc-insecure" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 
