@@ -208,6 +208,9 @@ static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
             want_bs = true;
     }
     e = export_get(c, o->data + 4, nlen, go ? c : NULL);
+    if (!e && c->srv->verbose)
+        fprintf(stderr, "rblock: nbd %s: unknown export '%.*s'\n", c->peer,
+                (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
     if (!e)
         return send_error(c, o->code, NBD_REP_ERR_UNKNOWN, "unknown export '%.*s'",
                           (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);

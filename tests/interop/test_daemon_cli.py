@@ -95,12 +95,16 @@ def test_quiet_and_verbose(tmp_path, disk):
         with pytest.raises(nbd.Error):
             h2.connect_uri(f"nbd+unix:///?socket={sock}")
         h.shutdown()
+        h3 = nbd.NBD()
+        with pytest.raises(nbd.Error):
+            h3.connect_uri(f"nbd+unix:///nosuch?socket={sock}")
     finally:
         status, err = d.stop()
     assert status == 0
     assert "rblock: nbd: connection from unix on unix:" in err, err
     assert "rblock: nbd: refused a connection from unix: --max-connections (1) reached" \
         in err, err
+    assert "rblock: nbd unix: unknown export 'nosuch'" in err, err
 
 
 def test_snapshot_overlay(tmp_path, disk):
