@@ -101,9 +101,6 @@ unsigned rb_export_chain_length(const struct rb_export *e);
 #define RB_EXPORT_CAN_ZERO 0x4  /* write_zeroes, and fast zero (ENOTSUP when slow) */
 #define RB_EXPORT_CAN_FLUSH 0x8
 unsigned rb_export_caps(const struct rb_export *e);
-/* True when @name (len bytes, not NUL-terminated) selects this export:
- * the empty (default) name or the configured one. */
-bool rb_export_matches(const struct rb_export *e, const char *name, size_t len);
 
 /*
  * The image itself, for read-only inspection (info, check).  All I/O must

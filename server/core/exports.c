@@ -243,11 +243,6 @@ unsigned rb_export_chain_length(const struct rb_export *e)
     return rb_image_chain_length(e->img);
 }
 
-bool rb_export_matches(const struct rb_export *e, const char *name, size_t len)
-{
-    return len == 0 || (strlen(e->name) == len && memcmp(e->name, name, len) == 0);
-}
-
 /* Count one request; returns @ret so callers can tail-call. */
 static int account(struct rb_export *e, enum rb_proto_id p, int ret, uint64_t rd,
                    uint64_t wr)
