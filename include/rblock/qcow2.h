@@ -61,6 +61,10 @@ struct rb_qcow2_bitmap {
     uint8_t type;         /* 1: dirty tracking bitmap */
     uint64_t table_offset;
     uint32_t table_entries;
+    bool has_dirty;       /* dirty_bytes known: a consistent bitmap whose
+                             table could be read (as now, live) */
+    uint64_t dirty_bytes; /* bytes of the disk its dirty granules cover
+                             (qemu's query-block "count") */
 };
 
 struct rb_qcow2_info {

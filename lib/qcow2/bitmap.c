@@ -881,6 +881,28 @@ int rb_qcow2_bitmap_apply(struct rb_image *img, const char *name,
     return ret;
 }
 
+int qcow2_bitmap_dirty_bytes(struct qcow2_state *s, const char *name, uint64_t *bytes)
+{
+    struct qcow2_bitmap *b = s->bitmaps_loaded ? find(&s->bitmaps, name) : NULL;
+    uint64_t total = 0, g;
+
+    if (!b || b->inconsistent || !b->bits)
+        return -ENOENT;
+    g = 1ull << b->gbits;
+    for (uint64_t i = 0; i < b->nb_bits; i += 8) {
+        uint8_t byte = b->bits[i / 8];
+        if (!byte)
+            continue;
+        for (unsigned k = 0; k < 8 && i + k < b->nb_bits; k++) {
+            uint64_t start = (i + k) << b->gbits;
+            if (byte & (1u << k))
+                total += g < s->h.size - start ? g : s->h.size - start;
+        }
+    }
+    *bytes = total;
+    return 0;
+}
+
 /* ---- convert --bitmaps -------------------------------------------------------- */
 
 /* Lock held on @ss.  The first inconsistent bitmap of @ss, unless skipped. */
