@@ -98,7 +98,10 @@ run1() {
     tf=$(mktemp)
     # each run writes a new output, as each incremental is a new file (the
     # old one removed outside the timed part, so as not to time its truncation)
-    rm -f b.qcow2 s.qcow2 p.qcow2
+    local a
+    for a in "$@"; do
+        case $a in b.qcow2 | s.qcow2) rm -f "$a" ;; pull) rm -f p.qcow2 ;; esac
+    done
     if [ "$evict" = 1 ]; then /usr/bin/python3 evict.py live.qcow2 full.qcow2; fi
     w=$( { time /usr/bin/time -o "$tf" -f "%U %S %M" "$@" >/dev/null 2>&1; } 2>&1 ) || true
     read -r u s m < <(tail -1 "$tf")
