@@ -90,6 +90,15 @@ rpc = {
 nbd["structured_rw_qcow2"] = b"\2" + nbd["structured_rw"][1:]
 nbd["read_only_qcow2"] = b"\3" + nbd["read_only"][1:]
 rpc["methods_qcow2"] = b"\2" + rpc["methods"][1:]
+# the bitmap parameter of map and block_status (no bitmap is served here:
+# string parameters checked, then refused as not served)
+rpc["bitmap_params"] = b"\2" + b"\n".join([
+    b'{"jsonrpc":"2.0","id":1,"method":"map","params":{"bitmap":"nightly"}}',
+    b'{"jsonrpc":"2.0","id":2,"method":"block_status","params":[0,65536,"b"]}',
+    b'{"jsonrpc":"2.0","id":3,"method":"map","params":{"offset":0,"bitmap":""}}',
+    b'{"jsonrpc":"2.0","id":4,"method":"block_status","params":{"offset":0,"length":1,"bitmap":7}}',
+    b'{"jsonrpc":"2.0","id":5,"method":"map","params":{"bitmap":"a\\u0000b"}}',
+]) + b"\n"
 
 
 
