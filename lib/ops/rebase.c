@@ -209,9 +209,24 @@ static int run(struct rebase *r, const char *path, struct rb_image **nbp,
             if (!npath)
                 return rb_error_set(err, ENOMEM, "out of memory");
             nb = *nbp = rb_image_open(npath, &no, err);
+            if (!nb && err->code == EAGAIN) {
+                /* locked: by this very run when IMAGE is in the new chain */
+                struct rb_open_opts peek = {.format = o->backing_format,
+                                            .force_share = true};
+                struct rb_image *p = rb_image_open(npath, &peek, NULL);
+                for (struct rb_image *l = p; l; l = l->backing)
+                    if (l->dev == r->img->dev && l->ino == r->img->ino) {
+                        rb_error_reset(err, ELOOP, "%s: new backing file '%s' has the "
+                                       "image itself in its chain (%s)", path, name,
+                                       l->filename);
+                        break;
+                    }
+                rb_image_close(p);
+            }
             if (!nb) {
-                rb_error_prefix(err, "%s: could not open new backing file '%s'", path,
-                                name);
+                if (err->code != ELOOP)
+                    rb_error_prefix(err, "%s: could not open new backing file '%s'", path,
+                                    name);
                 free(npath);
                 return -(err->code ? err->code : EIO);
             }

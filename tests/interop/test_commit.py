@@ -93,9 +93,10 @@ def same_layers(qdir, rdir, names=("base.qcow2", "mid.qcow2", "top.qcow2")):
 
 def copies(tmp_path, d):
     q, r = os.path.dirname(d) + "/q", os.path.dirname(d) + "/r"
-    shutil.copytree(d, q)
-    shutil.copytree(d, r)
-    return str(q), str(r)
+    for x in (q, r):
+        shutil.rmtree(x, ignore_errors=True)
+        shutil.copytree(d, x)
+    return q, r
 
 
 def digest(*paths):
@@ -105,12 +106,12 @@ def digest(*paths):
     return h.hexdigest()
 
 
-@pytest.fixture(params=LAYOUTS, ids=[n for n, _ in LAYOUTS])
-def chain(request, tmp_path):
-    d = tmp_path / request.param[0] / "orig"
-    d.mkdir(parents=True)
+@pytest.fixture(scope="module", params=LAYOUTS, ids=[n for n, _ in LAYOUTS])
+def chain(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param[0]) / "orig"
+    d.mkdir()
     make_chain(str(d), request.param[1])
-    return tmp_path, str(d)
+    return None, str(d)
 
 
 VARIANTS = {"default": [], "drop": ["-d"], "to-base": ["-b", "base.qcow2"]}
