@@ -61,11 +61,7 @@ def same_result(orig, q, r):
         digest(*(os.path.join(orig, n) for n in others))
 
 
-# 512-byte clusters: test_commit.py's (their chain takes long to build)
-REBASE_LAYOUTS = [x for x in LAYOUTS if x[0] != "v3-512"]
-
-
-@pytest.fixture(scope="module", params=REBASE_LAYOUTS, ids=[n for n, _ in REBASE_LAYOUTS])
+@pytest.fixture(scope="module", params=LAYOUTS, ids=[n for n, _ in LAYOUTS])
 def world(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param[0]) / "orig"
     d.mkdir()
