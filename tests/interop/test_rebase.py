@@ -162,3 +162,26 @@ def test_refusals_change_nothing(tmp_path):
         assert digest(*files) == before, args
     r = run(RBLOCK, "rebase", top, check=False)
     assert r.returncode == 1 and "-b" in r.stderr
+
+
+def test_rebase_backings_of_other_sizes(tmp_path):
+    """Old and new backing files shorter than the image (and than each
+    other) read as zeros past their ends, as qemu-img rebase has them."""
+    for side in ("q", "r"):
+        d = tmp_path / side
+        d.mkdir()
+        with open(d / "old.raw", "wb") as f:
+            f.write(b"\x11" * (3 * MiB))
+        run("qemu-img", "create", "-q", "-f", "qcow2", d / "new.qcow2", str(5 * MiB))
+        qio(str(d / "new.qcow2"), "write -P 0x11 0 2M", "write -P 0x22 4M 1M")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "old.raw", "-F", "raw",
+            d / "img.qcow2", str(8 * MiB))
+        qio(str(d / "img.qcow2"), "write -P 0x33 1M 64k", "write -P 0x34 6M 64k")
+        shutil.copy(d / "img.qcow2", d / "before.qcow2")
+    run("qemu-img", "rebase", "-b", "new.qcow2", "-F", "qcow2", tmp_path / "q" / "img.qcow2")
+    run(RBLOCK, "rebase", "-b", "new.qcow2", "-F", "qcow2", tmp_path / "r" / "img.qcow2")
+    r = tmp_path / "r"
+    run("qemu-img", "check", r / "img.qcow2")
+    run("qemu-img", "compare", tmp_path / "q" / "img.qcow2", r / "img.qcow2")
+    run("qemu-img", "compare", r / "before.qcow2", r / "img.qcow2")
+    assert info(str(tmp_path / "q" / "img.qcow2")) == info(str(r / "img.qcow2"))
