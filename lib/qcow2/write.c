@@ -491,6 +491,36 @@ int qcow2_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len, unsigne
     return end(s, ret, flags, err);
 }
 
+/* Give the space of the clusters a discard freed (refcount now 0; none
+ * is referenced any more, durably) back to the file system, in runs, as
+ * QEMU's discard of a qcow2 cluster is passed down.  Best effort: a
+ * cluster left as it was is only space.  Lock held. */
+static void punch_freed(struct qcow2_state *s, const uint64_t *old, size_t n)
+{
+    uint64_t run_off = 0, run_len = 0;
+
+    for (size_t i = 0; i <= n; i++) {
+        uint64_t host = 0, rc = 1;
+
+        if (i < n && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
+            host = old[i] & QCOW2_L2E_OFFSET_MASK;
+            if (host && qcow2_refcount_get(s, host / s->cluster_bytes, &rc, NULL) < 0)
+                rc = 1;
+        }
+        if (host && rc == 0 && run_len && host == run_off + run_len) {
+            run_len += s->cluster_bytes;
+            continue;
+        }
+        if (run_len)
+            (void)rb_io_punch(s->fd, run_off, run_len);
+        run_len = 0;
+        if (host && rc == 0) {
+            run_off = host;
+            run_len = s->cluster_bytes;
+        }
+    }
+}
+
 /* Clusters a discard unlinks before it syncs once and frees them. */
 #define TRIM_BATCH 1024
 
@@ -537,6 +567,8 @@ int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error
                     if (r2 < 0 && ret == 0)
                         ret = r2;
                 }
+                if (ret == 0)
+                    punch_freed(s, old, n);
             }
         }
         pthread_mutex_unlock(&s->lock);
