@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap help"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase help"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -26,6 +26,8 @@ _rblock()
         serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
                        --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
+        commit)  opts="-b -d -f -t -p -q --help" ;;
+        rebase)  opts="-b -F -f -t -u -c -p -q --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 
