@@ -19,10 +19,12 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "convert_rbd.h"
 #include "rblock/io.h"
 #include "rblock/ops.h"
 #include "rblock/output.h"
 #include "rblock/qcow2-create.h"
+#include "rblock/rbd.h"
 
 static void usage(FILE *f)
 {
@@ -35,7 +37,10 @@ static void usage(FILE *f)
                "              refcount_bits, lazy_refcounts, extended_l2, compression_type)\n"
                "  -c          compress the output clusters (qcow2; zlib, or zstd with\n"
                "              -o compression_type=zstd)\n"
-               "  -p          show progress on a terminal\n");
+               "  -p          show progress on a terminal\n"
+               "  -n          DST is an existing rbd: image (not created)\n"
+               "  -m N        writes in flight to an rbd: DST (default 16)\n"
+               "DST may be rbd:POOL[/NAMESPACE]/IMAGE (see docs/ceph.md)\n");
 }
 
 static void on_progress(void *opaque, uint64_t done)
@@ -78,6 +83,8 @@ struct job {
     struct rb_qcow2_create_opts qo;
     bool compress, progress;
     bool force_share;
+    bool no_create;      /* -n: rbd: DST exists */
+    unsigned depth;      /* -m: writes in flight to rbd: */
 };
 
 static int run(struct job *j)
@@ -96,6 +103,11 @@ static int run(struct job *j)
     if (!src) {
         complain("convert: cannot open source: %s", rb_error_msg(&err, -EIO));
         return 1;
+    }
+    if (rb_rbd_is_name(j->dst_path)) {
+        ret = convert_to_rbd(src, j->dst_path, j->no_create, j->depth, j->progress);
+        rb_image_close(src);
+        return ret;
     }
     if (!raw) {
         /* options first: a refused option must not cost the output */
@@ -167,7 +179,7 @@ int cmd_convert(int argc, char **argv)
     int c, ret = 1;
 
     rb_qcow2_create_opts_init(&j.qo);
-    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': j.src_fmt = optarg; break;
         case 'O': j.out_fmt = optarg; break;
@@ -183,6 +195,14 @@ int cmd_convert(int argc, char **argv)
         case 'p': j.progress = true; break;
         case 'q': j.progress = false; break;
         case 'U': j.force_share = true; break;
+        case 'n': j.no_create = true; break;
+        case 'm':
+            j.depth = (unsigned)strtoul(optarg, NULL, 10);
+            if (j.depth < 1 || j.depth > 256) {
+                complain("convert: -m must be 1..256, not '%s'", optarg);
+                goto out;
+            }
+            break;
         case 'h': usage(stdout); ret = 0; goto out;
         default:
             bad_option("convert", argv, c);
@@ -195,6 +215,16 @@ int cmd_convert(int argc, char **argv)
     }
     j.src_path = argv[optind];
     j.dst_path = argv[optind + 1];
+    if (rb_rbd_is_name(j.dst_path) && strcmp(j.out_fmt, "qcow2") == 0) {
+        complain("convert: an rbd: output holds raw bytes (-O raw or -O rbd)");
+        goto out;
+    }
+    if (rb_rbd_is_name(j.dst_path) && strcmp(j.out_fmt, "rbd") == 0)
+        j.out_fmt = "raw";
+    if ((j.no_create || j.depth) && !rb_rbd_is_name(j.dst_path)) {
+        complain("convert: -n and -m are for an rbd: output");
+        goto out;
+    }
     if (strcmp(j.out_fmt, "raw") != 0 && strcmp(j.out_fmt, "qcow2") != 0) {
         complain("convert: output format '%s' is not supported (raw, qcow2)", j.out_fmt);
         goto out;
