@@ -20,6 +20,7 @@
 
 #include "cmd.h"
 #include "convert_rbd.h"
+#include "rbd_diff.h"
 #include "rblock/io.h"
 #include "rblock/ops.h"
 #include "rblock/output.h"
@@ -40,7 +41,9 @@ static void usage(FILE *f)
                "  -p          show progress on a terminal\n"
                "  -n          DST is an existing rbd: image (not created)\n"
                "  -m N        writes in flight to an rbd: DST (default 16)\n"
-               "DST may be rbd:POOL[/NAMESPACE]/IMAGE (see docs/ceph.md)\n");
+               "DST may be rbd:POOL[/NAMESPACE]/IMAGE (see docs/ceph.md)\n"
+               "-f rbd-diff: SRC is an rbd export-diff stream (see "
+               "'rblock convert -f rbd-diff --help')\n");
 }
 
 static void on_progress(void *opaque, uint64_t done)
@@ -178,6 +181,8 @@ int cmd_convert(int argc, char **argv)
     char *optstr = NULL;
     int c, ret = 1;
 
+    if (rbd_diff_wanted(argc, argv, "-f"))
+        return cmd_convert_rbd_diff(argc, argv);
     rb_qcow2_create_opts_init(&j.qo);
     while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:", longopts, NULL)) != -1) {
         switch (c) {
