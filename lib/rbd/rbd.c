@@ -386,6 +386,24 @@ static const struct rb_image_ops rbd_ops = {
     .close = rbd_close_op,
 };
 
+/* The layer's identity (dev, ino) that rb_diff and the chain checks
+ * compare: no file system's, a hash of the cluster's fsid and
+ * pool/namespace/image@snapshot, so two names of one image and snapshot
+ * in one cluster are one layer, and anything else is not. */
+static void identify(struct rb_image *img, rados_t c, const struct rb_rbd_name *n)
+{
+    char fsid[64] = "", key[2 * RB_RBD_NAME_MAX * 4];
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+
+    if (rados_cluster_fsid(c, fsid, sizeof(fsid)) < 0)
+        fsid[0] = '\0';
+    snprintf(key, sizeof(key), "%s\n%s\n%s\n%s\n%s", fsid, n->pool, n->ns, n->image, n->snap);
+    for (const char *p = key; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    img->dev = (dev_t)-2; /* no block device has this number */
+    img->ino = (ino_t)h;
+}
+
 /* Why did rbd_open fail?  A missing image, or (with a snapshot) a
  * missing snapshot of an image that exists. */
 static int open_error(struct rbd_state *s, const struct rb_rbd_name *n, const char *what,
@@ -458,6 +476,7 @@ struct rb_image *rb_rbd_open(const char *name, const struct rb_open_opts *opts,
         s->fast_diff = (features & RBD_FEATURE_FAST_DIFF) &&
                        !(flags & RBD_FLAG_FAST_DIFF_INVALID);
     img->read_only = !opts->write;
+    identify(img, s->cluster, n);
     if (opts->write && opts->sequential)
         s->depth = opts->queue_depth ? opts->queue_depth : RB_RBD_QUEUE_DEPTH;
     free(n);

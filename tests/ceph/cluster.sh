@@ -12,6 +12,7 @@
 # Authentication is off and the monitor listens on loopback only.
 # Nothing here sleeps blindly: each wait polls the cluster with a bound.
 set -euo pipefail
+trap 'echo "cluster.sh: line $LINENO failed: $BASH_COMMAND (logs in ${dir:-?}/log)" >&2' ERR
 
 cmd=${1:-}
 dir=${2:-}
@@ -108,6 +109,10 @@ mon_data = $dir/mon/\$cluster-\$id
 [osd]
 osd_data = $dir/osd/\$cluster-\$id
 osd_objectstore = $store
+# the OSD's own crush commands at start-up can race its first monitor map
+# (sent with a null fsid and refused): the script places it instead
+osd_crush_update_on_start = false
+osd_class_update_on_start = false
 memstore_device_bytes = 4294967296
 bluestore_block_path = $dir/osd/block
 bluestore_block_size = 21474836480
@@ -122,9 +127,12 @@ ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring"
 ceph-mon -c "$conf" -i a 2>>"$dir/log/daemons.err"
 poll 30 "monitor" ceph -c "$conf" --connect-timeout 5 -s
 
-id=$(ceph -c "$conf" osd create)
+# the OSD's uuid is the one the monitor records for its id
+uuid=$(cat /proc/sys/kernel/random/uuid)
+id=$(ceph -c "$conf" osd new "$uuid")
+ceph -c "$conf" osd crush add "osd.$id" 1.0 root=default >/dev/null 2>&1
 mkdir -p "$dir/osd/ceph-$id"
-ceph-osd -c "$conf" -i "$id" --mkfs --osd-uuid "$(cat /proc/sys/kernel/random/uuid)" >/dev/null 2>&1
+ceph-osd -c "$conf" -i "$id" --mkfs --osd-uuid "$uuid" >>"$dir/log/daemons.err" 2>&1
 ceph-osd -c "$conf" -i "$id" 2>>"$dir/log/daemons.err"
 poll 60 "osd.$id" sh -c "ceph -c '$conf' osd dump | grep -q '^osd.$id up'"
 
