@@ -36,6 +36,18 @@ poll() {
     done
 }
 
+# CMD... once it succeeds (a fresh monitor may refuse a client's first
+# command, sent before the client had its monitor map: "wrong fsid"),
+# at most 30 tries
+retry() {
+    local i
+    for i in $(seq 30); do
+        "$@" && return 0
+        sleep 0.2
+    done
+    "$@"
+}
+
 stop_pid() { # name: TERM, wait (bounded), then KILL
     local f=$dir/run/$1.pid pid i
     [ -f "$f" ] || return 0
@@ -129,15 +141,15 @@ poll 30 "monitor" ceph -c "$conf" --connect-timeout 5 -s
 
 # the OSD's uuid is the one the monitor records for its id
 uuid=$(cat /proc/sys/kernel/random/uuid)
-id=$(ceph -c "$conf" osd new "$uuid")
-ceph -c "$conf" osd crush add "osd.$id" 1.0 root=default >/dev/null 2>&1
+id=$(retry ceph -c "$conf" osd new "$uuid" 2>>"$dir/log/client.err")
+retry ceph -c "$conf" osd crush add "osd.$id" 1.0 root=default >/dev/null 2>&1
 mkdir -p "$dir/osd/ceph-$id"
 ceph-osd -c "$conf" -i "$id" --mkfs --osd-uuid "$uuid" >>"$dir/log/daemons.err" 2>&1
 ceph-osd -c "$conf" -i "$id" 2>>"$dir/log/daemons.err"
 poll 60 "osd.$id" sh -c "ceph -c '$conf' osd dump | grep -q '^osd.$id up'"
 
-ceph -c "$conf" osd pool create "$pool" 8 8 >/dev/null 2>&1
-ceph -c "$conf" osd pool application enable "$pool" rbd >/dev/null 2>&1
+retry ceph -c "$conf" osd pool create "$pool" 8 8 >/dev/null 2>&1
+retry ceph -c "$conf" osd pool application enable "$pool" rbd >/dev/null 2>&1
 # the pool's placement groups are active when listing it answers
 poll 60 "pool $pool" rados -c "$conf" --rados-osd-op-timeout 2 -p "$pool" ls
 echo "$conf"
