@@ -39,6 +39,11 @@
 #include <rbd/librbd.h>
 
 #define RB_RBD_QUEUE_DEPTH 16
+/* Queued writes go out in pieces of at most this size, as qemu-img's
+ * requests do.  On the one-node test cluster a plain librbd client writing
+ * 2 MiB requests took a third of the time of one writing 4 MiB requests
+ * that cover whole objects (sent as "writefull"). */
+#define QUEUE_PIECE ((size_t)2 << 20)
 /* the farthest one block_status call looks ahead */
 #define BS_WINDOW ((uint64_t)1 << 30)
 
@@ -85,8 +90,8 @@ static void set_default(rados_t c, const char *key, const char *dflt, const char
 
 /* Connect to the cluster of @n and open an I/O context on its pool and
  * namespace.  @what names the image in messages. */
-static int connect_pool(const struct rb_rbd_name *n, const char *what, rados_t *cp,
-                        rados_ioctx_t *iop, struct rb_error *err)
+static int connect_pool(const struct rb_rbd_name *n, const char *what, bool no_cache,
+                        rados_t *cp, rados_ioctx_t *iop, struct rb_error *err)
 {
     unsigned t = n->timeout_sec ? n->timeout_sec : RB_RBD_DEFAULT_TIMEOUT;
     char ts[16], mons[256] = "";
@@ -107,6 +112,11 @@ static int connect_pool(const struct rb_rbd_name *n, const char *what, rados_t *
     set_default(c, "rados_osd_op_timeout", "0", ts, n->timeout_sec);
     set_default(c, "rados_mon_op_timeout", "0", ts, n->timeout_sec);
     set_default(c, "client_mount_timeout", "300", ts, n->timeout_sec);
+    /* The queued writer keeps its own requests in flight and flushes at
+     * the end: librbd's cache would only copy and hold them (QEMU turns it
+     * off likewise for cache=none). */
+    if (no_cache)
+        rados_conf_set(c, "rbd_cache", "false");
     rados_conf_get(c, "mon_host", mons, sizeof(mons));
     ret = rados_connect(c);
     if (ret < 0) {
@@ -259,8 +269,16 @@ static int rbd_write_op(struct rb_image *img, const void *buf, uint64_t off, siz
 {
     ssize_t r;
 
-    if (st(img)->depth && !(flags & RB_WRITE_FUA))
-        return queue_write(img, buf, off, len, err);
+    if (st(img)->depth && !(flags & RB_WRITE_FUA)) {
+        for (size_t done = 0; done < len;) {
+            size_t n = len - done < QUEUE_PIECE ? len - done : QUEUE_PIECE;
+            int ret = queue_write(img, (const uint8_t *)buf + done, off + done, n, err);
+            if (ret < 0)
+                return ret;
+            done += n;
+        }
+        return 0;
+    }
     if (st(img)->depth && drain(img, 0, err) < 0)
         return -EIO;
     r = rbd_write2(st(img)->image, off, len, buf, 0);
@@ -448,7 +466,7 @@ struct rb_image *rb_rbd_open(const char *name, const struct rb_open_opts *opts,
         rb_error_set(err, EROFS, "%s: snapshot '%s' is read-only", name, n->snap);
         goto fail;
     }
-    if (connect_pool(n, name, &s->cluster, &s->io, err) < 0)
+    if (connect_pool(n, name, opts->write && opts->sequential, &s->cluster, &s->io, err) < 0)
         goto fail;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->done, NULL);
@@ -504,7 +522,7 @@ int rb_rbd_create(const char *name, uint64_t size, struct rb_error *err)
     if (ret == 0 && n->snap[0])
         ret = rb_error_set(err, EINVAL, "%s: cannot create a snapshot", name);
     if (ret == 0)
-        ret = connect_pool(n, name, &c, &io, err);
+        ret = connect_pool(n, name, false, &c, &io, err);
     if (ret < 0) {
         free(n);
         return ret;
@@ -532,7 +550,7 @@ int rb_rbd_remove(const char *name, struct rb_error *err)
         return rb_error_set(err, ENOMEM, "out of memory");
     ret = rb_rbd_parse_name(name, n, err);
     if (ret == 0)
-        ret = connect_pool(n, name, &c, &io, err);
+        ret = connect_pool(n, name, false, &c, &io, err);
     if (ret == 0) {
         ret = rbd_remove(io, n->image);
         if (ret < 0)
