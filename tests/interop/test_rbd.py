@@ -171,9 +171,19 @@ def test_serve_rbd_image_nbdcopy_qemu_io(cluster, tmp_path):
     data = bytearray(os.urandom(8 * MiB)) + bytes(24 * MiB)
     src = tmp_path / "in.raw"
     src.write_bytes(data)
-    srv = Server(f"rbd:{POOL}/{name}", tmpdir=str(tmp_path))
+    rpc = str(tmp_path / "rpc.sock")
+    srv = Server(f"rbd:{POOL}/{name}", "--rpc", f"unix:{rpc}", tmpdir=str(tmp_path))
     try:
         run("nbdcopy", str(src), srv.uri)
+        # JSON-RPC sees the same image, through the same open
+        import base64
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(60)
+            c.connect(rpc)
+            c.sendall(b'{"jsonrpc":"2.0","method":"read","params":{"offset":4096,'
+                      b'"length":16},"id":1}\n')
+            reply = json.loads(c.makefile("rb").readline())
+        assert base64.b64decode(reply["result"]["data"]) == bytes(data[4096:4112]), reply
         run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 16M 1M", "-c",
             "write -z 1M 64k", srv.uri)
         run("qemu-io", "-f", "raw", "-c", "read -P 0x5a 16M 1M", srv.uri)
