@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "rblock/rbd.h"
 #include "core/conn.h"
 #include "core/export.h"
 #include "core/listen.h"
@@ -676,7 +677,7 @@ int cmd_serve(int argc, char **argv)
                 unlink(overlay);
             goto fail;
         }
-        if (!cfg.format && !rb_export_read_only(e) &&
+        if (!cfg.format && !rb_export_read_only(e) && !rb_rbd_is_name(given) &&
             strcmp(rb_export_format(e), "raw") == 0)
             complain("%s: warning: no format given and raw was guessed: writes that would "
                      "make the first sector look like another format are refused (-f raw "
@@ -686,7 +687,7 @@ int cmd_serve(int argc, char **argv)
         struct rb_export *e = rb_exports_add(srv.exports, &xs[i].cfg, true, &err);
         if (!e)
             goto fail;
-        if (!xs[i].cfg.format && !rb_export_read_only(e) &&
+        if (!xs[i].cfg.format && !rb_export_read_only(e) && !rb_rbd_is_name(xs[i].cfg.path) &&
             strcmp(rb_export_format(e), "raw") == 0)
             complain("%s: warning: no format given and raw was guessed: writes that would "
                      "make the first sector look like another format are refused "

@@ -20,6 +20,7 @@ static const char *const type_names[] = {
     [P_DATA] = "base64 string",
     [P_STR] = "string",
     [P_ARRAY] = "array",
+    [P_NAME] = "string",
 };
 
 static int m_list_methods(struct rpc_call *c, json_t **result);
@@ -54,7 +55,7 @@ static int m_stats(struct rpc_call *c, json_t **result)
     return *result ? 0 : rpc_io_fault(c, -(err.code ? err.code : EIO), &err);
 }
 
-#define EXPORT_P {"export", P_STR, false}
+#define EXPORT_P {"export", P_NAME, false}
 #define BITMAP_M(verb, what, ...)                                                       \
     {"bitmap_" verb, what, true, rpc_m_bitmap,                                          \
      {{"name", P_STR, true}, EXPORT_P, __VA_ARGS__}}
@@ -68,10 +69,10 @@ static const struct rpc_method methods[] = {
      m_info,
      {{"backing_chain", P_BOOL, false}, EXPORT_P}},
     {"map",
-     "allocation map, as `rblock map --output=json`",
+     "allocation map, as `rblock map --output=json`; with bitmap: its dirty runs",
      false,
      rpc_m_map,
-     {{"offset", P_INT, false}, {"length", P_INT, false}, EXPORT_P}},
+     {{"offset", P_INT, false}, {"length", P_INT, false}, {"bitmap", P_STR, false}, EXPORT_P}},
     {"read",
      "read bytes, returned in base64",
      false,
@@ -98,10 +99,10 @@ static const struct rpc_method methods[] = {
      {{"offset", P_INT, true}, {"length", P_INT, true}, EXPORT_P}},
     {"flush", "make every acknowledged write durable", false, rpc_m_flush, {EXPORT_P}},
     {"block_status",
-     "extents with data/zero/allocated flags and depth",
+     "extents with data/zero/allocated flags and depth; with bitmap: dirty or clean",
      false,
      rpc_m_block_status,
-     {{"offset", P_INT, true}, {"length", P_INT, true}, EXPORT_P}},
+     {{"offset", P_INT, true}, {"length", P_INT, true}, {"bitmap", P_STR, false}, EXPORT_P}},
     {"check", "read-only consistency check of the live image", false, m_check, {EXPORT_P}},
     {"stats",
      "connections, requests and bytes per protocol; uptime",
@@ -113,19 +114,19 @@ static const struct rpc_method methods[] = {
      "open an image and serve it under a new name",
      false,
      rpc_m_export_add,
-     {{"name", P_STR, true},
-      {"image", P_STR, true},
+     {{"name", P_NAME, true},
+      {"image", P_NAME, true},
       {"read_only", P_BOOL, false},
-      {"format", P_STR, false},
-      {"description", P_STR, false},
+      {"format", P_NAME, false},
+      {"description", P_NAME, false},
       {"bitmaps", P_ARRAY, false}}},
     {"export_remove",
      "stop serving an export: safe waits for its clients, hard drops them",
      false,
      rpc_m_export_remove,
-     {{"name", P_STR, true}, {"mode", P_STR, false}}},
+     {{"name", P_NAME, true}, {"mode", P_NAME, false}}},
     {"export_info", "one export: image, format, size, flags, clients", false,
-     rpc_m_export_info, {{"name", P_STR, true}}},
+     rpc_m_export_info, {{"name", P_NAME, true}}},
     BITMAP_M("add", "add a persistent dirty bitmap (qemu-img bitmap --add)",
              {"granularity", P_INT, false}, {"disabled", P_BOOL, false}),
     BITMAP_M("remove", "remove a persistent dirty bitmap", {0}),

@@ -14,7 +14,13 @@
 
 #include "jsonrpc/rpc.h"
 
-enum rpc_ptype { P_INT, P_BOOL, P_DATA, P_STR, P_ARRAY };
+enum rpc_ptype { P_INT, P_BOOL, P_DATA, P_STR, P_ARRAY, P_NAME };
+
+/* Longest P_STR accepted (a bitmap name: 1023 bytes in qcow2). */
+#define RPC_MAX_STR 1023
+/* P_NAME: a string of 0 to 4096 bytes without NUL (export names, where ""
+ * is the default export; image paths; modes). */
+#define RPC_MAX_NAME 4096
 
 struct rpc_param {
     const char *name;
