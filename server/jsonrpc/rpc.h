@@ -102,6 +102,9 @@ struct rb_rpc_backend_ops {
     json_t *(*check)(void *opaque, struct rb_error *err);
     /* Connections, requests, bytes per protocol; uptime. */
     json_t *(*stats)(void *opaque, struct rb_error *err);
+    /* Optional (may be NULL: not supported): the picture of the image's
+     * layout, as `rblock map --output=svg` draws it, a JSON string. */
+    json_t *(*layout)(void *opaque, struct rb_error *err);
     /* Optional (may be NULL): a request named an existing method, i.e.
      * the client speaks JSON-RPC (the server stops treating it as a
      * possibly idle newcomer). */
