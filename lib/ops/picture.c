@@ -136,8 +136,13 @@ static int guest_build(struct guest *g, struct rb_image *img, const char *bitmap
     if (!g->compressed || !g->dirty)
         return rb_error_set(err, ENOMEM, "out of memory");
     for (unsigned d = 0; d < layers; d++) {
+        /* a backing file by the name its overlay records, as qemu-img
+         * info shows it */
+        struct rb_image *above = d ? rb_image_layer(img, d - 1) : NULL;
         struct rb_image *l = rb_image_layer(img, d);
-        const char *name = l ? l->filename : "?";
+        const char *name = above && above->backing_name ? above->backing_name
+                           : l                          ? l->filename
+                                                        : "?";
         b->names[d] = d == 0 ? dupf("this layer (%s)", name)
                              : dupf("backing %u (%s)%s", d, name,
                                     d == MAX_LAYERS - 1 ? " and deeper" : "");
