@@ -385,6 +385,8 @@ static void column_heights(const uint64_t *bytes, unsigned n, unsigned backgroun
         h[tallest]--;
         h[largest]++;
     }
+    if (h[largest] < 0) /* more classes than pixels: never drawn upside down */
+        h[largest] = 0;
 }
 
 static double col_x(const struct band *b, uint64_t col)

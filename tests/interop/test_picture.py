@@ -279,3 +279,18 @@ def test_rpc_layout_is_map_svg(chain):
         status, err = s.stop()
     assert status == 0, err
     assert got == want
+
+
+def test_snapshot_and_bitmap_tables(tmp_path):
+    """Every kind of metadata qemu-img writes has its class in the host view."""
+    img = str(tmp_path / "sb.qcow2")
+    create(img, "64M")
+    qemu_io(img, "write -P 1 0 2M")
+    run("qemu-img", "snapshot", "-c", "snap1", img)
+    run("qemu-img", "bitmap", "--add", img, "b0")
+    qemu_io(img, "write -P 2 1M 2M")
+    root, cap = assert_picture(img, tmp_path, "--bitmap", "b0")
+    assert titles(root, "host") == {
+        "header", "refcount table", "refcount blocks", "L1 table", "L2 tables", "data",
+        "snapshot tables", "bitmap directory and tables", "bitmap data", "free"}
+    assert "dirty in the bitmap: 2 MiB." in cap
