@@ -294,3 +294,28 @@ def test_snapshot_and_bitmap_tables(tmp_path):
         "header", "refcount table", "refcount blocks", "L1 table", "L2 tables", "data",
         "snapshot tables", "bitmap directory and tables", "bitmap data", "free"}
     assert "dirty in the bitmap: 2 MiB." in cap
+
+
+def test_html_hover_in_chromium(chain, tmp_path):
+    """The page's script in a real browser: a pointer over the guest band at
+    21 MiB (the 2 MiB top.qcow2 wrote at 20 MiB) tells that column's range
+    and bytes of this layer."""
+    page = run(RBLOCK, "map", "--output=html", chain).stdout.decode()
+    # the test's own pointer: a mousemove 330 px into the guest band
+    page = page.replace("</body>", """<script>
+var svg = document.querySelector('#picture svg'), r = svg.getBoundingClientRect();
+var band = document.querySelector('#guest-band rect').getBoundingClientRect();
+svg.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + 350 * r.width / 1040,
+                                               clientY: band.top + 10}));
+</script></body>""")
+    html_file = tmp_path / "layout.html"
+    html_file.write_text(page)
+    r = run("chromium", "--headless", "--no-sandbox", "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", f"file://{html_file}",
+            timeout=300)
+    dom = r.stdout.decode()
+    m = re.search(r'<div id="details">guest bytes (\d+)\.\.(\d+) [^\n]*\n([^<]*)</div>', dom)
+    assert m, dom[:3000]
+    start, end = int(m.group(1)), int(m.group(2))
+    assert start <= 22 * MiB - 65536 and end > 21 * MiB and end - start == 67109
+    assert m.group(3).strip() == f"this layer ({chain}): 65.54 KiB"
