@@ -294,6 +294,11 @@ def test_snapshot_and_bitmap_tables(tmp_path):
         "header", "refcount table", "refcount blocks", "L1 table", "L2 tables", "data",
         "snapshot tables", "bitmap directory and tables", "bitmap data", "free"}
     assert "dirty in the bitmap: 2 MiB." in cap
+    # the legend's bytes: the snapshot table and the snapshot's L1 table are
+    # snapshot tables, one cluster each; the active L1 table is one cluster
+    legend = {"".join(t.itertext()) for t in root.iter(f"{SVG}text")}
+    assert {"L1 table (64 KiB)", "snapshot tables (128 KiB)", "bitmap data (64 KiB)",
+            "bitmap directory and tables (128 KiB)"} <= legend
 
 
 def test_html_hover_in_chromium(chain, tmp_path):

@@ -4,8 +4,9 @@
  * under it (check.c, qcow2_check_walk):
  *  - the check counted in windows of 1, 2, 3, 7, 64 clusters gives the
  *    figures of the check in one window (leaks, allocated, fragmented,
- *    compressed, image end offset, problems), and tells the observer the
- *    same bytes of each class;
+ *    compressed, image end offset, problems: the leaks the comparison
+ *    finds and a corruption the walk finds, reported once), and tells the
+ *    observer the same bytes of each class;
  *  - the layout's columns add up to its totals, every host byte of the
  *    file is drawn once (no snapshots: no cluster has two owners), and
  *    the leaked clusters made here are the leaked bytes.
@@ -45,7 +46,8 @@ static int setup(void **state)
     struct rb_error err = {0};
     struct rb_image *img;
     uint8_t buf[4096];
-    uint64_t refblock, end;
+    uint64_t refblock, end, l2_entry_off = 0;
+    uint8_t entry[8];
     int fd;
 
     (void)state;
@@ -67,6 +69,15 @@ static int setup(void **state)
     if (rb_image_flush(img, &err) < 0)
         return -1;
     refblock = ((struct qcow2_state *)img->priv)->reftable[0] & QCOW2_REFT_OFFSET_MASK;
+    {
+        /* one corruption the walk finds (not the comparison): reserved
+         * bit 1 set in the first entry of the last L2 table, which maps
+         * the plain data cluster written at 3 MiB */
+        struct qcow2_state *s = img->priv;
+        for (uint32_t i = 0; i < s->h.l1_size; i++)
+            if (s->l1[i] & QCOW2_L1E_OFFSET_MASK)
+                l2_entry_off = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+    }
     rb_image_close(img);
 
     /* LEAKS clusters at the end, refcount 1 (16-bit refcounts); the first
@@ -83,6 +94,12 @@ static int setup(void **state)
         if (rb_io_pwrite(fd, one, 2, refblock + (end / CLUSTER + i) * 2) < 0)
             return -1;
     }
+    if (!l2_entry_off || rb_io_pread(fd, entry, 8, l2_entry_off) < 0 ||
+        (entry[0] & 0xc0) != 0x80) /* COPIED, not compressed */
+        return -1;
+    entry[7] |= 0x02;
+    if (rb_io_pwrite(fd, entry, 8, l2_entry_off) < 0)
+        return -1;
     close(fd);
     return 0;
 }
@@ -128,7 +145,8 @@ static void test_windows_agree(void **state)
     (void)state;
     assert_int_equal(qcow2_check_walk(img, &one, &obs, 0, NULL, &err), 0);
     assert_int_equal(one.leaks, LEAKS);
-    assert_int_equal(one.corruptions, 0);
+    assert_int_equal(one.corruptions, 1);
+    assert_non_null(strstr(one.problems[0].msg, "reserved bits"));
     assert_int_equal(one.check_errors, 0);
     assert_true(one.fragmented_clusters > 40);
     assert_int_equal(one.compressed_clusters, 16);
