@@ -91,6 +91,11 @@ static json_t *be_check(void *o, struct rb_error *err)
     return rb_rpc_check_json(ex(o), err);
 }
 
+static json_t *be_layout(void *o, struct rb_error *err)
+{
+    return rb_rpc_layout_json(ex(o), err);
+}
+
 /* Keys as qemu-img's JSON: dashed.  Connections are the server's (every
  * export's), requests and bytes the export's. */
 static json_t *be_stats(void *o, struct rb_error *err)
@@ -282,6 +287,7 @@ static const struct rb_rpc_backend_ops export_ops = {
     .info = be_info,
     .check = be_check,
     .stats = be_stats,
+    .layout = be_layout,
     .spoke = be_spoke,
     .acquire = be_acquire,
     .release = be_release,

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "jsonrpc/framing.h"
+#include "web/web.h"
 
 struct http_req {
     char method[17];
@@ -50,6 +51,8 @@ struct http_req {
 struct http_resp {
     int status;
     const char *content_type;
+    const char *headers; /* more header lines, each ending in "\r\n", or NULL */
+    const char *page;    /* a built-in body (not freed), or NULL */
     char *body; /* malloc'd, or NULL */
     size_t body_len;
     bool close;
@@ -78,6 +81,24 @@ static void post_jsonrpc(const struct rb_rpc_backend *be, const struct http_req 
     rs->body_len = n;
 }
 
+/* GET /: the page of the daemon (server/web), built into the binary. */
+static void get_page(const struct rb_rpc_backend *be, const struct http_req *rq,
+                     struct http_resp *rs)
+{
+    const struct rb_web_asset *a = rb_web_page(rq->path, strlen(rq->path));
+
+    (void)be;
+    if (!a) {
+        rs->status = 404;
+        return;
+    }
+    rs->status = 200;
+    rs->content_type = a->content_type;
+    rs->headers = a->headers;
+    rs->page = (const char *)a->body;
+    rs->body_len = a->len;
+}
+
 static const struct http_route {
     const char *method;
     const char *path;
@@ -85,6 +106,7 @@ static const struct http_route {
                struct http_resp *rs);
 } routes[] = {
     {"POST", "/", post_jsonrpc},
+    {"GET", "/", get_page},
 };
 #define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -330,23 +352,28 @@ static int parse_head(char *h, size_t n, struct http_req *rq)
 
 static int respond(int fd, const struct http_resp *rs, const char *allow, unsigned timeout)
 {
-    char head[512];
+    char head[4096];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\n"
                      "Server: rblock\r\n"
                      "%s%s%s"
                      "%s%s%s"
+                     "%s"
                      "Content-Length: %zu\r\n"
                      "%s"
                      "\r\n",
                      rs->status, reason(rs->status), rs->content_type ? "Content-Type: " : "",
                      rs->content_type ? rs->content_type : "", rs->content_type ? "\r\n" : "",
                      allow ? "Allow: " : "", allow ? allow : "", allow ? "\r\n" : "",
-                     rs->body_len, rs->close ? "Connection: close\r\n" : "");
-    int ret = send_all(fd, head, (size_t)n, timeout);
+                     rs->headers ? rs->headers : "", rs->body_len,
+                     rs->close ? "Connection: close\r\n" : "");
+    int ret;
 
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return -EOVERFLOW;
+    ret = send_all(fd, head, (size_t)n, timeout);
     if (!ret && rs->body_len)
-        ret = send_all(fd, rs->body, rs->body_len, timeout);
+        ret = send_all(fd, rs->page ? rs->page : rs->body, rs->body_len, timeout);
     return ret;
 }
 

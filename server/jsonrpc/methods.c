@@ -2,7 +2,7 @@
 /*
  * methods.c - the method table and dispatch (methods.h lists the other
  * files), and the methods about the server itself: get_version,
- * list_methods, info, check, stats.
+ * list_methods, info, check, stats, layout.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -52,6 +52,17 @@ static int m_stats(struct rpc_call *c, json_t **result)
     struct rb_error err = {0};
 
     *result = c->be->ops->stats(c->be->opaque, &err);
+    return *result ? 0 : rpc_io_fault(c, -(err.code ? err.code : EIO), &err);
+}
+
+static int m_layout(struct rpc_call *c, json_t **result)
+{
+    struct rb_error err = {0};
+
+    if (!c->be->ops->layout)
+        return rb_rpc_fault_set(c->f, RB_RPC_NOT_SUPPORTED, NULL,
+                                "layout: this export cannot be drawn");
+    *result = c->be->ops->layout(c->be->opaque, &err);
     return *result ? 0 : rpc_io_fault(c, -(err.code ? err.code : EIO), &err);
 }
 
@@ -135,6 +146,11 @@ static const struct rpc_method methods[] = {
     BITMAP_M("disable", "disable a persistent dirty bitmap", {0}),
     BITMAP_M("merge", "merge bitmap 'source' into bitmap 'name'",
              {"source", P_STR, true}),
+    {"layout",
+     "the picture of the image's layout (SVG), as `rblock map --output=svg`",
+     false,
+     m_layout,
+     {EXPORT_P}},
 };
 
 #define N_METHODS (sizeof(methods) / sizeof(methods[0]))
