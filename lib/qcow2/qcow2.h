@@ -520,6 +520,10 @@ void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t off, uint64_t len);
  * (new tables, then the directory without in_use, then the header), free
  * the old clusters.  Lock held (or state private).  0 or -errno. */
 int qcow2_bitmaps_close(struct qcow2_state *s, struct rb_error *err);
+/* After the virtual size (s->h.size) changed: every loaded, consistent
+ * bitmap takes the new number of bits (new ones clean, those past the
+ * new end dropped).  Stored by qcow2_bitmaps_close.  Lock held. */
+int qcow2_bitmaps_resize(struct qcow2_state *s, struct rb_error *err);
 
 /* ---- references and repair (check.c, repair.c) ------------------------------ */
 
