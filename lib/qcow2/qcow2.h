@@ -541,6 +541,13 @@ struct qcow2_refs {
 int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
                      struct qcow2_refs *keep, struct rb_error *err);
 
+/* amend refcount_bits: build a new refcount structure of width 2^@order
+ * counting every reference (in clusters nothing references), make it
+ * durable, switch the header to it (table and width in one write), then
+ * free the old one.  Refused (nothing changed) when the image is corrupt
+ * or a count does not fit.  Image open read-write, no other user. */
+int qcow2_refcount_change_order(struct rb_image *img, unsigned order, struct rb_error *err);
+
 /* ---- inline index helpers -------------------------------------------------- */
 
 /* Does L2 entry @e point at a cluster whose COPIED flag says whether its
