@@ -137,6 +137,8 @@ int cmd_resize(int argc, char **argv)
     } else if (rb_io_size(out->fd, &cur) < 0) {
         complain("%s: cannot get the current size", path);
         goto done;
+    } else {
+        cur = (cur + 511) / 512 * 512; /* as QEMU: whole sectors (bdrv_getlength) */
     }
     if (relative > 0) {
         if (cur + n < cur) {

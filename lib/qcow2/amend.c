@@ -222,7 +222,7 @@ static bool same(const char *a, const char *b)
 
 /* Every refusal, before anything is written. */
 static int check(struct qcow2_state *s, const struct rb_qcow2_amend *a, unsigned version,
-                 unsigned rbits, struct rb_error *err)
+                 unsigned rbits, uint64_t compressed, struct rb_error *err)
 {
     if (a->backing_file || a->backing_format) {
         if (!same(a->backing_file, s->h.backing_file) ||
@@ -240,6 +240,12 @@ static int check(struct qcow2_state *s, const struct rb_qcow2_amend *a, unsigned
                                 : "%s: compat=0.10 requires refcount_bits=16", s->name);
     if (version < s->h.version) {
         uint64_t incompat = s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
+        /* as qemu: zstd goes (v2 is zlib) unless clusters are compressed with it */
+        if ((incompat & QCOW2_INCOMPAT_COMPRESSION) && compressed)
+            return rb_error_set(err, ENOTSUP, "%s: cannot downgrade an image with zstd "
+                                "compression type and existing compressed clusters (%"
+                                PRIu64 ")", s->name, compressed);
+        incompat &= ~QCOW2_INCOMPAT_COMPRESSION;
         if (s->has_data_file)
             return rb_error_set(err, ENOTSUP, "%s: cannot downgrade an image with a data "
                                 "file", s->name);
@@ -262,6 +268,7 @@ int rb_qcow2_amend(struct rb_image *img, const struct rb_qcow2_amend *a, struct 
 {
     struct qcow2_state *s;
     unsigned version, rbits;
+    uint64_t compressed = 0;
     int ret;
 
     if (!qcow2_is_qcow2(img))
@@ -272,8 +279,16 @@ int rb_qcow2_amend(struct rb_image *img, const struct rb_qcow2_amend *a, struct 
                             s->name);
     version = a->version ? a->version : s->h.version;
     rbits = a->refcount_bits ? a->refcount_bits : 1u << s->h.refcount_order;
+    if (version < s->h.version && (s->h.incompatible_features & QCOW2_INCOMPAT_COMPRESSION)) {
+        struct rb_qcow2_info info;
+        ret = rb_qcow2_get_info(img, &info, err);
+        if (ret < 0)
+            return ret;
+        compressed = info.compressed_clusters;
+        rb_qcow2_info_free(&info);
+    }
     pthread_mutex_lock(&s->lock);
-    ret = check(s, a, version, rbits, err);
+    ret = check(s, a, version, rbits, compressed, err);
     if (ret == 0 && a->size && a->size % 512)
         ret = rb_error_set(err, EINVAL, "%s: the new size must be a multiple of 512",
                            s->name);
@@ -305,8 +320,10 @@ int rb_qcow2_amend(struct rb_image *img, const struct rb_qcow2_amend *a, struct 
     /* downgrade last, once v3-only options are gone */
     if (ret == 0 && version < s->h.version) {
         ret = expand_zero_clusters(s, err);
-        if (ret == 0)
+        if (ret == 0) {
+            s->h.incompatible_features &= ~QCOW2_INCOMPAT_COMPRESSION;
             ret = rewrite_header(s, version, 0, 0, err);
+        }
     }
     pthread_mutex_unlock(&s->lock);
     return ret;

@@ -63,22 +63,44 @@ static int release(struct qcow2_state *s, uint64_t e, struct rb_error *err)
     return 0;
 }
 
-/* Unmap every cluster from guest offset @from on (a cluster boundary). */
+/* Unmap every cluster from guest offset @from on (a cluster boundary).
+ * The cleared entries are collected (at most CAP at a time) so that one
+ * flush covers many L2 tables. */
+#define CAP ((size_t)1 << 16)
+static int release_all(struct qcow2_state *s, const uint64_t *old, size_t n,
+                       struct rb_error *err)
+{
+    /* ORDER: the cleared entries are durable before the refcounts of the
+     * clusters they pointed at drop */
+    int ret = flush_all(s, err);
+
+    for (size_t k = 0; k < n && ret == 0; k++)
+        ret = release(s, old[k], err);
+    return ret == 0 ? flush_all(s, err) : ret;
+}
+
 static int discard_tail(struct qcow2_state *s, uint64_t from, struct rb_error *err)
 {
-    uint64_t *old = malloc((size_t)s->l2_entries * 8);
+    size_t cap = CAP > s->l2_entries ? CAP : s->l2_entries, n = 0;
+    uint64_t *old = malloc(cap * 8);
     int ret = 0;
 
     if (!old)
         return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
     for (uint64_t i = qcow2_l1_index(s, from); i < s->h.l1_size && ret == 0; i++) {
         uint64_t l2_off, first = i == qcow2_l1_index(s, from) ? qcow2_l2_index(s, from) : 0;
-        uint32_t n = 0;
+        bool dirty = false;
         void *l2;
 
         ret = qcow2_l2_offset(s, i, &l2_off, err);
         if (ret < 0 || !l2_off)
             continue;
+        if (n + s->l2_entries > cap) {
+            ret = release_all(s, old, n, err);
+            n = 0;
+            if (ret < 0)
+                break;
+        }
         ret = qcow2_cache_get(s->l2_cache, l2_off, &l2);
         if (ret < 0) {
             ret = rb_error_errno(err, -ret, "%s: cannot read L2 table at 0x%" PRIx64,
@@ -92,20 +114,14 @@ static int discard_tail(struct qcow2_state *s, uint64_t from, struct rb_error *e
             old[n++] = e;
             qcow2_l2_entry_set(s, l2, j, 0);
             qcow2_l2_bitmap_set(s, l2, j, 0);
+            dirty = true;
         }
-        if (n)
+        if (dirty)
             qcow2_cache_mark_dirty(s->l2_cache, l2);
         qcow2_cache_put(s->l2_cache, l2);
-        if (!n)
-            continue;
-        /* ORDER: the cleared entries are durable before the refcounts of
-         * the clusters they pointed at drop */
-        ret = flush_all(s, err);
-        for (uint32_t k = 0; k < n && ret == 0; k++)
-            ret = release(s, old[k], err);
-        if (ret == 0)
-            ret = flush_all(s, err);
     }
+    if (ret == 0 && n)
+        ret = release_all(s, old, n, err);
     free(old);
     return ret;
 }
