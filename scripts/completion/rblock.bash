@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap help"
+    local cmds="info map check create convert diff delta serve bitmap help measure compare resize amend"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -26,6 +26,10 @@ _rblock()
         serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
                        --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
+        measure) opts="--output= --size -O -o -f -U --force-share --help" ;;
+        compare) opts="-f -F -T -p -q -s -U --force-share --help" ;;
+        resize)  opts="--shrink --preallocation= -f -q --help" ;;
+        amend)   opts="-o -f -p -q -t --force --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 
@@ -37,7 +41,7 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g)
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|--size|-T|-t)
             return ;;
     esac
     case $cur in
