@@ -27,6 +27,8 @@ int cmd_measure(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 
 /* Print "rblock: <formatted message>\n" to stderr. */
 void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -27,6 +27,8 @@ static const struct command commands[] = {
     {"compare", cmd_compare, "compare two images' guest contents (as qemu-img compare)"},
     {"resize", cmd_resize, "grow or shrink an image (as qemu-img resize)"},
     {"amend", cmd_amend, "change a qcow2 image's options (as qemu-img amend)"},
+    {"commit", cmd_commit, "merge an overlay into its backing file"},
+    {"rebase", cmd_rebase, "change an overlay's backing file, keeping its content"},
 };
 
 static void usage(FILE *f)

@@ -524,6 +524,10 @@ int qcow2_bitmaps_close(struct qcow2_state *s, struct rb_error *err);
  * bitmap takes the new number of bits (new ones clean, those past the
  * new end dropped).  Stored by qcow2_bitmaps_close.  Lock held. */
 int qcow2_bitmaps_resize(struct qcow2_state *s, struct rb_error *err);
+/* Bytes of the disk covered by dirty granules of loaded, consistent
+ * bitmap @name (as recorded now, in memory).  Lock held.  0 or -ENOENT
+ * (not loaded, missing or inconsistent). */
+int qcow2_bitmap_dirty_bytes(struct qcow2_state *s, const char *name, uint64_t *bytes);
 
 /* ---- references and repair (check.c, repair.c) ------------------------------ */
 
