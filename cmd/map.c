@@ -85,15 +85,17 @@ static int print_tables(struct rb_image *img)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rblock map [--output=human|json] [-f FMT] [-U] IMAGE\n"
+    fprintf(f, "usage: rblock map [--output=human|json] [--start-offset OFF] [--max-length LEN]\n"
+               "                  [-f FMT] [-U] IMAGE\n"
                "\nPrint the guest-to-host mapping of IMAGE and its backing chain.\n"
                "  --output=json   exactly the schema of qemu-img map --output=json\n"
                "  --output=human  a table of data extents, then the L1/L2 tables\n"
+               "  --start-offset OFF, --max-length LEN  map [OFF, OFF + LEN) only\n"
                "  -f FMT          force the format (raw, qcow2)\n"
                "  -U, --force-share  map it even while another process writes it\n");
 }
 
-static int walk(struct rb_image *img, bool json)
+static int walk(struct rb_image *img, bool json, uint64_t start, uint64_t end)
 {
     struct rb_map_walk w;
     struct rb_map_entry cur, next;
@@ -104,8 +106,11 @@ static int walk(struct rb_image *img, bool json)
         printf("[");
     else
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
-    rb_map_init(&w, rb_map_image_status, img, 0, img->size);
+    rb_map_init(&w, rb_map_image_status, img, start, end > start ? end : start);
     ret = rb_map_next(&w, &cur, &err);
+    if (ret == 0 && json) /* an empty range: qemu-img prints one empty entry */
+        printf("{ \"start\": %" PRIu64 ", \"length\": 0, \"depth\": 0, \"present\": false,"
+               " \"zero\": false, \"data\": false}", start);
     while (ret > 0) {
         ret = rb_map_next(&w, &next, &err);
         print_entry(&cur, json, ret > 0, img);
@@ -128,10 +133,13 @@ int cmd_map(int argc, char **argv)
         {"format", required_argument, NULL, 'f'},
         {"force-share", no_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'h'},
+        {"start-offset", required_argument, NULL, 'S'},
+        {"max-length", required_argument, NULL, 'L'},
         {NULL, 0, NULL, 0},
     };
     struct rb_open_opts oo = {0};
     struct rb_error err = {0};
+    uint64_t start = 0, max_len = UINT64_MAX, end;
     bool json = false;
     struct rb_image *img;
     int c, ret;
@@ -152,6 +160,15 @@ int cmd_map(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case 'S':
+        case 'L':
+            /* as qemu-img map: [start, min(start + max-length, size)) */
+            if (parse_size(optarg, c == 'S' ? &start : &max_len) < 0) {
+                complain("map: invalid %s '%s'", c == 'S' ? "start offset" : "max length",
+                         optarg);
+                return 1;
+            }
+            break;
         default:
             return bad_option("map", argv, c);
         }
@@ -165,7 +182,9 @@ int cmd_map(int argc, char **argv)
         complain("%s", rb_error_msg(&err, -EIO));
         return 1;
     }
-    ret = walk(img, json);
+    end = max_len > img->size - (start < img->size ? start : img->size)
+              ? img->size : start + max_len;
+    ret = walk(img, json, start, end);
     if (ret == 0 && !json && rb_qcow2_is(img))
         ret = print_tables(img);
     rb_image_close(img);
