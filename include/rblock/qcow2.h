@@ -315,4 +315,19 @@ int rb_qcow2_repair(struct rb_image *img, unsigned fix, struct rb_qcow2_repair *
                     struct rb_error *err);
 void rb_qcow2_repair_free(struct rb_qcow2_repair *res);
 
+/* ---- backing file name (backing.c) --------------------------------------- */
+
+/*
+ * Record @name (NULL or "": none) and @format (NULL: no backing format
+ * extension) as the backing file of the qcow2 image @img, opened
+ * read-write, as qemu-img rebase does: the header cluster is rebuilt with
+ * every other extension kept, written in one write and synced.  Opens
+ * nothing: the caller has checked what @name leads to.  Refuses a name
+ * longer than 1023 bytes, a format without a name, and a header that no
+ * longer fits in its cluster (nothing written then).  Takes the lock; no
+ * other thread may write @img meanwhile.  Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_set_backing(struct rb_image *img, const char *name, const char *format,
+                         struct rb_error *err);
+
 #endif
