@@ -669,12 +669,16 @@ void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
     /* a clean close writes the bitmaps back (in_use cleared) once the
      * data they describe is durable; ORDER: the dirty bit is cleared only
      * once everything is durable */
-    if (s->w->header_done && do_flush(s, NULL) == 0 && s->bitmaps_flagged) {
+    bool durable = s->w->header_done && do_flush(s, NULL) == 0;
+    if (durable && s->bitmaps_flagged) {
         pthread_mutex_lock(&s->lock);
         (void)qcow2_bitmaps_close(s, NULL);
         pthread_mutex_unlock(&s->lock);
+        /* the write-back's frees (refcounts) durable too; without it
+         * nothing changed since the flush above: no second sync */
+        durable = do_flush(s, NULL) == 0;
     }
-    if (s->w->header_done && do_flush(s, NULL) == 0 && s->dirty_bit_set) {
+    if (durable && s->dirty_bit_set) {
         rb_store_be64(be, s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (qcow2_header_update(s, 72, be, 8, NULL) == 0 && rb_io_sync(s->fd) == 0) {
             s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
