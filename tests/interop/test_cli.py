@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 RBLOCK = os.environ["RBLOCK"]
-COMMANDS = ["info", "map", "check", "create", "convert", "diff", "delta", "serve"]
+COMMANDS = ["info", "map", "check", "create", "convert", "diff", "delta", "serve", "commit",
+            "rebase"]
 
 
 def run(*args, **kw):
