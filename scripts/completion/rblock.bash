@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap commit rebase help"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase help measure compare resize amend"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -29,6 +29,10 @@ _rblock()
                        --export --socket -k --port -p --bind -b -D --snapshot -s --persistent -t
                        --shared -e --fork --pid-file --discard= --detect-zeroes= --verbose -v
                        --quiet -q --print-uri --rpc-insecure" ;;
+        measure) opts="--output= --size -O -o -f -U --force-share --help" ;;
+        compare) opts="-f -F -T -p -q -s -U --force-share --help" ;;
+        resize)  opts="--shrink --preallocation= -f -q --help" ;;
+        amend)   opts="-o -f -p -q -t --force --help" ;;
         commit)  opts="-b -d -f -t -p -q --help" ;;
         rebase)  opts="-b -F -f -t -u -c -p -q --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
@@ -42,7 +46,7 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g)
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|--size|-T|-t)
             return ;;
     esac
     case $cur in
