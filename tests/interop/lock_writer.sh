@@ -24,7 +24,7 @@ qemu-img create -q -f qcow2 a.qcow2 1M
 
 step "a second rblock serve of the same image is refused with one clear line"
 set +e
-"$RBLOCK" serve -f raw a.raw --run "\"$RBLOCK\" serve -f raw --nbd unix:$T/s2 a.raw" 2>err.txt
+"$RBLOCK" serve -q -f raw a.raw --run "\"$RBLOCK\" serve -f raw --nbd unix:$T/s2 a.raw" 2>err.txt
 rc=$?
 set -e
 [ $rc -ne 0 ] || fail "second writer was not refused"
