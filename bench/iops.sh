@@ -12,7 +12,9 @@
 #        FORMATS ("qcow2 raw"), WORKLOADS ("randread randwrite-empty
 #        randwrite-alloc mixed"), SERVERS ("rblock qemu-nbd nbdkit"),
 #        SIZE_MB (allocated images, default 512), EMPTY_GB (empty images,
-#        default 16), EMPTY_IOS (writes into an empty image, default 16384)
+#        default 16), EMPTY_IOS (writes into an empty image, default 16384),
+#        RBLOCK_BASE (another rblock binary: SERVERS may name it "base", for
+#        before/after figures)
 set -uo pipefail
 RBLOCK=${RBLOCK:-$(dirname "$0")/../build/rblock}
 RBLOCK=$(realpath "$RBLOCK")
@@ -67,6 +69,7 @@ start_server() { # server fmt image
     rm -f "$SOCK"
     case $1 in
     rblock) "$RBLOCK" serve -f "$2" --nbd "unix:$SOCK" "$3" 2>/dev/null & ;;
+    base) "$RBLOCK_BASE" serve -f "$2" --nbd "unix:$SOCK" "$3" 2>/dev/null & ;;
     qemu-nbd) qemu-nbd -t -f "$2" -k "$SOCK" "$3" 2>/dev/null & ;;
     nbdkit) nbdkit -f -U "$SOCK" file "file=$3" 2>/dev/null & ;;
     esac
@@ -74,6 +77,8 @@ start_server() { # server fmt image
     for _ in $(seq 1 500); do [ -S "$SOCK" ] && return 0; sleep 0.01; done
     return 1
 }
+# CPU time the server used so far, in clock ticks (utime + stime)
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$SPID/stat" 2>/dev/null || echo 0; }
 stop_server() {
     kill "$SPID" 2>/dev/null
     wait "$SPID" 2>/dev/null
@@ -95,9 +100,10 @@ run_fio() {
 try:
     t = sys.stdin.read()
     j = json.loads(t[t.index("{"):])["jobs"][0]
-    print(round(j["read"]["iops"] + j["write"]["iops"]))
+    print(round(j["read"]["iops"] + j["write"]["iops"]),
+          j["read"]["total_ios"] + j["write"]["total_ios"])
 except Exception:
-    print("n/a")'
+    print("n/a 0")'
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | grep -v n/a | sort -n |
@@ -114,7 +120,7 @@ printf '%-16s %-6s %3s %9s %9s %7s %9s %7s\n' workload format QD rblock qemu-nbd
 for wl in $WORKLOADS; do
     for fmt in $FORMATS; do
         for qd in $QDS; do
-            declare -A res=()
+            declare -A res=() cpu=()
             for _ in $(seq "$REPEAT"); do
                 for srv in $SERVERS; do
                     [ "$srv" = nbdkit ] && [ "$fmt" != raw ] && continue
@@ -125,7 +131,12 @@ for wl in $WORKLOADS; do
                         size=$((SIZE_MB << 20))
                     fi
                     if start_server "$srv" "$fmt" "$img"; then
-                        res[$srv]="${res[$srv]:-} $(run_fio "$wl" "$qd" "$size")"
+                        t0=$(server_ticks)
+                        read -r iops ios < <(run_fio "$wl" "$qd" "$size")
+                        t1=$(server_ticks)
+                        res[$srv]="${res[$srv]:-} $iops"
+                        # server CPU microseconds per request
+                        [ "${ios:-0}" -gt 0 ] && cpu[$srv]="${cpu[$srv]:-} $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / ios ))"
                     else
                         res[$srv]="${res[$srv]:-} n/a"
                     fi
@@ -139,8 +150,14 @@ for wl in $WORKLOADS; do
             [ "$fmt" = raw ] && k=$(echo "${res[nbdkit]:-}" | median)
             printf '%-16s %-6s %3s %9s %9s %7s %9s %7s\n' "$wl" "$fmt" "$qd" "$r" "$q" \
                    "$(ratio "$r" "$q")" "$k" "$(ratio "$r" "$k")"
-            [ -n "${IOPS_VERBOSE:-}" ] && echo "    runs: rblock${res[rblock]:-} qemu-nbd${res[qemu-nbd]:-} nbdkit${res[nbdkit]:-}"
-            unset res
+            [ -n "${res[base]:-}" ] && echo "    base (before): $(echo "${res[base]}" | median)" \
+                "= $(ratio "$(echo "${res[base]}" | median)" "$q") of qemu-nbd"
+            [ -n "${IOPS_VERBOSE:-}" ] && echo "    runs: rblock${res[rblock]:-} qemu-nbd${res[qemu-nbd]:-} nbdkit${res[nbdkit]:-} base${res[base]:-}"
+            echo "    server CPU us/request: rblock $(echo "${cpu[rblock]:-}" | median)" \
+                 "qemu-nbd $(echo "${cpu[qemu-nbd]:-}" | median)" \
+                 "${cpu[nbdkit]:+nbdkit $(echo "${cpu[nbdkit]}" | median)}" \
+                 "${cpu[base]:+base $(echo "${cpu[base]}" | median)}"
+            unset res cpu
         done
     done
 done
