@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "nbd/nbd.h"
@@ -111,10 +112,22 @@ struct buf {
     size_t cap;
 };
 
+/* Bytes read from the socket ahead of the request being parsed: one
+ * recv takes the headers (and small payloads) of every request the client
+ * has pipelined, instead of one recv for each.  Plain sockets only (TLS
+ * keeps its own record buffer). */
+#define NBD_RX_BYTES (128u << 10)
+
+struct rx {
+    uint8_t *p;
+    size_t pos, len;
+};
+
 /* The reader's own state for the requests it runs itself. */
 struct inl {
     struct buf rbuf;  /* READ replies */
     struct buf wbuf;  /* WRITE payloads */
+    struct rx rx;     /* read ahead */
     unsigned backoff; /* requests left to hand to the workers */
 };
 
@@ -732,13 +745,47 @@ static void enqueue(struct tx *t, struct req *r)
     pthread_mutex_unlock(&t->lock);
 }
 
+/* Read exactly @len bytes, through the read-ahead buffer @x when there is
+ * one: 0, -ECONNRESET at end of stream, or -errno (as rb_conn_recv). */
+static int tx_recv(struct tx *t, struct rx *x, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+
+    while (len > 0) {
+        size_t n = x->len - x->pos;
+        long got;
+
+        if (n > 0) {
+            if (n > len)
+                n = len;
+            memcpy(p, x->p + x->pos, n);
+            x->pos += n;
+            p += n;
+            len -= n;
+            continue;
+        }
+        if (!x->p || t->c->tr || len >= NBD_RX_BYTES / 2)
+            return rb_conn_recv(t->c, p, len); /* large: straight in */
+        got = recv(t->c->fd, x->p, NBD_RX_BYTES, 0);
+        if (got < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (got < 0)
+            return -errno;
+        if (got == 0)
+            return -ECONNRESET;
+        x->pos = 0;
+        x->len = (size_t)got;
+    }
+    return 0;
+}
+
 /* Read one request.  Returns 1 for a request, 0 for NBD_CMD_DISC, -errno
  * when the connection is to be dropped. */
-static int read_request(struct tx *t, struct req **out)
+static int read_request(struct tx *t, struct rx *x, struct req **out)
 {
     uint8_t h[NBD_REQUEST_BYTES];
     struct req *r;
-    int ret = rb_conn_recv(t->c, h, sizeof(h));
+    int ret = tx_recv(t, x, h, sizeof(h));
 
     if (ret)
         return ret;
@@ -769,7 +816,7 @@ static int read_request(struct tx *t, struct req **out)
 }
 
 /* Receive the payload of admitted WRITE @r. */
-static int read_payload(struct tx *t, struct req *r)
+static int read_payload(struct tx *t, struct rx *x, struct req *r)
 {
     if (r->type != NBD_CMD_WRITE)
         return 0;
@@ -778,7 +825,7 @@ static int read_payload(struct tx *t, struct req *r)
         r->payload = NULL;
         return -ENOMEM;
     }
-    return rb_conn_recv(t->c, r->payload, r->len);
+    return tx_recv(t, x, r->payload, r->len);
 }
 
 /* May @r run on the reader?  Small READ and WRITE without FUA, unless the
@@ -814,7 +861,7 @@ static int run_inline(struct tx *t, struct inl *in, struct req *r)
 
     if (r->type == NBD_CMD_WRITE) {
         r->payload = buf_get(&in->wbuf, NBD_INLINE_MAX_BYTES);
-        ret = r->payload ? rb_conn_recv(t->c, r->payload, r->len) : -ENOMEM;
+        ret = r->payload ? tx_recv(t, &in->rx, r->payload, r->len) : -ENOMEM;
     }
     /* a client seen gone (a reply failed) has its requests dropped */
     if (ret == 0 && !atomic_load(&t->c->broken)) {
@@ -835,9 +882,10 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
 
     pthread_mutex_init(&t.lock, NULL);
     pthread_cond_init(&t.work, NULL);
+    in.rx.p = c->tr ? NULL : malloc(NBD_RX_BYTES); /* none: plain reads */
     for (;;) {
         struct req *r = NULL;
-        int ret = read_request(&t, &r);
+        int ret = read_request(&t, &in.rx, &r);
 
         if (ret > 0 && inline_ok(&in, r)) {
             ret = run_inline(&t, &in, r);
@@ -849,7 +897,7 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
             ret = admit(&t, r);
             if (ret < 0) {
                 rb_conn_abort(c); /* gone, or waiting failed: hang up */
-            } else if ((ret = read_payload(&t, r)) < 0) {
+            } else if ((ret = read_payload(&t, &in.rx, r)) < 0) {
                 unadmit(&t, r);
             } else {
                 enqueue(&t, r); /* the queue owns @r now */
@@ -895,6 +943,7 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
         pthread_join(t.workers[i], NULL);
     free(in.rbuf.p);
     free(in.wbuf.p);
+    free(in.rx.p);
     pthread_cond_destroy(&t.work);
     pthread_mutex_destroy(&t.lock);
 }
