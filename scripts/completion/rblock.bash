@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap help"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase help"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -18,14 +18,16 @@ _rblock()
         map)     opts="--output= -f -U --force-share --help" ;;
         check)   opts="-r --output= -f -U --force-share --help" ;;
         create)  opts="-f -o -b -F -q --help" ;;
-        convert) opts="-f -O -o -c -p -q -U --force-share --help" ;;
+        convert) opts="-f -O -o -c -p -q -U -n -m -B -F -b --force-share --bitmaps --skip-broken-bitmaps --help" ;;
         diff)    opts="--sector-size --output= --count --bitmap -p -f -F -U --force-share --help" ;;
-        delta)   opts="-o -b -f -F -p -q -U --bitmap --force-share --help" ;;
+        delta)   opts="-o -b -f -F -p -q -U --bitmap --force-share --output-format --from-snap --to-snap --help" ;;
         bitmap)  opts="--add --remove --clear --enable --disable --merge -g -b -F -f
                        --help" ;;
         serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
                        --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
+        commit)  opts="-b -d -f -t -p -q --help" ;;
+        rebase)  opts="-b -F -f -t -u -c -p -q --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 
