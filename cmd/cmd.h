@@ -23,6 +23,10 @@ int cmd_diff(int argc, char **argv);
 int cmd_delta(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 

@@ -524,6 +524,10 @@ void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t off, uint64_t len);
  * (new tables, then the directory without in_use, then the header), free
  * the old clusters.  Lock held (or state private).  0 or -errno. */
 int qcow2_bitmaps_close(struct qcow2_state *s, struct rb_error *err);
+/* After the virtual size (s->h.size) changed: every loaded, consistent
+ * bitmap takes the new number of bits (new ones clean, those past the
+ * new end dropped).  Stored by qcow2_bitmaps_close.  Lock held. */
+int qcow2_bitmaps_resize(struct qcow2_state *s, struct rb_error *err);
 /* Bytes of the disk covered by dirty granules of loaded, consistent
  * bitmap @name (as recorded now, in memory).  Lock held.  0 or -ENOENT
  * (not loaded, missing or inconsistent). */
@@ -543,6 +547,34 @@ struct qcow2_refs {
  * by the caller, free keep->refs) when @keep is not NULL and the check ran.
  */
 int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
+                     struct qcow2_refs *keep, struct rb_error *err);
+
+/* amend refcount_bits: build a new refcount structure of width 2^@order
+ * counting every reference (in clusters nothing references), make it
+ * durable, switch the header to it (table and width in one write), then
+ * free the old one.  Refused (nothing changed) when the image is corrupt
+ * or a count does not fit.  Image open read-write, no other user. */
+int qcow2_refcount_change_order(struct rb_image *img, unsigned order, struct rb_error *err);
+
+/* Told of each reference check.c's walk counts (its host bytes and what
+ * they hold; a cluster shared by several owners is told once per owner),
+ * then of each cluster of the file nothing references, as FREE (refcount
+ * 0) or LEAKED. */
+struct qcow2_check_observer {
+    void (*ref)(void *opaque, uint64_t host_off, uint64_t bytes,
+                enum rb_qcow2_host_class cls);
+    void *opaque;
+};
+
+/*
+ * The check, telling @obs (may be NULL) what each host cluster holds, and
+ * counting references in windows of at most @window clusters (0: the
+ * whole file in one): a file of N clusters is walked ceil(N / window)
+ * times in 4 * window bytes.  @keep (NULL, or the whole file in one
+ * window) as qcow2_check_refs.  Takes the lock.
+ */
+int qcow2_check_walk(struct rb_image *img, struct rb_qcow2_check *res,
+                     const struct qcow2_check_observer *obs, uint64_t window,
                      struct qcow2_refs *keep, struct rb_error *err);
 
 /* ---- inline index helpers -------------------------------------------------- */

@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap commit rebase help"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase help measure compare resize amend"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -15,7 +15,7 @@ _rblock()
     local opts=""
     case ${words[1]} in
         info)    opts="--output= --backing-chain -f -U --force-share --help" ;;
-        map)     opts="--output= -f -U --force-share --help" ;;
+        map)     opts="--output= --bitmap -f -U --force-share --help" ;;
         check)   opts="-r --output= -f -U --force-share --help" ;;
         create)  opts="-f -o -b -F -q --help" ;;
         convert) opts="-f -O -o -c -p -q -U -n -m -B -F -b --force-share --bitmaps --skip-broken-bitmaps --help" ;;
@@ -25,7 +25,14 @@ _rblock()
                        --help" ;;
         serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
-                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help
+                       --export --socket -k --port -p --bind -b -D --snapshot -s --persistent -t
+                       --shared -e --fork --pid-file --discard= --detect-zeroes= --verbose -v
+                       --quiet -q --print-uri --rpc-insecure" ;;
+        measure) opts="--output= --size -O -o -f -U --force-share --help" ;;
+        compare) opts="-f -F -T -p -q -s -U --force-share --help" ;;
+        resize)  opts="--shrink --preallocation= -f -q --help" ;;
+        amend)   opts="-o -f -p -q -t --force --help" ;;
         commit)  opts="-b -d -f -t -p -q --help" ;;
         rebase)  opts="-b -F -f -t -u -c -p -q --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
@@ -39,11 +46,14 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g)
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|--size|-T|-t)
             return ;;
     esac
     case $cur in
         --output=*)
+            if [ "${words[1]}" = map ]; then
+                COMPREPLY=($(compgen -W "human json svg html" -- "${cur#--output=}")); return
+            fi
             COMPREPLY=($(compgen -W "human json" -- "${cur#--output=}")); return ;;
         --tls=*)
             COMPREPLY=($(compgen -W "off on require" -- "${cur#--tls=}")); return ;;

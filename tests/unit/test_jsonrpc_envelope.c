@@ -351,11 +351,13 @@ static void test_invalid_params(void **state)
              "missing parameter 'offset'");
     err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":1,\"lenght\":2},"
              "\"id\":1}", RB_RPC_INVALID_PARAMS, json_integer(1),
-             "unknown parameter 'lenght' of method 'read' (it takes offset, length)");
+             "unknown parameter 'lenght' of method 'read' (it takes offset, length, export?)");
     err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":4194305},\"id\":1}",
              RB_RPC_INVALID_PARAMS, json_integer(1), "over the limit of 4194304");
+    err_case("{\"method\":\"read\",\"params\":[0,1,\"\",3],\"id\":1}", RB_RPC_INVALID_PARAMS,
+             json_integer(1), "takes 3 parameters");
     err_case("{\"method\":\"read\",\"params\":[0,1,2],\"id\":1}", RB_RPC_INVALID_PARAMS,
-             json_integer(1), "takes 2 parameters");
+             json_integer(1), "parameter 'export' must be a string, not an integer");
     err_case("{\"method\":\"get_version\",\"params\":{\"x\":1},\"id\":1}",
              RB_RPC_INVALID_PARAMS, json_integer(1), "no parameters");
     err_case("{\"method\":\"write\",\"params\":{\"offset\":0,\"data\":\"AAA\"},\"id\":1}",
@@ -366,8 +368,21 @@ static void test_invalid_params(void **state)
              RB_RPC_INVALID_PARAMS, json_integer(1), "must be a base64 string");
     err_case("{\"method\":\"write\",\"params\":{\"offset\":0,\"data\":\"AAAA\",\"fua\":1},"
              "\"id\":1}", RB_RPC_INVALID_PARAMS, json_integer(1), "must be a boolean");
-    err_case("{\"method\":\"block_status\",\"params\":{\"offset\":0,\"length\":0},\"id\":1}",
-             RB_RPC_INVALID_PARAMS, json_integer(1), "at least 1");
+    /* length 0: an empty result, as read and map (but still range-checked) */
+    {
+        json_t *r0 = ask("{\"method\":\"block_status\",\"params\":{\"offset\":0,"
+                         "\"length\":0},\"id\":1}");
+        assert_int_equal(json_array_size(json_object_get(r0, "result")), 0);
+        assert_true(json_is_array(json_object_get(r0, "result")));
+        json_decref(r0);
+        r0 = ask("{\"method\":\"map\",\"params\":{\"offset\":0,\"length\":0},\"id\":1}");
+        assert_true(json_is_array(json_object_get(r0, "result")));
+        assert_int_equal(json_array_size(json_object_get(r0, "result")), 0);
+        json_decref(r0);
+    }
+    err_case("{\"method\":\"block_status\",\"params\":{\"offset\":8388609,\"length\":0},"
+             "\"id\":1}",
+             RB_RPC_OUT_OF_RANGE, json_integer(1), "past the end");
     /* too large for an integer of JSON's usual 64 bits: a parse error */
     err_case("{\"method\":\"read\",\"params\":{\"offset\":99999999999999999999,\"length\":1},"
              "\"id\":1}", RB_RPC_PARSE_ERROR, NULL, "too big");
@@ -546,6 +561,43 @@ static void test_info_check_list(void **state)
     json_decref(r);
 }
 
+/* ---- layout: the picture of the image, optional in a backend ----------- */
+
+static json_t *md_layout(void *o, struct rb_error *err)
+{
+    return json_string("<svg xmlns=\"http://www.w3.org/2000/svg\"/>");
+}
+
+static void test_layout(void **state)
+{
+    struct rb_rpc_backend_ops with = md_ops;
+    const struct rb_rpc_backend_ops *saved = be.ops;
+    json_t *r;
+
+    /* a backend without pictures: not supported, named */
+    err_case("{\"method\":\"layout\",\"id\":1}", RB_RPC_NOT_SUPPORTED, json_integer(1),
+             "layout");
+    with.layout = md_layout;
+    be.ops = &with;
+    r = ask("{\"method\":\"layout\",\"id\":2}");
+    assert_string_equal(json_string_value(json_object_get(r, "result")),
+                        "<svg xmlns=\"http://www.w3.org/2000/svg\"/>");
+    json_decref(r);
+    /* it takes no parameters */
+    err_case("{\"method\":\"layout\",\"params\":{\"offset\":0},\"id\":3}",
+             RB_RPC_INVALID_PARAMS, json_integer(3), "offset");
+    r = ask("{\"method\":\"list_methods\",\"id\":4}");
+    bool found = false;
+    for (size_t i = 0; i < json_array_size(json_object_get(r, "result")); i++) {
+        json_t *m = json_array_get(json_object_get(r, "result"), i);
+        if (strcmp(json_string_value(json_object_get(m, "name")), "layout") == 0)
+            found = !json_is_true(json_object_get(m, "writes"));
+    }
+    assert_true(found);
+    json_decref(r);
+    be.ops = saved;
+}
+
 /* ---- base64 ------------------------------------------------------------- */
 
 static void test_base64(void **state)
@@ -608,6 +660,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_read_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_block_status_and_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_info_check_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_layout, setup, teardown),
         cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
