@@ -319,10 +319,15 @@ int qcow2_alloc_cluster(struct qcow2_state *s, uint64_t *host_off, struct rb_err
 int qcow2_alloc_inflight(struct qcow2_state *s, struct qcow2_inflight *f,
                          struct rb_error *err)
 {
+    /* s->file_size is the file's size at open grown by every cluster
+     * handed out since (cover()); nothing is written outside those, so a
+     * cluster at or past it has never been written: a hole, or past EOF */
+    uint64_t end = s->file_size;
     int ret = qcow2_alloc_cluster(s, &f->host_off, err);
 
     if (ret < 0)
         return ret;
+    f->fresh_zero = f->host_off >= end;
     f->next = s->inflight;
     s->inflight = f;
     return 0;

@@ -207,6 +207,10 @@ size_t qcow2_cache_entries(const struct qcow2_cache *c);
  */
 struct qcow2_inflight {
     uint64_t host_off;
+    /* The cluster lay past every byte ever written to the file when it
+     * was allocated (at or past the file's size): it reads as zeros, so a
+     * write that needs zeros around its data writes the data alone. */
+    bool fresh_zero;
     struct qcow2_inflight *next;
 };
 

@@ -3,15 +3,27 @@
  * write.c - the qcow2 write path: guest writes, zeroes, discard,
  * compressed clusters, flush; the dirty bit and autoclear bits.
  *
- * Concurrency: writers (write, write_zeroes, trim, write_compressed,
- * flush) are serialized by w->wlock for their whole duration; metadata is
- * touched only under s->lock, which readers take too.  Guest data of a
- * cluster no L2 entry points at yet is written outside s->lock (no reader
- * can reach it), and so is data written in place into a cluster that is
- * already ours.  Correctness over cleverness: one writer at a time.
- * A cluster allocated for such a write is on s->inflight from the lock
- * hold that allocates it to the one that links it (qcow2_alloc_inflight),
- * so a check under s->lock in the gap sees it in flight, not leaked.
+ * Concurrency: guest writes (qcow2_write) run side by side.  Each holds
+ * s->data_rw shared, as readers do, and takes s->lock only to look up
+ * and to change metadata: data written in place into a cluster that is
+ * ours goes out without any lock, and so do the data and copy-on-write
+ * of a cluster being allocated, which no L2 entry points at yet (no
+ * reader can reach it).  A write that must change a cluster's mapping
+ * (allocate it, fill its unallocated subclusters, rewrite a zero
+ * cluster) first claims that guest cluster (struct claim, under s->lock):
+ * a later write touching the same cluster waits for that claim alone,
+ * then looks again (it then finds the cluster allocated and writes in
+ * place), so two writes never allocate one guest cluster twice and a
+ * write in place never races the copy-on-write of its own bytes.
+ * Everything that frees a cluster (discard, zeroing with unmap, a
+ * rewrite of a compressed or shared cluster, compressed writes) is
+ * exclusive instead: w->wlock and data_rw held exclusive, as before, so
+ * that no reader or writer holds a mapping to a cluster that is freed and
+ * reused under it.  A guest write that meets such a cluster gives up its
+ * shared hold and finishes on the exclusive path.
+ * A cluster allocated for a write is on s->inflight from the lock hold
+ * that allocates it to the one that links it (qcow2_alloc_inflight), so a
+ * check under s->lock in the gap sees it in flight, not leaked.
  *
  * Write ordering (DESIGN.md section 4), every point marked ORDER below:
  *  1. refcount of a new cluster before the L2 entry that references it:
@@ -37,11 +49,20 @@
 #define ALL_ALLOC 0xffffffffull
 #define ALL_ZERO 0xffffffff00000000ull
 
+/* A guest cluster whose mapping a write is changing (on the writer's
+ * stack; on w->claims under s->lock). */
+struct claim {
+    uint64_t guest_off; /* start of the cluster */
+    struct claim *next;
+};
+
 struct qcow2_wstate {
-    pthread_mutex_t wlock; /* one writer at a time */
-    uint8_t *cbuf;         /* a cluster: read-modify-write, compression */
-    uint8_t *zbuf;         /* a cluster of zeros */
+    pthread_mutex_t wlock; /* exclusive writers (those that free clusters) */
+    uint8_t *cbuf;         /* a cluster: compression (under wlock) */
+    uint8_t *zbuf;         /* a cluster of zeros (read-only) */
     bool header_done;      /* dirty bit / autoclear handled */
+    struct claim *claims;  /* under s->lock */
+    pthread_cond_t claim_done; /* a claim ended (with s->lock) */
 };
 
 static int io_fail(struct qcow2_state *s, int ret, const char *what, uint64_t off,
@@ -98,6 +119,7 @@ int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_erro
         return rb_error_set(err, ENOMEM, "%s: out of memory", img->filename);
     }
     pthread_mutex_init(&w->wlock, NULL);
+    pthread_cond_init(&w->claim_done, NULL);
     s->w = w;
     s->free_cluster_hint = 0;
     return 0;
@@ -264,91 +286,229 @@ static int release(struct qcow2_state *s, uint64_t old, struct rb_error *err)
     return drop_refs(s, old, err);
 }
 
-/* True when new data may go straight into the cluster of @l2e: ours alone
- * (COPIED), normal, every subcluster allocated. */
-static bool in_place(const struct qcow2_state *s, uint64_t l2e, uint64_t bitmap)
+/* Subclusters [@a, @b] as a mask of allocation bits. */
+static uint64_t sc_mask(unsigned a, unsigned b)
+{
+    return (b - a == 31 ? ALL_ALLOC : ((1ull << (b - a + 1)) - 1)) << a;
+}
+
+/* True when the bytes [@off, @off + @n) of the cluster of @l2e may be
+ * written straight into it: ours alone (COPIED), normal, and (extended
+ * L2) every subcluster they touch allocated. */
+static bool in_place(const struct qcow2_state *s, uint64_t l2e, uint64_t bitmap,
+                     uint64_t off, size_t n)
 {
     if (!(l2e & QCOW2_L2E_OFFSET_MASK) || !(l2e & QCOW2_OFLAG_COPIED) ||
         (l2e & QCOW2_OFLAG_COMPRESSED))
         return false;
-    if (s->extended_l2)
-        return (bitmap & ALL_ALLOC) == ALL_ALLOC && !(bitmap & ALL_ZERO);
+    if (s->extended_l2) {
+        uint64_t m = sc_mask(qcow2_sc_index(s, off), qcow2_sc_index(s, off + n - 1));
+        return (bitmap & m) == m && !((bitmap >> 32) & m);
+    }
     return !(l2e & QCOW2_OFLAG_ZERO);
 }
 
+/* Claim the guest cluster at @start, waiting while another write holds
+ * it.  Lock held (dropped while waiting).  True when the caller waited:
+ * the mapping may have changed, look again. */
+static bool claim(struct qcow2_state *s, struct claim *me, uint64_t start)
+{
+    bool waited = false;
+
+    for (;;) {
+        struct claim *c = s->w->claims;
+
+        while (c && c->guest_off != start)
+            c = c->next;
+        if (!c)
+            break;
+        pthread_cond_wait(&s->w->claim_done, &s->lock);
+        waited = true;
+    }
+    if (waited)
+        return true;
+    me->guest_off = start;
+    me->next = s->w->claims;
+    s->w->claims = me;
+    return false;
+}
+
+static void unclaim(struct qcow2_state *s, struct claim *me)
+{
+    struct claim **p = &s->w->claims;
+
+    while (*p && *p != me)
+        p = &(*p)->next;
+    if (*p)
+        *p = me->next;
+    pthread_cond_broadcast(&s->w->claim_done);
+}
+
+/* Does the guest see zeros in all of [@start, @start + @len) of a cluster
+ * with entry @l2e that is not a normal data cluster?  (A backing file is
+ * asked; when in doubt, no.) */
+static bool reads_zero(struct rb_image *img, const struct qcow2_state *s, uint64_t l2e,
+                       uint64_t start, uint64_t len)
+{
+    struct rb_extent ext;
+
+    if (!s->extended_l2 && (l2e & QCOW2_OFLAG_ZERO))
+        return true;
+    if (l2e & QCOW2_L2E_OFFSET_MASK)
+        return false; /* compressed or shared data */
+    if (!img->backing || start >= img->backing->size)
+        return true;
+    if (rb_image_block_status(img->backing, start, len, &ext, NULL) < 0)
+        return false;
+    return (ext.flags & RB_BS_ZERO) && ext.length >= len;
+}
+
 /*
- * Write @n bytes at @off, inside one cluster.  Wlock held, s->lock not.
- * An owned normal cluster is written in place; anything else (unallocated,
- * backing, zero, compressed, shared, partly allocated subclusters) gets
- * the whole cluster rewritten: its current guest contents (copy-on-write
- * from the backing, or zeros) merged with the new bytes, into the same
- * cluster when it is ours, or a new one.
+ * Write @n bytes at @off, inside one cluster.  s->lock not held; either
+ * data_rw shared (@excl false) or the exclusive path (wlock, data_rw
+ * exclusive).  An owned normal cluster (its touched subclusters
+ * allocated) is written in place.  Anything else claims the guest cluster
+ * and writes it whole: its current guest contents (copy-on-write from
+ * the backing, or zeros) merged with the new bytes, into the same cluster
+ * when it is ours, or a new one.  Zeros around the new bytes are not
+ * written when the cluster reads as zeros already (a new cluster past the
+ * end of the file) or can be zeroed by the file system.  With extended
+ * L2 entries only the touched subclusters are written and allocated.
+ * Returns 0, -errno with @err set, or -EAGAIN (shared path only) when
+ * the cluster holds one that must be freed: redo it on the exclusive path.
  */
 static int write_cluster(struct rb_image *img, struct qcow2_state *s, const uint8_t *data,
-                         uint64_t off, size_t n, struct rb_error *err)
+                         uint64_t off, size_t n, bool excl, struct rb_error *err)
 {
     uint64_t c = s->cluster_bytes, start = off - off % c, l2e, bitmap, host;
+    uint64_t lo = off, hi = off + n, entry_bitmap = 0;
+    uint64_t in = img->size - start < c ? img->size - start : c;
+    struct qcow2_inflight fresh = {0};
+    struct claim me;
+    uint8_t *buf = NULL;
     const uint8_t *content = data;
-    struct qcow2_inflight fresh;
-    bool reuse;
+    bool reuse, zero_around = false;
     int ret;
 
     pthread_mutex_lock(&s->lock);
-    ret = entry_of(s, start, &l2e, &bitmap, err);
-    pthread_mutex_unlock(&s->lock);
-    if (ret < 0)
-        return ret;
-    if (in_place(s, l2e, bitmap)) {
-        host = (l2e & QCOW2_L2E_OFFSET_MASK) + off % c;
-        ret = rb_io_pwrite(s->data_fd, data, n, host);
-        return ret < 0 ? io_fail(s, ret, "write error", host, err) : 0;
-    }
-    if (n < c) {
-        uint64_t in = img->size - start < c ? img->size - start : c;
-        /* the cluster as the guest sees it now (COW source) */
-        ret = qcow2_read(img, s->w->cbuf, start, (size_t)in, err);
-        if (ret < 0)
+    do {
+        ret = entry_of(s, start, &l2e, &bitmap, err);
+        if (ret < 0) {
+            pthread_mutex_unlock(&s->lock);
             return ret;
-        memset(s->w->cbuf + in, 0, (size_t)(c - in));
-        memcpy(s->w->cbuf + off % c, data, n);
-        content = s->w->cbuf;
-    }
-    reuse = (l2e & QCOW2_L2E_OFFSET_MASK) && (l2e & QCOW2_OFLAG_COPIED) &&
-            !(l2e & QCOW2_OFLAG_COMPRESSED);
-    host = l2e & QCOW2_L2E_OFFSET_MASK;
+        }
+        if (in_place(s, l2e, bitmap, off, n)) {
+            pthread_mutex_unlock(&s->lock);
+            host = (l2e & QCOW2_L2E_OFFSET_MASK) + off % c;
+            ret = rb_io_pwrite(s->data_fd, data, n, host);
+            return ret < 0 ? io_fail(s, ret, "write error", host, err) : 0;
+        }
+        reuse = (l2e & QCOW2_L2E_OFFSET_MASK) && (l2e & QCOW2_OFLAG_COPIED) &&
+                !(l2e & QCOW2_OFLAG_COMPRESSED);
+        if (!excl && (l2e & QCOW2_L2E_OFFSET_MASK) && !reuse) {
+            pthread_mutex_unlock(&s->lock);
+            return -EAGAIN; /* frees the old cluster: exclusive path */
+        }
+    } while (claim(s, &me, start));
     if (!reuse) {
         /* in flight from here to the L2 update: a check in between counts
          * the new cluster as referenced, not leaked */
-        pthread_mutex_lock(&s->lock);
         ret = qcow2_alloc_inflight(s, &fresh, err);
-        pthread_mutex_unlock(&s->lock);
-        if (ret < 0)
-            return ret;
-        host = fresh.host_off;
-    }
-    /* nothing points at a new cluster yet: written without s->lock */
-    ret = rb_io_pwrite(s->data_fd, content, (size_t)c, host);
-    if (ret < 0) {
-        ret = io_fail(s, ret, "write error", host, err);
-        if (!reuse) {
-            pthread_mutex_lock(&s->lock);
-            qcow2_inflight_end(s, &fresh, false);
+        if (ret < 0) {
+            unclaim(s, &me);
             pthread_mutex_unlock(&s->lock);
+            return ret;
         }
-        return ret;
+        host = fresh.host_off;
+    } else {
+        host = l2e & QCOW2_L2E_OFFSET_MASK;
     }
+    pthread_mutex_unlock(&s->lock);
+
+    /* What to write: [lo, hi) of the guest cluster, new bytes and what
+     * the guest sees around them (nothing else may change: with extended
+     * L2 an allocated subcluster may be written in place meanwhile). */
+    if (s->extended_l2 && (l2e & QCOW2_L2E_OFFSET_MASK) && !reuse) {
+        /* replaces a compressed or shared cluster: all of it */
+        lo = start;
+        hi = start + c;
+        entry_bitmap = ALL_ALLOC;
+    } else if (s->extended_l2) {
+        uint64_t sb = s->subcluster_bytes;
+        unsigned a = qcow2_sc_index(s, off), b = qcow2_sc_index(s, off + n - 1);
+        uint64_t alloc = reuse ? bitmap & ALL_ALLOC : 0;
+
+        if (!(alloc & (1ull << a)))
+            lo = start + a * sb;
+        if (!(alloc & (1ull << b)))
+            hi = start + (b + 1) * sb;
+        if (hi > start + in)
+            hi = start + in;
+        entry_bitmap = ((reuse ? bitmap : bitmap & ~ALL_ALLOC) | sc_mask(a, b)) &
+                       ~(sc_mask(a, b) << 32);
+        /* unallocated subclusters of a new cluster read through as before */
+    } else if (n < c) {
+        lo = start;
+        hi = start + c;
+        zero_around = reads_zero(img, s, l2e, start, in);
+    }
+    if (zero_around && !fresh.fresh_zero) {
+        /* the cluster may hold old bytes (reused): zeroed first, by the
+         * file system when it can (an unwritten extent) */
+        ret = rb_io_zero(s->data_fd, host, c, false);
+        if (ret < 0) {
+            ret = io_fail(s, ret, "cannot zero cluster", host, err);
+            goto out;
+        }
+    }
+    if (zero_around) {
+        lo = off;
+        hi = off + n;
+    } else if (lo != off || hi != off + n) {
+        buf = malloc(c);
+        if (!buf) {
+            ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+            goto out;
+        }
+        /* the guest's view around the new bytes (copy-on-write source);
+         * nobody else changes these bytes: the cluster is claimed */
+        if (lo < off)
+            ret = qcow2_read(img, buf, lo, (size_t)(off - lo), err);
+        if (ret == 0 && hi > off + n) {
+            uint64_t have = start + in > off + n ? start + in - (off + n) : 0;
+            uint64_t want = hi - (off + n);
+            if (have > want)
+                have = want;
+            if (have)
+                ret = qcow2_read(img, buf + (off + n - lo), off + n, (size_t)have, err);
+            memset(buf + (off + n - lo) + have, 0, (size_t)(want - have));
+        }
+        if (ret < 0)
+            goto out;
+        memcpy(buf + (off - lo), data, n);
+        content = buf;
+    }
+    /* nothing points at a new cluster yet, and a claimed one is written
+     * by us alone: written without s->lock */
+    ret = rb_io_pwrite(s->data_fd, content, (size_t)(hi - lo), host + (lo - start));
+    if (ret < 0)
+        ret = io_fail(s, ret, "write error", host + (lo - start), err);
+out:
     pthread_mutex_lock(&s->lock);
-    /* ORDER: the data is durable before the L2 entry that points at it */
-    qcow2_cache_depends_on_flush(s->l2_cache, s->data_fd);
-    ret = set_entry(s, start, host | QCOW2_OFLAG_COPIED, s->extended_l2 ? ALL_ALLOC : 0,
-                    err);
+    if (ret == 0) {
+        /* ORDER: the data is durable before the L2 entry that points at it */
+        qcow2_cache_depends_on_flush(s->l2_cache, s->data_fd);
+        ret = set_entry(s, start, host | QCOW2_OFLAG_COPIED, entry_bitmap, err);
+    }
     if (!reuse) {
-        /* linked in this lock hold, or (set_entry failed) never */
+        /* linked in this lock hold, or (a failure) never */
         qcow2_inflight_end(s, &fresh, ret == 0);
         if (ret == 0)
             ret = release(s, l2e, err);
     }
+    unclaim(s, &me);
     pthread_mutex_unlock(&s->lock);
+    free(buf);
     return ret;
 }
 
@@ -406,12 +566,30 @@ static int end(struct qcow2_state *s, int ret, unsigned flags, struct rb_error *
     return ret;
 }
 
+/* The shared path's start: data_rw shared (as readers), then the
+ * first-write header update and the bitmap marks under s->lock. */
+static int begin_shared(struct qcow2_state *s, uint64_t off, uint64_t len,
+                        struct rb_error *err)
+{
+    int ret;
+
+    pthread_rwlock_rdlock(&s->data_rw);
+    pthread_mutex_lock(&s->lock);
+    ret = first_write(s, err);
+    if (ret == 0)
+        qcow2_bitmaps_mark(s, off, len);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        pthread_rwlock_unlock(&s->data_rw);
+    return ret;
+}
+
 int qcow2_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
                 unsigned flags, struct rb_error *err)
 {
     struct qcow2_state *s = qcow2_state_of(img);
     const uint8_t *p = buf;
-    int ret = begin(s, off, len, err);
+    int ret = begin_shared(s, off, len, err);
 
     if (ret < 0)
         return ret;
@@ -419,12 +597,33 @@ int qcow2_write(struct rb_image *img, const void *buf, uint64_t off, size_t len,
         size_t n = s->cluster_bytes - off % s->cluster_bytes;
         if (n > len)
             n = len;
-        ret = write_cluster(img, s, p, off, n, err);
+        ret = write_cluster(img, s, p, off, n, false, err);
+        if (ret == -EAGAIN)
+            break;
         p += n;
         off += n;
         len -= n;
     }
-    return end(s, ret, flags, err);
+    pthread_rwlock_unlock(&s->data_rw);
+    if (ret == -EAGAIN) {
+        /* a cluster to free: the rest of the request exclusive */
+        ret = begin(s, off, len, err);
+        if (ret < 0)
+            return ret;
+        while (ret == 0 && len > 0) {
+            size_t n = s->cluster_bytes - off % s->cluster_bytes;
+            if (n > len)
+                n = len;
+            ret = write_cluster(img, s, p, off, n, true, err);
+            p += n;
+            off += n;
+            len -= n;
+        }
+        return end(s, ret, flags, err);
+    }
+    if (ret == 0 && (flags & RB_WRITE_FUA))
+        ret = do_flush(s, err);
+    return ret;
 }
 
 /* Make the whole cluster at @start read as zeros without writing data:
@@ -483,7 +682,7 @@ int qcow2_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len, unsigne
                 pthread_mutex_unlock(&s->lock);
             }
             if (ret == 0 && (!whole || img->backing || l2e || bitmap))
-                ret = write_cluster(img, s, s->w->zbuf, off, (size_t)n, err);
+                ret = write_cluster(img, s, s->w->zbuf, off, (size_t)n, true, err);
         }
         off += n;
         len -= n;
@@ -662,7 +861,7 @@ int qcow2_write_compressed(struct rb_image *img, const void *buf, uint64_t off,
     }
     /* allocated already, or does not shrink: a plain write */
     if (ret == 0 && clen == 0)
-        ret = write_cluster(img, s, buf, off, len, err);
+        ret = write_cluster(img, s, buf, off, len, true, err);
     return end(s, ret, 0, err);
 }
 
@@ -693,6 +892,7 @@ void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
         }
     }
     pthread_mutex_destroy(&w->wlock);
+    pthread_cond_destroy(&w->claim_done);
     free(w->cbuf);
     free(w->zbuf);
     free(w);
