@@ -25,7 +25,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: rblock serve [--nbd ADDR]... [--rpc ADDR]... [--read-only]\n"
-            "                    [--export-name NAME] [--description TEXT] [-B BITMAP]...\n"
+            "                    [-l SNAPSHOT] [--export-name NAME] [--description TEXT] [-B BITMAP]...\n"
             "                    [--max-connections N] [--max-inflight SIZE]\n"
             "                    [--tls=off|on|require] [--tls-cert DIR | --tls-psk FILE]\n"
             "                    [--tls-verify-peer]\n"
@@ -39,6 +39,8 @@ static void usage(FILE *f)
             "                         docs/jsonrpc.md); --run sets $rpc (and\n"
             "                         $rpc_unixsocket) to the first\n"
             "  -r, --read-only        refuse writes\n"
+            "  -l, --load-snapshot ID_OR_NAME\n"
+            "                         serve the qcow2 internal snapshot (read-only)\n"
             "  -U, --force-share      with --read-only: serve IMAGE even while another\n"
             "                         process writes it\n"
             "  -x, --export-name NAME export name (\"\" is always accepted)\n"
@@ -134,6 +136,7 @@ int cmd_serve(int argc, char **argv)
         {"nbd", required_argument, NULL, OPT_NBD},
         {"rpc", required_argument, NULL, OPT_RPC},
         {"read-only", no_argument, NULL, 'r'},
+        {"load-snapshot", required_argument, NULL, 'l'},
         {"force-share", no_argument, NULL, 'U'},
         {"export-name", required_argument, NULL, 'x'},
         {"description", required_argument, NULL, 'd'},
@@ -165,7 +168,7 @@ int cmd_serve(int argc, char **argv)
     const char *tls_mode = NULL;
     int c, status = 1, activated;
 
-    while ((c = getopt_long(argc, argv, ":rUx:d:m:f:B:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":rUx:d:m:f:B:l:h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_NBD:
             if (n_nbd == MAX_ADDRS) {
@@ -182,6 +185,16 @@ int cmd_serve(int argc, char **argv)
             rpc_addrs[n_rpc++] = optarg;
             break;
         case 'r': cfg.read_only = true; break;
+        case 'l':
+            /* qemu-nbd -l: ID_OR_NAME, or snapshot.id=ID / snapshot.name=NAME;
+             * a snapshot is served read-only */
+            cfg.snapshot = optarg;
+            if (strncmp(optarg, "snapshot.id=", 12) == 0)
+                cfg.snapshot = optarg + 12;
+            else if (strncmp(optarg, "snapshot.name=", 14) == 0)
+                cfg.snapshot = optarg + 14;
+            cfg.read_only = true;
+            break;
         case 'B':
             if (cfg.nb_bitmaps == RB_EXPORT_MAX_BITMAPS) {
                 complain("at most %d --bitmap options", RB_EXPORT_MAX_BITMAPS);

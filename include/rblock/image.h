@@ -130,6 +130,10 @@ struct rb_open_opts {
                                 the raw driver starts writeback behind it */
     unsigned max_depth;      /* cap on the backing chain; 0 = RB_MAX_CHAIN */
     size_t cache_bytes;      /* metadata cache cap; 0 = default */
+    const char *snapshot;    /* qcow2 internal snapshot (id or name) the
+                                top layer reads as, read-only (qemu-nbd -l);
+                                NULL: the active image.  Other formats and
+                                write are refused (EINVAL / ENOTSUP) */
 };
 
 #define RB_MAX_CHAIN 64

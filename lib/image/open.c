@@ -30,8 +30,10 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
         rb_error_set(err, EINVAL, "%s: json: pseudo-filenames are not supported", path);
         return NULL;
     }
-    if (!top)
+    if (!top) {
         o.write = false;
+        o.snapshot = NULL; /* the top layer's snapshot only */
+    }
     /* a backing name from an untrusted header may name a FIFO or a device */
     fd = rb_open_untrusted(path, o.write ? O_RDWR : O_RDONLY, &st, err);
     if (fd < 0)
@@ -48,7 +50,11 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
     fmt = o.format ? o.format : rb_image_probe(fd);
     const struct rb_driver *drv = rb_driver_find(fmt);
     struct rb_image *img;
-    if (drv) {
+    if (drv && o.snapshot && strcmp(fmt, "qcow2") != 0) {
+        rb_error_set(err, ENOTSUP, "%s: format '%s' has no internal snapshots", path, fmt);
+        close(fd);
+        return NULL;
+    } else if (drv) {
         img = drv->open(path, fd, &o, err);
     } else if (!o.format) {
         rb_error_set(err, EMEDIUMTYPE, "%s: this is a %s image; rblock reads qcow2 and raw "

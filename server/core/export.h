@@ -45,6 +45,8 @@ struct rb_export_config {
     const char *const *bitmaps; /* persistent dirty bitmaps to serve (qcow2,
                                    each existing and consistent), or NULL */
     size_t nb_bitmaps;          /* at most RB_EXPORT_MAX_BITMAPS */
+    const char *snapshot;       /* qcow2 internal snapshot (id or name) to
+                                   serve, with read_only; NULL: the image */
 };
 
 #define RB_EXPORT_MAX_BITMAPS 30

@@ -47,7 +47,7 @@ struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_e
 {
     struct rb_open_opts opts = {
         .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only,
-        .force_share = cfg->force_share};
+        .force_share = cfg->force_share, .snapshot = cfg->snapshot};
     struct rb_export *e = calloc(1, sizeof(*e));
 
     if (!e) {
