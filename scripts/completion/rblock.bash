@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap help"
+    local cmds="info map check create convert diff delta serve bitmap snapshot help"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -23,9 +23,12 @@ _rblock()
         delta)   opts="-o -b -f -F -p -q -U --bitmap --force-share --help" ;;
         bitmap)  opts="--add --remove --clear --enable --disable --merge -g -b -F -f
                        --help" ;;
-        serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
+        serve)   opts="--nbd --rpc --read-only --load-snapshot -l --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
-                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help" ;;
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help"
+                 [[ $prev == -l ]] && return ;;        # a snapshot id or name
+        snapshot) opts="-l -c -a -d -f -U --force-share --help"
+                 [[ $prev == -[cad] ]] && return ;;   # a snapshot name
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 
@@ -37,7 +40,8 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g)
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|\
+        --load-snapshot)
             return ;;
     esac
     case $cur in
