@@ -15,15 +15,16 @@
  * refcounts, which qemu-img check counts as corruption.  Here nothing the
  * image uses is modified in place.  The new state is computed in memory
  * (every refcount, the new active L1 table, copies of the active L2
- * tables whose COPIED flags change, the new snapshot table) and written
- * past the end of the file together with a new refcount table and new
- * refcount blocks; after one sync, a single write of header bytes 36..71
+ * tables whose COPIED flags change, the new snapshot table) and written,
+ * with a new refcount table and new refcount blocks, into clusters that
+ * were free before (refcount 0: nothing on disk uses them), or past the
+ * end of the file; after one sync, a single write of header bytes 36..71
  * (l1_size, l1_table_offset, refcount_table_offset,
  * refcount_table_clusters, nb_snapshots, snapshots_offset: one sector)
  * switches to it, and a second sync makes it durable.  A crash before the
- * switch leaves the old image untouched (the new clusters past its end
- * are counted by nothing and referenced by nothing); after it, the new
- * one, in which the old tables are free clusters.
+ * switch leaves the old image untouched (the new clusters are free in it
+ * and referenced by nothing); after it, the new one, in which the old
+ * tables are free clusters.
  *
  * Cost: reading every refcount and the L2 tables of the L1 tables
  * involved; writing the changed L2 tables and all refcount blocks (one per
@@ -63,6 +64,11 @@ struct plan {
     uint32_t nb_sns;
     uint8_t *sn_table;
     size_t sn_bytes;
+    uint8_t *free_before; /* refcount 0 before the operation (old_nb) */
+    uint64_t old_nb;
+    uint64_t *taken;      /* clusters the layout took */
+    size_t nb_taken, cap_taken;
+    uint64_t hint;        /* no available cluster below it */
 };
 
 static int rc_add(struct plan *p, uint64_t idx, int64_t delta, struct rb_error *err)
@@ -291,86 +297,137 @@ static bool range_used(const struct plan *p, uint64_t r, uint64_t E)
 
 /* Place the new clusters past the end of the file, count them, write
  * everything, sync, switch the header, sync. */
+static int grow(struct plan *p, uint64_t n, struct rb_error *err)
+{
+    uint64_t *g;
+
+    if (n <= p->nb)
+        return 0;
+    g = realloc(p->rc, n * sizeof(*p->rc));
+    if (!g)
+        return rb_error_set(err, ENOMEM, "%s: out of memory", p->s->name);
+    memset(g + p->nb, 0, (n - p->nb) * sizeof(*g));
+    p->rc = g;
+    p->nb = n;
+    return 0;
+}
+
+/* May a new structure go at cluster @i?  Only where nothing on disk is
+ * before the switch (refcount 0 before this operation: clusters it frees
+ * are still in use until then) and nothing of this plan is yet. */
+static bool avail(const struct plan *p, uint64_t i)
+{
+    if (i >= p->nb)
+        return true;
+    return p->rc[i] == 0 && (i >= p->old_nb || p->free_before[i]);
+}
+
+/* Take the first run of @n available clusters (refcount 1 in the new
+ * state), remembered so that a new layout attempt can give it back. */
+static int take(struct plan *p, uint64_t n, uint64_t *at, struct rb_error *err)
+{
+    uint64_t i, run = 0;
+    int ret;
+
+    while (!avail(p, p->hint))
+        p->hint++;
+    for (i = p->hint; run < n; i++)
+        run = avail(p, i) ? run + 1 : 0;
+    *at = i - n;
+    ret = grow(p, i, err);
+    if (ret == 0 && p->nb_taken + n > p->cap_taken) {
+        size_t cap = (p->nb_taken + n) * 2;
+        uint64_t *g = realloc(p->taken, cap * sizeof(*g));
+        if (!g)
+            return rb_error_set(err, ENOMEM, "%s: out of memory", p->s->name);
+        p->taken = g;
+        p->cap_taken = cap;
+    }
+    for (uint64_t k = *at; ret == 0 && k < i; k++) {
+        p->rc[k] = 1;
+        p->taken[p->nb_taken++] = k;
+    }
+    return ret;
+}
+
+/* Place the new structures in clusters free before the operation (then
+ * past the end of the file), count them, write everything, sync, switch
+ * the header, sync. */
 static int commit(struct plan *p, struct rb_error *err)
 {
     struct qcow2_state *s = p->s;
-    uint64_t c = s->cluster_bytes, E = s->refblock_entries, base = p->nb;
+    uint64_t c = s->cluster_bytes, E = s->refblock_entries;
     uint64_t l1_clusters = div_up((uint64_t)p->l1_size * 8, c);
-    uint64_t sn_clusters = div_up(p->sn_bytes, c), blocks = 0, tclusters = 1, n, at;
-    uint64_t *table = NULL, *grown;
+    uint64_t sn_clusters = div_up(p->sn_bytes, c), blocks = 0, tclusters = 1;
+    uint64_t l1_off = 0, sn_off = 0, table_at = 0, ranges, used = 0, *blk = NULL;
+    uint64_t *table = NULL;
     uint8_t *buf = NULL, hdr[36];
     int ret;
 
     if (!l1_clusters)
         l1_clusters = 1;
-    /* fixed point: B blocks and T table clusters, after the rest */
+    /* fixed point: enough blocks for every range with a refcount, once
+     * the blocks and the table themselves are counted */
     for (;;) {
-        uint64_t end = base + p->nb_copies + l1_clusters + sn_clusters + blocks + tclusters;
-        uint64_t ranges = div_up(end, E), need_b = 0, need_t;
+        uint64_t need_b = 0, need_t, at, *g;
 
+        for (size_t k = 0; k < p->nb_taken; k++)
+            p->rc[p->taken[k]] = 0;
+        p->nb_taken = 0;
+        p->hint = 1;
+        ret = 0;
+        for (size_t k = 0; ret == 0 && k < p->nb_copies; k++) {
+            ret = take(p, 1, &at, err);
+            p->copies[k].new_off = at * c;
+        }
+        if (ret == 0)
+            ret = take(p, l1_clusters, &at, err);
+        l1_off = at * c;
+        if (ret == 0 && sn_clusters) {
+            ret = take(p, sn_clusters, &at, err);
+            sn_off = at * c;
+        }
+        g = ret == 0 ? realloc(blk, (blocks ? blocks : 1) * sizeof(*blk)) : NULL;
+        if (ret == 0 && !g)
+            ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+        if (g)
+            blk = g;
+        for (uint64_t k = 0; ret == 0 && k < blocks; k++)
+            ret = take(p, 1, &blk[k], err);
+        if (ret == 0)
+            ret = take(p, tclusters, &table_at, err);
+        if (ret < 0)
+            goto out;
+        ranges = div_up(p->nb, E);
         for (uint64_t r = 0; r < ranges; r++)
-            need_b += (r + 1) * E > base || range_used(p, r, E);
+            need_b += range_used(p, r, E);
         need_t = div_up(ranges * 8, c);
         if (need_b <= blocks && need_t <= tclusters)
             break;
         blocks = need_b > blocks ? need_b : blocks;
         tclusters = need_t > tclusters ? need_t : tclusters;
+        if (tclusters * c > QCOW2_MAX_REFTABLE_BYTES) {
+            ret = rb_error_set(err, EFBIG, "%s: refcount table would exceed %u bytes",
+                               s->name, QCOW2_MAX_REFTABLE_BYTES);
+            goto out;
+        }
     }
-    n = base + p->nb_copies + l1_clusters + sn_clusters + blocks + tclusters;
-    if (tclusters * c > QCOW2_MAX_REFTABLE_BYTES)
-        return rb_error_set(err, EFBIG, "%s: refcount table would exceed %u bytes",
-                            s->name, QCOW2_MAX_REFTABLE_BYTES);
-    grown = realloc(p->rc, n * sizeof(*p->rc));
-    if (!grown)
-        return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
-    p->rc = grown;
-    memset(p->rc + base, 0, (n - base) * sizeof(*p->rc));
-    p->nb = n;
-    /* every new cluster but the refcount blocks (counted as used below) */
-    at = base;
-    for (size_t k = 0; k < p->nb_copies; k++) {
-        p->copies[k].new_off = at * c;
-        p->l1[p->copies[k].l1_index] = at * c | QCOW2_OFLAG_COPIED;
-        p->rc[at++] = 1;
-    }
-    uint64_t l1_off = at * c;
-    for (uint64_t k = 0; k < l1_clusters; k++)
-        p->rc[at++] = 1;
-    uint64_t sn_off = sn_clusters ? at * c : 0;
-    for (uint64_t k = 0; k < sn_clusters; k++)
-        p->rc[at++] = 1;
-    uint64_t blocks_at = at, table_at = at + blocks;
-    for (uint64_t k = 0; k < tclusters; k++)
-        p->rc[table_at + k] = 1;
-    /* blocks: one per range with a refcount; their own clusters count
-     * (a range the count above saw as used may turn out empty: its
-     * block's cluster stays free, unreferenced) */
-    uint64_t ranges = tclusters * c / 8, used = 0;
-    table = calloc(ranges, 8);
+    for (size_t k = 0; k < p->nb_copies; k++)
+        p->l1[p->copies[k].l1_index] = p->copies[k].new_off | QCOW2_OFLAG_COPIED;
+    table = calloc(tclusters * c / 8, 8);
     buf = malloc(c);
     if (!table || !buf) {
         ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
         goto out;
     }
-    for (uint64_t r = 0; r * E < n; r++) {
-        if (!range_used(p, r, E) && !((r + 1) * E > blocks_at && r * E < blocks_at + blocks))
-            continue;
-        if (used == blocks) {
-            ret = rb_error_set(err, EIO, "%s: internal error: refcount blocks miscounted",
-                               s->name);
-            goto out;
-        }
-        table[r] = (blocks_at + used) * c;
-        p->rc[blocks_at + used++] = 1;
-    }
-    /* a block's range may have gained its first refcount from a block */
-    for (uint64_t r = 0; r * E < n; r++) {
-        if (!table[r] && range_used(p, r, E)) {
-            ret = rb_error_set(err, EIO, "%s: internal error: refcount blocks miscounted",
-                               s->name);
-            goto out;
-        }
-    }
+    /* a block for each range with a refcount; blocks left over are not
+     * used and go back to free (that only empties ranges: a block given
+     * to a range that became empty holds zeros, which is valid) */
+    for (uint64_t r = 0; r < ranges; r++)
+        if (range_used(p, r, E))
+            table[r] = blk[used++] * c;
+    for (uint64_t k = used; k < blocks; k++)
+        p->rc[blk[k]] = 0;
 
     /* write the new structures; nothing points at them yet */
     for (size_t k = 0; k < p->nb_copies; k++) {
@@ -401,7 +458,7 @@ static int commit(struct plan *p, struct rb_error *err)
         if (!table[r])
             continue;
         memset(buf, 0, c);
-        for (uint64_t i = 0; i < E && r * E + i < n; i++)
+        for (uint64_t i = 0; i < E && r * E + i < p->nb; i++)
             qcow2_refblock_set(buf, s->h.refcount_order, i, p->rc[r * E + i]);
         ret = rb_io_pwrite(s->fd, buf, c, table[r]);
         if (ret < 0)
@@ -428,8 +485,8 @@ static int commit(struct plan *p, struct rb_error *err)
         ret = rb_io_sync(s->fd);
     if (ret < 0)
         goto io;
-    if (n * c > s->file_size)
-        s->file_size = n * c;
+    if (p->nb * c > s->file_size)
+        s->file_size = p->nb * c;
     ret = 0;
     goto out;
 io:
@@ -437,6 +494,7 @@ io:
 out:
     free(table);
     free(buf);
+    free(blk);
     return ret;
 }
 
@@ -457,9 +515,10 @@ static int load_refcounts(struct plan *p, struct rb_error *err)
 {
     struct qcow2_state *s = p->s;
 
-    p->nb = div_up(s->file_size, s->cluster_bytes);
+    p->nb = p->old_nb = div_up(s->file_size, s->cluster_bytes);
     p->rc = calloc(p->nb ? p->nb : 1, sizeof(*p->rc));
-    if (!p->rc)
+    p->free_before = malloc(p->nb ? p->nb : 1);
+    if (!p->rc || !p->free_before)
         return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
     for (uint64_t i = 0; i < p->nb; i++) {
         uint64_t boff;
@@ -474,6 +533,8 @@ static int load_refcounts(struct plan *p, struct rb_error *err)
         if (ret < 0)
             return ret;
     }
+    for (uint64_t i = 0; i < p->nb; i++)
+        p->free_before[i] = p->rc[i] == 0;
     /* the old refcount structures are free once the new ones are in */
     for (uint64_t k = 0; k < s->reftable_entries; k++) {
         uint64_t boff;
@@ -642,6 +703,8 @@ int rb_qcow2_snapshot(struct rb_image *img, enum rb_qcow2_snapshot_op op, const 
         free(p.copies[k].table);
     free(p.copies);
     free(p.rc);
+    free(p.free_before);
+    free(p.taken);
     free(p.l1);
     free(p.sns);
     free(p.sn_table);
