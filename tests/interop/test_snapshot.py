@@ -26,7 +26,7 @@ VARIANTS = [
     ("v3-64k", "compat=1.1,cluster_size=64k", True),
     ("v2-4k", "compat=0.10,cluster_size=4k", True),
     ("v3-512", "cluster_size=512", False),
-    ("v3-32k-extl2", "cluster_size=32k,extended_l2=on", True),
+    ("v3-32k-extl2", "cluster_size=32k,extended_l2=on,lazy_refcounts=on", True),
     ("v3-2M", "cluster_size=2M", False),
 ]
 SIZE = 4 * MiB
@@ -39,6 +39,8 @@ def run(*args, check=True, **kw):
 
 def qcheck(path):
     c = run("qemu-img", "check", path, check=False)
+    assert c.returncode == 0, c.stdout + c.stderr
+    c = run(RBLOCK, "check", path, check=False)
     assert c.returncode == 0, c.stdout + c.stderr
 
 
