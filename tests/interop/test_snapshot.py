@@ -248,6 +248,8 @@ def test_refusals_change_nothing(tmp_path):
         r = run(RBLOCK, "snapshot", "-c", "x", img, check=False)
         assert r.returncode == 1 and "locked" in r.stderr, r.stderr
         assert "s1" in run(RBLOCK, "snapshot", "-l", "-U", img).stdout
+        r = run(RBLOCK, "snapshot", "-l", img, check=False)
+        assert r.returncode == 1 and "locked" in r.stderr, r.stderr
     finally:
         srv.stop()
     assert digest(img) == before
