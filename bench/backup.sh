@@ -11,10 +11,11 @@
 # LIVE: the ext4 disk of lib-disks.inc (BENCH_DISK, default 4G, real files)
 # converted to qcow2; FULL: rblock convert of it; a bitmap added; then
 # BENCH_WRITE_MB (default 8) MiB of random data written through rblock serve
-# in 64 KiB..1 MiB runs spread over the disk.  Warm page cache (least of
+# in 64 KiB..1 MiB runs spread over the disk.  Warm page cache (median of
 # BENCH_RUNS runs after a warm-up), and cold: LIVE and FULL evicted from the
 # page cache (fdatasync + POSIX_FADV_DONTNEED on those two files only) before
-# each run.  Every output is checked to read as LIVE.  Measures, never asserts.
+# each run.  BENCH_RUNS defaults to 5; each run writes a new output.  Every
+# output is checked to read as LIVE.  Measures, never asserts.
 # Env: RBLOCK, BENCH_DIR, BENCH_DISK, BENCH_DATA_MB, BENCH_REUSE, BENCH_WRITE_MB.
 set -eu
 cd "$(dirname "$0")/.."
@@ -95,28 +96,35 @@ run1() {
     local evict=$1 tf u s m w TIMEFORMAT=%3R
     shift
     tf=$(mktemp)
+    # each run writes a new output, as each incremental is a new file (the
+    # old one removed outside the timed part, so as not to time its truncation)
+    local a
+    for a in "$@"; do
+        case $a in b.qcow2 | s.qcow2) rm -f "$a" ;; pull) rm -f p.qcow2 ;; esac
+    done
     if [ "$evict" = 1 ]; then /usr/bin/python3 evict.py live.qcow2 full.qcow2; fi
     w=$( { time /usr/bin/time -o "$tf" -f "%U %S %M" "$@" >/dev/null 2>&1; } 2>&1 ) || true
     read -r u s m < <(tail -1 "$tf")
     rm -f "$tf"
     awk "BEGIN{printf \"%.3f %.2f %d\\n\", $w, $u + $s, $m}"
 }
-# measure2 EVICT CMD...: a warm-up, then the least wall and CPU time and the
-# largest RSS of BENCH_RUNS runs; sets MEASURED.
+# median N...: the median of the numbers given
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+# measure2 EVICT CMD...: a warm-up, then the median wall and CPU time and the
+# largest RSS of BENCH_RUNS (default 5) runs; sets MEASURED.
 measure2() {
-    local best_t="" best_c="" max_m=0 e c m
+    local ts=() cs=() max_m=0 e c m
     run1 0 "${@:2}" >/dev/null
-    for _ in $(seq "${BENCH_RUNS:-3}"); do
+    for _ in $(seq "${BENCH_RUNS:-5}"); do
         read -r e c m < <(run1 "$@")
-        if [ -z "$best_t" ] || awk "BEGIN{exit !($e < $best_t)}"; then best_t=$e; fi
-        if [ -z "$best_c" ] || awk "BEGIN{exit !($c < $best_c)}"; then best_c=$c; fi
+        ts+=("$e")
+        cs+=("$c")
         [ "$m" -gt "$max_m" ] && max_m=$m
     done
-    MEASURED="$best_t $best_c $max_m"
+    MEASURED="$(median "${ts[@]}") $(median "${cs[@]}") $max_m"
 }
 
 pull() {
-    rm -f p.qcow2
     qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 p.qcow2 &&
         /usr/bin/python3 pull.py live.qcow2 p.qcow2 nightly
 }
@@ -128,7 +136,7 @@ dirty=$(nbdinfo --map=qemu:dirty-bitmap:nightly -- [ qemu-nbd -r -f qcow2 -B nig
 printf '\nincremental backup: disk %d MiB (%d MiB allocated), %d MiB written through serve, %d KiB dirty in the bitmap\n' \
     $(( size >> 20 )) $(( $(du -k live.qcow2 | cut -f1) >> 10 )) "${BENCH_WRITE_MB:-8}" \
     $(( dirty >> 10 ))
-echo "rblock $("$RBLOCK" --version | cut -d' ' -f2), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'), $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg), least of ${BENCH_RUNS:-3} runs"
+echo "rblock $("$RBLOCK" --version | cut -d' ' -f2), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'), $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg), median of ${BENCH_RUNS:-5} runs"
 f() { echo "$1" | cut -d' ' -f"$2"; }
 printf '%-28s %8s %8s %8s %8s %9s %8s %8s\n' method "wall s" "cpu s" "cold s" \
     "RSS MiB" "out KiB" "wall x" "cold x"

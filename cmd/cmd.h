@@ -23,6 +23,8 @@ int cmd_diff(int argc, char **argv);
 int cmd_delta(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 
 /* Print "rblock: <formatted message>\n" to stderr. */

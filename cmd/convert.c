@@ -23,6 +23,7 @@
 #include "rblock/ops.h"
 #include "rblock/output.h"
 #include "rblock/qcow2-create.h"
+#include "rblock/qcow2.h"
 
 static void usage(FILE *f)
 {
@@ -35,7 +36,10 @@ static void usage(FILE *f)
                "              refcount_bits, lazy_refcounts, extended_l2, compression_type)\n"
                "  -c          compress the output clusters (qcow2; zlib, or zstd with\n"
                "              -o compression_type=zstd)\n"
-               "  -p          show progress on a terminal\n");
+               "  -p          show progress on a terminal\n"
+               "  --bitmaps   also copy the persistent dirty bitmaps of SRC (qcow2 to qcow2)\n"
+               "  --skip-broken-bitmaps  with --bitmaps: leave out inconsistent (in use)\n"
+               "              bitmaps instead of failing\n");
 }
 
 static void on_progress(void *opaque, uint64_t done)
@@ -78,7 +82,36 @@ struct job {
     struct rb_qcow2_create_opts qo;
     bool compress, progress;
     bool force_share;
+    bool bitmaps, skip_broken;  /* --bitmaps, --skip-broken-bitmaps */
 };
+
+static void skipped_bitmap(void *opaque, const char *name)
+{
+    complain("convert: warning: %s: skipping inconsistent bitmap '%s'",
+             (const char *)opaque, name);
+}
+
+/* convert --bitmaps: the finished output reopened as a qcow2 image (on
+ * the output's locked file) to receive the source's bitmaps. */
+static int copy_bitmaps(struct job *j, struct rb_output *out, struct rb_image *src,
+                        struct rb_error *err)
+{
+    struct rb_open_opts oo = {.format = "qcow2", .write = true, .no_backing = true};
+    struct rb_image *dst;
+    int fd, ret;
+
+    if ((fd = rb_output_dup(out, err)) < 0)
+        return fd;
+    dst = rb_image_open_fd(j->dst_path, fd, &oo, err);
+    if (!dst)
+        return -EIO;
+    ret = rb_qcow2_bitmaps_copy(dst, src, j->skip_broken, skipped_bitmap,
+                                (void *)j->src_path, err);
+    if (ret == 0)
+        ret = rb_image_flush(dst, err);
+    rb_image_close(dst);
+    return ret;
+}
 
 static int run(struct job *j)
 {
@@ -109,6 +142,9 @@ static int run(struct job *j)
         if (j->qo.data_bytes_hint == 0)
             j->qo.data_bytes_hint = 1; /* 0 would mean "unknown" */
     }
+    /* --bitmaps: refused before the output exists, as qemu-img does */
+    if (j->bitmaps && (ret = rb_qcow2_bitmaps_copy_check(src, j->skip_broken, &err)) < 0)
+        goto fail;
     ret = source_size(j->src_path, src, &before);
     /* The output is never the source nor a layer of its chain; an
      * existing file is locked before it is emptied. */
@@ -143,6 +179,9 @@ static int run(struct job *j)
     if (ret < 0)
         goto fail;
     rb_image_close(dst);
+    dst = NULL;
+    if (j->bitmaps && (ret = copy_bitmaps(j, out, src, &err)) < 0)
+        goto fail;
     rb_output_close(out, false);
     rb_image_close(src);
     return 0;
@@ -159,6 +198,8 @@ int cmd_convert(int argc, char **argv)
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},
         {"force-share", no_argument, NULL, 'U'},
+        {"bitmaps", no_argument, NULL, 0x100},
+        {"skip-broken-bitmaps", no_argument, NULL, 0x101},
         {NULL, 0, NULL, 0},
     };
     struct rb_error err = {0};
@@ -183,6 +224,8 @@ int cmd_convert(int argc, char **argv)
         case 'p': j.progress = true; break;
         case 'q': j.progress = false; break;
         case 'U': j.force_share = true; break;
+        case 0x100: j.bitmaps = true; break;
+        case 0x101: j.skip_broken = true; break;
         case 'h': usage(stdout); ret = 0; goto out;
         default:
             bad_option("convert", argv, c);
@@ -201,6 +244,15 @@ int cmd_convert(int argc, char **argv)
     }
     if (strcmp(j.out_fmt, "raw") == 0 && (j.compress || optstr)) {
         complain("convert: -c and -o need -O qcow2");
+        goto out;
+    }
+    if (j.skip_broken && !j.bitmaps) {
+        complain("convert: --skip-broken-bitmaps needs --bitmaps");
+        goto out;
+    }
+    if (j.bitmaps && strcmp(j.out_fmt, "qcow2") != 0) {
+        complain("convert: --bitmaps needs -O qcow2 (format '%s' cannot store bitmaps)",
+                 j.out_fmt);
         goto out;
     }
     if (j.qo.backing_file || j.qo.preallocation != RB_QCOW2_PREALLOC_OFF) {

@@ -135,6 +135,13 @@ static void print_human(struct rb_image *img, const struct rb_qcow2_info *q)
     if (q->nb_bitmaps)
         printf("    bitmaps: %" PRIu32 ", directory at 0x%" PRIx64 " (%" PRIu64 " bytes)\n",
                q->nb_bitmaps, q->bitmap_directory_offset, q->bitmap_directory_size);
+    for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
+        const struct rb_qcow2_bitmap *b = &q->bitmaps[i];
+        if (b->has_dirty)
+            printf("        '%s': %" PRIu64 " dirty bytes\n", b->name, b->dirty_bytes);
+        else
+            printf("        '%s': inconsistent (in use: not saved cleanly)\n", b->name);
+    }
     printf("    L1 table: %" PRIu32 " entries at 0x%" PRIx64 ", %" PRIu64
            " L2 tables of %" PRIu32 " entries\n", q->l1_size, q->l1_table_offset,
            q->l2_tables, q->l2_entries);

@@ -23,6 +23,8 @@ static const struct command commands[] = {
     {"delta", cmd_delta, "write a qcow2 overlay holding only what changed"},
     {"serve", cmd_serve, "serve an image over NBD and JSON-RPC"},
     {"bitmap", cmd_bitmap, "add, remove, clear, enable, disable, merge dirty bitmaps"},
+    {"commit", cmd_commit, "merge an overlay into its backing file"},
+    {"rebase", cmd_rebase, "change an overlay's backing file, keeping its content"},
     {"snapshot", cmd_snapshot, "list, create, apply, delete internal snapshots"},
 };
 

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "rblock/error.h"
+#include "rblock/diff.h"
 #include "rblock/image.h"
 
 /* ---- convert: the copy engine (lib/ops/convert.c) ----------------------- */
@@ -98,5 +99,83 @@ int rb_map_next(struct rb_map_walk *w, struct rb_map_entry *e, struct rb_error *
 /* rb_block_status_fn over an image (opaque is the struct rb_image). */
 int rb_map_image_status(void *opaque, uint64_t off, uint64_t len, struct rb_extent *ext,
                         struct rb_error *err);
+
+/* ---- commit: merge an overlay into its backing file (lib/ops/commit.c) -- */
+
+/* Called now and then with the guest bytes of TOP dealt with so far. */
+typedef void (*rb_lifecycle_progress_fn)(void *opaque, uint64_t done_bytes,
+                                         uint64_t total_bytes);
+
+struct rb_commit_opts {
+    const char *format; /* TOP's format (-f); NULL: probe */
+    const char *base;   /* -b: a layer further down TOP's chain, named by any
+                           path to the same file; NULL: TOP's backing file */
+    bool drop;          /* -d: leave TOP as it is (implied by base, as
+                           qemu-img commit -b does) */
+    rb_lifecycle_progress_fn progress;
+    void *opaque;
+};
+
+struct rb_commit_stats {
+    unsigned base_depth;  /* depth of BASE in TOP's chain (1: its backing) */
+    uint64_t data_bytes;  /* guest bytes copied into BASE */
+    uint64_t zero_bytes;  /* guest bytes made zero in BASE */
+    bool emptied;         /* TOP's clusters were discarded */
+};
+
+/*
+ * qemu-img commit: copy every range that TOP or a layer between TOP and
+ * BASE defines (data as data, zero clusters as zeroes) into BASE, so that
+ * BASE reads as TOP did; then, unless opts->drop (or opts->base), discard
+ * every cluster of TOP, which then reads through to BASE.  BASE is the one
+ * chain member written: it is reopened for writing with its write lock
+ * (rb_output_open, RB_OUTPUT_IN_PLACE; EAGAIN when another process uses
+ * it); its persistent bitmaps record the writes.  A raw BASE smaller than
+ * TOP is grown first; a smaller qcow2 BASE is refused.
+ * Crash safety: everything written to BASE is durable before the first
+ * cluster of TOP is discarded, so TOP reads the same at every instant; a
+ * crash during the copy leaves BASE partly committed (run commit again).
+ * Refused with nothing changed: TOP without a backing file (EINVAL), a
+ * BASE that is not in TOP's chain (ENOENT), a locked BASE.
+ * Returns 0 or -errno with @err set.
+ */
+int rb_commit(const char *top_path, const struct rb_commit_opts *opts,
+              struct rb_commit_stats *stats, struct rb_error *err);
+
+/* ---- rebase: change an overlay's backing file (lib/ops/rebase.c) -------- */
+
+struct rb_rebase_opts {
+    const char *format;         /* IMAGE's format (-f); NULL: probe */
+    const char *backing;        /* new backing file name, stored as given and
+                                   resolved from IMAGE's folder; NULL or "":
+                                   none (flatten) */
+    const char *backing_format; /* -F: required with a backing name */
+    bool unsafe;                /* -u: only rewrite the header */
+    bool compress;              /* -c: write copied clusters compressed */
+    rb_lifecycle_progress_fn progress;
+    void *opaque;
+};
+
+struct rb_rebase_stats {
+    struct rb_diff_stats diff;  /* the walk of old against new backing */
+    uint64_t data_bytes;        /* guest bytes copied into IMAGE */
+    uint64_t zero_bytes;        /* guest bytes made zero in IMAGE */
+};
+
+/*
+ * qemu-img rebase.  Safe mode: IMAGE (qcow2) keeps its guest content: where
+ * IMAGE defines nothing and its old backing chain differs from the new one,
+ * the old chain's bytes are written into IMAGE (rb_diff over both chains
+ * seen through IMAGE's allocation: what IMAGE defines, what both read as
+ * zeros and layers both chains share are never read); the writes are
+ * durable before the header names the new backing file.  Unsafe mode (-u)
+ * rewrites the header only, opening neither backing file.
+ * Refused with nothing changed: a backing name without a format (EINVAL,
+ * as qemu-img 7.2 refuses it), a new backing file that cannot be opened, a
+ * new chain that contains IMAGE (ELOOP), an image that is not qcow2.
+ * @stats may be NULL.  Returns 0 or -errno with @err set.
+ */
+int rb_rebase(const char *path, const struct rb_rebase_opts *opts,
+              struct rb_rebase_stats *stats, struct rb_error *err);
 
 #endif

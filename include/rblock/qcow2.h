@@ -61,6 +61,10 @@ struct rb_qcow2_bitmap {
     uint8_t type;         /* 1: dirty tracking bitmap */
     uint64_t table_offset;
     uint32_t table_entries;
+    bool has_dirty;       /* dirty_bytes known: a consistent bitmap whose
+                             table could be read (as now, live) */
+    uint64_t dirty_bytes; /* bytes of the disk its dirty granules cover
+                             (qemu's query-block "count") */
 };
 
 struct rb_qcow2_info {
@@ -200,6 +204,30 @@ int rb_qcow2_bitmap_extent(struct rb_image *img, const char *name, uint64_t off,
                            uint64_t len, bool *dirty, uint64_t *bytes,
                            struct rb_error *err);
 
+/*
+ * For convert --bitmaps, before the output is made: @src must be a qcow2
+ * image (ENOTSUP otherwise) whose top-layer bitmaps are all consistent,
+ * unless @skip_broken (EINVAL naming the first one left in_use).  Loads
+ * the source's bitmaps.  Takes the lock.  Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_bitmaps_copy_check(struct rb_image *src, bool skip_broken,
+                                struct rb_error *err);
+
+/*
+ * Copy every persistent bitmap of @src's top layer into @dst (qcow2 open
+ * for writing, the same virtual size, typically a fresh convert output),
+ * as qemu-img convert --bitmaps does: the same name, granularity and
+ * enabled state, and the same dirty bits; all written in one atomic
+ * switch (as rb_qcow2_bitmap_apply).  An inconsistent (in_use) bitmap of
+ * @src is refused (EINVAL) unless @skip_broken: then @skipped (may be
+ * NULL) is called with its name and it is left out.  A name @dst already
+ * has fails with EEXIST.  Takes both locks.  Returns 0 or -errno with
+ * @err set.
+ */
+int rb_qcow2_bitmaps_copy(struct rb_image *dst, struct rb_image *src, bool skip_broken,
+                          void (*skipped)(void *opaque, const char *name), void *opaque,
+                          struct rb_error *err);
+
 /* ---- consistency check (check.c) --------------------------------------- */
 
 enum rb_qcow2_problem_kind {
@@ -286,6 +314,21 @@ struct rb_qcow2_repair {
 int rb_qcow2_repair(struct rb_image *img, unsigned fix, struct rb_qcow2_repair *res,
                     struct rb_error *err);
 void rb_qcow2_repair_free(struct rb_qcow2_repair *res);
+
+/* ---- backing file name (backing.c) --------------------------------------- */
+
+/*
+ * Record @name (NULL or "": none) and @format (NULL: no backing format
+ * extension) as the backing file of the qcow2 image @img, opened
+ * read-write, as qemu-img rebase does: the header cluster is rebuilt with
+ * every other extension kept, written in one write and synced.  Opens
+ * nothing: the caller has checked what @name leads to.  Refuses a name
+ * longer than 1023 bytes, a format without a name, and a header that no
+ * longer fits in its cluster (nothing written then).  Takes the lock; no
+ * other thread may write @img meanwhile.  Returns 0 or -errno with @err set.
+ */
+int rb_qcow2_set_backing(struct rb_image *img, const char *name, const char *format,
+                         struct rb_error *err);
 
 /* ---- internal snapshots (qemu-img snapshot -c/-a/-d) ---------------------- */
 

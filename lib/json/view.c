@@ -159,6 +159,21 @@ static json_t *rblock_json(const struct rb_qcow2_info *q)
         b = put(b, "directory-offset", hex(q->bitmap_directory_offset));
         b = put(b, "directory-size", jint(q->bitmap_directory_size));
         r = put(r, "bitmaps", b);
+        /* each bitmap with its dirty bytes, in the keys of QEMU's
+         * query-block "dirty-bitmaps" (BlockDirtyInfo) */
+        json_t *d = json_array();
+        for (uint32_t i = 0; i < q->nb_bitmaps; i++) {
+            const struct rb_qcow2_bitmap *bm = &q->bitmaps[i];
+            json_t *o = json_object();
+            o = put(o, "name", json_string(bm->name));
+            o = put(o, "granularity", jint(bm->granularity));
+            o = put(o, "recording", json_boolean(bm->autom && !bm->in_use));
+            o = put(o, "inconsistent", json_boolean(bm->in_use));
+            if (bm->has_dirty)
+                o = put(o, "count", jint(bm->dirty_bytes));
+            d = push(d, o);
+        }
+        r = put(r, "dirty-bitmaps", d);
     }
     l1 = put(l1, "offset", hex(q->l1_table_offset));
     l1 = put(l1, "entries", jint(q->l1_size));

@@ -881,6 +881,115 @@ int rb_qcow2_bitmap_apply(struct rb_image *img, const char *name,
     return ret;
 }
 
+int qcow2_bitmap_dirty_bytes(struct qcow2_state *s, const char *name, uint64_t *bytes)
+{
+    struct qcow2_bitmap *b = s->bitmaps_loaded ? find(&s->bitmaps, name) : NULL;
+    uint64_t total = 0, g;
+
+    if (!b || b->inconsistent || !b->bits)
+        return -ENOENT;
+    g = 1ull << b->gbits;
+    for (uint64_t i = 0; i < b->nb_bits; i += 8) {
+        uint8_t byte = b->bits[i / 8];
+        if (!byte)
+            continue;
+        for (unsigned k = 0; k < 8 && i + k < b->nb_bits; k++) {
+            uint64_t start = (i + k) << b->gbits;
+            if (byte & (1u << k))
+                total += g < s->h.size - start ? g : s->h.size - start;
+        }
+    }
+    *bytes = total;
+    return 0;
+}
+
+/* ---- convert --bitmaps -------------------------------------------------------- */
+
+/* Lock held on @ss.  The first inconsistent bitmap of @ss, unless skipped. */
+static int refuse_broken(struct qcow2_state *ss, bool skip_broken, struct rb_error *err)
+{
+    for (uint32_t i = 0; i < ss->bitmaps.nb && !skip_broken; i++)
+        if (ss->bitmaps.b[i].inconsistent || !ss->bitmaps.b[i].bits)
+            return rb_error_set(err, EINVAL, "%s: cannot copy inconsistent bitmap '%s' "
+                                "(in use: not saved cleanly); skip it with "
+                                "--skip-broken-bitmaps or remove it with 'rblock bitmap "
+                                "--remove'", ss->name, ss->bitmaps.b[i].name);
+    return 0;
+}
+
+int rb_qcow2_bitmaps_copy_check(struct rb_image *src, bool skip_broken,
+                                struct rb_error *err)
+{
+    struct qcow2_state *ss;
+    int ret;
+
+    if (!qcow2_is_qcow2(src))
+        return rb_error_set(err, ENOTSUP, "%s: format '%s' has no persistent bitmaps",
+                            src->filename, src->ops->format);
+    ss = src->priv;
+    pthread_mutex_lock(&ss->lock);
+    ret = qcow2_bitmaps_load(ss, err);
+    if (ret == 0)
+        ret = refuse_broken(ss, skip_broken, err);
+    pthread_mutex_unlock(&ss->lock);
+    return ret;
+}
+
+int rb_qcow2_bitmaps_copy(struct rb_image *dst, struct rb_image *src, bool skip_broken,
+                          void (*skipped)(void *opaque, const char *name), void *opaque,
+                          struct rb_error *err)
+{
+    struct qcow2_bitmap_list l = {0};
+    struct qcow2_state *s, *ss;
+    int ret;
+
+    if (!qcow2_is_qcow2(dst))
+        return rb_error_set(err, ENOTSUP, "%s: format '%s' cannot store bitmaps",
+                            dst->filename, dst->ops->format);
+    ret = rb_qcow2_bitmaps_copy_check(src, skip_broken, err);
+    if (ret < 0)
+        return ret;
+    s = dst->priv;
+    ss = src->priv;
+    if (!s->w)
+        return rb_error_set(err, EROFS, "%s: image is not open for writing", s->name);
+    if (s == ss)
+        return rb_error_set(err, EINVAL, "%s: cannot copy bitmaps onto themselves", s->name);
+    if (ss->h.size != s->h.size)
+        return rb_error_set(err, EINVAL, "%s: bitmaps are for a disk of %" PRIu64 " bytes, "
+                            "'%s' has %" PRIu64, ss->name, ss->h.size, s->name, s->h.size);
+    /* lock order: source, then destination (two different images) */
+    pthread_mutex_lock(&ss->lock);
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_bitmaps_load(s, err);
+    if (ret == 0 && dup_list(&s->bitmaps, &l) < 0)
+        ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+    for (uint32_t i = 0; ret == 0 && i < ss->bitmaps.nb; i++) {
+        const struct qcow2_bitmap *from = &ss->bitmaps.b[i];
+        struct rb_qcow2_bitmap_op op = {
+            .kind = RB_QCOW2_BITMAP_ADD,
+            .granularity = 1ull << from->gbits,
+            .disabled = !(from->flags & QCOW2_BME_FLAG_AUTO),
+        };
+        if (from->inconsistent || !from->bits) {
+            if (skipped)
+                skipped(opaque, from->name);
+            continue;
+        }
+        /* as qemu-img: a new bitmap of the same granularity and state, then
+         * the source merged into it */
+        ret = add(s, &l, from->name, &op, err);
+        if (ret == 0)
+            merge(&l.b[l.nb - 1], from, s->h.size);
+    }
+    if (ret == 0)
+        ret = store(s, &l, s->bitmaps_flagged, err);
+    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&ss->lock);
+    qcow2_bitmap_list_free(&l);
+    return ret;
+}
+
 /* ---- serving ---------------------------------------------------------------- */
 
 static int usable(struct qcow2_state *s, const char *name, struct qcow2_bitmap **out,

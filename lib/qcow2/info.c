@@ -131,6 +131,15 @@ static int read_bitmaps(struct qcow2_state *s, struct rb_qcow2_info *info,
         l.b[i].name = NULL; /* owned by the info now */
     }
     qcow2_bitmap_list_free(&l);
+    /* dirty bytes: from the bits as they are now (loaded once, kept; a
+     * damaged table only leaves the count out: info still reports) */
+    pthread_mutex_lock(&s->lock);
+    if (qcow2_bitmaps_load(s, NULL) == 0)
+        for (uint32_t i = 0; i < info->nb_bitmaps; i++)
+            info->bitmaps[i].has_dirty =
+                qcow2_bitmap_dirty_bytes(s, info->bitmaps[i].name,
+                                         &info->bitmaps[i].dirty_bytes) == 0;
+    pthread_mutex_unlock(&s->lock);
     return 0;
 }
 

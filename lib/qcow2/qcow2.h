@@ -534,6 +534,10 @@ void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t off, uint64_t len);
  * (new tables, then the directory without in_use, then the header), free
  * the old clusters.  Lock held (or state private).  0 or -errno. */
 int qcow2_bitmaps_close(struct qcow2_state *s, struct rb_error *err);
+/* Bytes of the disk covered by dirty granules of loaded, consistent
+ * bitmap @name (as recorded now, in memory).  Lock held.  0 or -ENOENT
+ * (not loaded, missing or inconsistent). */
+int qcow2_bitmap_dirty_bytes(struct qcow2_state *s, const char *name, uint64_t *bytes);
 
 /* ---- references and repair (check.c, repair.c) ------------------------------ */
 

@@ -223,10 +223,9 @@ static int set_entry(struct qcow2_state *s, uint64_t guest_off, uint64_t l2e,
     return 0;
 }
 
-/* Drop the references an old L2 entry held.  ORDER: free in reverse: the
- * L2 change is made durable first, then the refcounts drop (a crash in
- * between leaks, never double-owns).  Lock held. */
-static int release(struct qcow2_state *s, uint64_t old, struct rb_error *err)
+/* Lower the refcounts of the clusters an old L2 entry held, whose
+ * reference is already gone from disk.  Lock held. */
+static int drop_refs(struct qcow2_state *s, uint64_t old, struct rb_error *err)
 {
     uint64_t host, bytes;
     int ret;
@@ -239,9 +238,6 @@ static int release(struct qcow2_state *s, uint64_t old, struct rb_error *err)
     }
     if (!host)
         return 0;
-    ret = qcow2_cache_flush(s->l2_cache);
-    if (ret < 0)
-        return io_fail(s, ret, "cannot write L2 tables", 0, err);
     for (uint64_t c = host / s->cluster_bytes; c <= (host + bytes - 1) / s->cluster_bytes;
          c++) {
         ret = qcow2_refcount_add(s, c, -1, err);
@@ -249,6 +245,21 @@ static int release(struct qcow2_state *s, uint64_t old, struct rb_error *err)
             return ret;
     }
     return 0;
+}
+
+/* Drop the references an old L2 entry held.  ORDER: free in reverse: the
+ * L2 change is made durable first, then the refcounts drop (a crash in
+ * between leaks, never double-owns).  Lock held. */
+static int release(struct qcow2_state *s, uint64_t old, struct rb_error *err)
+{
+    int ret;
+
+    if (!(old & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)))
+        return 0;
+    ret = qcow2_cache_flush(s->l2_cache);
+    if (ret < 0)
+        return io_fail(s, ret, "cannot write L2 tables", 0, err);
+    return drop_refs(s, old, err);
 }
 
 /* True when new data may go straight into the cluster of @l2e: ours alone
@@ -478,26 +489,85 @@ int qcow2_write_zeroes(struct rb_image *img, uint64_t off, uint64_t len, unsigne
     return end(s, ret, flags, err);
 }
 
+/* Give the space of the clusters a discard freed (refcount now 0; none
+ * is referenced any more, durably) back to the file system, in runs, as
+ * QEMU's discard of a qcow2 cluster is passed down.  Best effort: a
+ * cluster left as it was is only space.  Lock held. */
+static void punch_freed(struct qcow2_state *s, const uint64_t *old, size_t n)
+{
+    uint64_t run_off = 0, run_len = 0;
+
+    for (size_t i = 0; i <= n; i++) {
+        uint64_t host = 0, rc = 1;
+
+        if (i < n && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
+            host = old[i] & QCOW2_L2E_OFFSET_MASK;
+            if (host && qcow2_refcount_get(s, host / s->cluster_bytes, &rc, NULL) < 0)
+                rc = 1;
+        }
+        if (host && rc == 0 && run_len && host == run_off + run_len) {
+            run_len += s->cluster_bytes;
+            continue;
+        }
+        if (run_len)
+            (void)rb_io_punch(s->fd, run_off, run_len);
+        run_len = 0;
+        if (host && rc == 0) {
+            run_off = host;
+            run_len = s->cluster_bytes;
+        }
+    }
+}
+
+/* Clusters a discard unlinks before it syncs once and frees them. */
+#define TRIM_BATCH 1024
+
 int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error *err)
 {
     struct qcow2_state *s = qcow2_state_of(img);
-    uint64_t c = s->cluster_bytes;
+    uint64_t c = s->cluster_bytes, pos = (off + c - 1) / c * c;
+    uint64_t old[TRIM_BATCH];
     int ret = begin(s, off, len, err);
 
     if (ret < 0)
         return ret;
     /* whole clusters only (discard is advisory); afterwards the range
-     * reads as the backing file, or zeros */
-    for (uint64_t pos = (off + c - 1) / c * c; ret == 0 && pos < off + len; pos += c) {
-        uint64_t l2e, bitmap;
-        if (pos + c > off + len && off + len != img->size)
-            break;
+     * reads as the backing file, or zeros.  In batches, in one lock hold
+     * each (a check never sees an unlinked cluster still counted): the
+     * entries are cleared, made durable with one sync, and only then are
+     * the refcounts lowered (ORDER: free in reverse, as release) */
+    while (ret == 0 && pos < off + len) {
+        size_t n = 0;
+
         pthread_mutex_lock(&s->lock);
-        ret = entry_of(s, pos, &l2e, &bitmap, err);
-        if (ret == 0 && (l2e || bitmap)) {
-            ret = set_entry(s, pos, 0, 0, err);
-            if (ret == 0)
-                ret = release(s, l2e, err);
+        for (; ret == 0 && n < TRIM_BATCH && pos < off + len; pos += c) {
+            uint64_t l2e, bitmap;
+            if (pos + c > off + len && off + len != img->size) {
+                pos = off + len;
+                break;
+            }
+            ret = entry_of(s, pos, &l2e, &bitmap, err);
+            if (ret == 0 && (l2e || bitmap)) {
+                ret = set_entry(s, pos, 0, 0, err);
+                if (ret == 0 && (l2e & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)))
+                    old[n++] = l2e;
+            }
+        }
+        if (n) {
+            int r2 = qcow2_cache_flush(s->l2_cache);
+            if (r2 < 0) {
+                if (ret == 0)
+                    ret = io_fail(s, r2, "cannot write L2 tables", 0, err);
+            } else {
+                /* entries set before a failure are durable: free theirs */
+                for (size_t i = 0; i < n; i++) {
+                    r2 = drop_refs(s, old[i], ret == 0 ? err : NULL);
+                    if (r2 < 0 && ret == 0)
+                        ret = r2;
+                }
+                if (ret == 0)
+                    punch_freed(s, old, n);
+            }
         }
         pthread_mutex_unlock(&s->lock);
     }
@@ -597,12 +667,16 @@ void qcow2_write_close(struct rb_image *img, struct qcow2_state *s)
     /* a clean close writes the bitmaps back (in_use cleared) once the
      * data they describe is durable; ORDER: the dirty bit is cleared only
      * once everything is durable */
-    if (s->w->header_done && do_flush(s, NULL) == 0 && s->bitmaps_flagged) {
+    bool durable = s->w->header_done && do_flush(s, NULL) == 0;
+    if (durable && s->bitmaps_flagged) {
         pthread_mutex_lock(&s->lock);
         (void)qcow2_bitmaps_close(s, NULL);
         pthread_mutex_unlock(&s->lock);
+        /* the write-back's frees (refcounts) durable too; without it
+         * nothing changed since the flush above: no second sync */
+        durable = do_flush(s, NULL) == 0;
     }
-    if (s->w->header_done && do_flush(s, NULL) == 0 && s->dirty_bit_set) {
+    if (durable && s->dirty_bit_set) {
         rb_store_be64(be, s->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         if (qcow2_header_update(s, 72, be, 8, NULL) == 0 && rb_io_sync(s->fd) == 0) {
             s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;

@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap snapshot help"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase snapshot help"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -18,7 +18,7 @@ _rblock()
         map)     opts="--output= -f -U --force-share --help" ;;
         check)   opts="-r --output= -f -U --force-share --help" ;;
         create)  opts="-f -o -b -F -q --help" ;;
-        convert) opts="-f -O -o -c -p -q -U --force-share --help" ;;
+        convert) opts="-f -O -o -c -p -q -U --force-share --bitmaps --skip-broken-bitmaps --help" ;;
         diff)    opts="--sector-size --output= --count --bitmap -p -f -F -U --force-share --help" ;;
         delta)   opts="-o -b -f -F -p -q -U --bitmap --force-share --help" ;;
         bitmap)  opts="--add --remove --clear --enable --disable --merge -g -b -F -f
@@ -29,6 +29,8 @@ _rblock()
                  [[ $prev == -l ]] && return ;;        # a snapshot id or name
         snapshot) opts="-l -c -a -d -f -U --force-share --help"
                  [[ $prev == -[cad] ]] && return ;;   # a snapshot name
+        commit)  opts="-b -d -f -t -p -q --help" ;;
+        rebase)  opts="-b -F -f -t -u -c -p -q --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
     esac
 

@@ -60,6 +60,18 @@ static int be_block_status(void *o, uint64_t off, uint64_t len, struct rb_extent
     return rb_export_block_status(ex(o), RB_PROTO_JSONRPC, off, len, ext, err);
 }
 
+static int be_bitmap_extent(void *o, const char *name, uint64_t off, uint64_t len,
+                            bool *dirty, uint64_t *bytes, struct rb_error *err)
+{
+    struct rb_export *e = ex(o);
+
+    for (size_t i = 0; i < rb_export_nb_bitmaps(e); i++)
+        if (strcmp(rb_export_bitmap(e, i), name) == 0)
+            return rb_export_bitmap_extent(e, RB_PROTO_JSONRPC, i, off, len, dirty, bytes,
+                                           err);
+    return rb_error_set(err, ENOENT, "bitmap '%s' is not served (serve -B NAME)", name);
+}
+
 static json_t *be_info(void *o, bool chain, struct rb_error *err)
 {
     return rb_rpc_info_json(ex(o), chain, err);
@@ -122,6 +134,7 @@ static const struct rb_rpc_backend_ops export_ops = {
     .trim = be_trim,
     .flush = be_flush,
     .block_status = be_block_status,
+    .bitmap_extent = be_bitmap_extent,
     .info = be_info,
     .check = be_check,
     .stats = be_stats,

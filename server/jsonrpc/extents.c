@@ -2,7 +2,8 @@
 /*
  * extents.c - block_status (the chain's extents with their flags and
  * depth) and map (merged as `qemu-img map --output=json` and `rblock map`
- * merge them).  Replies are bounded in extents; a reply that ends early
+ * merge them); with a "bitmap" parameter, both give the dirty and clean
+ * runs of a bitmap served with `serve -B NAME` instead.  Replies are bounded in extents; a reply that ends early
  * is continued by asking again from where it ends.
  */
 #include <errno.h>
@@ -31,6 +32,47 @@ static void charge_extents(struct rpc_call *c, size_t n)
         cost > c->budget->data_bytes ? 0 : c->budget->data_bytes - cost;
 }
 
+/* The bitmap parameter of block_status and map: the runs of [off, end)
+ * that are all dirty or all clean in a served bitmap, as {@key, "length",
+ * "dirty"}.  At most the call's allowance of runs, as for extents. */
+static int bitmap_runs(struct rpc_call *c, const char *name, uint64_t off, uint64_t end,
+                       const char *key, json_t **result)
+{
+    size_t max = extent_allowance(c), n = 0;
+    json_t *arr;
+
+    if (!c->be->ops->bitmap_extent)
+        return rpc_io_fault(c, -ENOTSUP, NULL);
+    if (!(arr = json_array()))
+        return rpc_io_fault(c, -ENOMEM, NULL);
+    while (off < end && n < max) {
+        struct rb_error err = {0};
+        uint64_t bytes = 0;
+        bool dirty = false;
+        int ret = c->be->ops->bitmap_extent(c->be->opaque, name, off, end - off, &dirty,
+                                            &bytes, &err);
+        if (ret < 0) {
+            json_decref(arr);
+            if (ret == -ENOENT)
+                return rpc_param_fault(c, "%s", err.msg);
+            return rpc_io_fault(c, ret, &err);
+        }
+        if (bytes == 0 || bytes > end - off)
+            bytes = end - off; /* a driver bug must not loop forever */
+        json_t *e = json_pack("{s:I, s:I, s:b}", key, (json_int_t)off, "length",
+                              (json_int_t)bytes, "dirty", dirty);
+        if (!e || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            return rpc_io_fault(c, -ENOMEM, NULL);
+        }
+        off += bytes;
+        n++;
+    }
+    charge_extents(c, n);
+    *result = arr;
+    return 0;
+}
+
 int rpc_m_block_status(struct rpc_call *c, json_t **result)
 {
     uint64_t off = c->a.u[0], len = c->a.u[1], end = off + len;
@@ -41,6 +83,8 @@ int rpc_m_block_status(struct rpc_call *c, json_t **result)
         return rpc_param_fault(c, "parameter 'length' must be at least 1");
     if (rpc_check_range(c, off, len) < 0)
         return -1;
+    if (c->a.present[2])
+        return bitmap_runs(c, c->a.s[2], off, end, "offset", result);
     arr = json_array();
     while (arr && off < end && n < max) {
         struct rb_extent ext = {0};
@@ -99,6 +143,8 @@ int rpc_m_map(struct rpc_call *c, json_t **result)
 
     if (rpc_check_range(c, off, len) < 0)
         return -1;
+    if (c->a.present[2])
+        return bitmap_runs(c, c->a.s[2], off, off + len, "start", result);
     if (!(arr = json_array()))
         return rpc_io_fault(c, -ENOMEM, NULL);
     /* At most @max entries: a reply that ends before the range does is

@@ -18,6 +18,7 @@ static const char *const type_names[] = {
     [P_INT] = "integer",
     [P_BOOL] = "boolean",
     [P_DATA] = "base64 string",
+    [P_STR] = "string",
 };
 
 static int m_list_methods(struct rpc_call *c, json_t **result);
@@ -61,10 +62,10 @@ static const struct rpc_method methods[] = {
      m_info,
      {{"backing_chain", P_BOOL, false}}},
     {"map",
-     "allocation map, as `rblock map --output=json`",
+     "allocation map, as `rblock map --output=json`; with bitmap: its dirty runs",
      false,
      rpc_m_map,
-     {{"offset", P_INT, false}, {"length", P_INT, false}}},
+     {{"offset", P_INT, false}, {"length", P_INT, false}, {"bitmap", P_STR, false}}},
     {"read",
      "read bytes, returned in base64",
      false,
@@ -90,10 +91,10 @@ static const struct rpc_method methods[] = {
      {{"offset", P_INT, true}, {"length", P_INT, true}}},
     {"flush", "make every acknowledged write durable", false, rpc_m_flush, {{0}}},
     {"block_status",
-     "extents with data/zero/allocated flags and depth",
+     "extents with data/zero/allocated flags and depth; with bitmap: dirty or clean",
      false,
      rpc_m_block_status,
-     {{"offset", P_INT, true}, {"length", P_INT, true}}},
+     {{"offset", P_INT, true}, {"length", P_INT, true}, {"bitmap", P_STR, false}}},
     {"check", "read-only consistency check of the live image", false, m_check, {{0}}},
     {"stats",
      "connections, requests and bytes per protocol; uptime",

@@ -14,7 +14,10 @@
 
 #include "jsonrpc/rpc.h"
 
-enum rpc_ptype { P_INT, P_BOOL, P_DATA };
+enum rpc_ptype { P_INT, P_BOOL, P_DATA, P_STR };
+
+/* Longest P_STR accepted (a bitmap name: 1023 bytes in qcow2). */
+#define RPC_MAX_STR 1023
 
 struct rpc_param {
     const char *name;

@@ -81,6 +81,17 @@ static int take_value(struct rpc_call *c, int i, json_t *v)
                 "limit of %zu (%u bytes)",
                 p->name, c->a.s_len[i], RPC_MAX_DATA_CHARS, RB_RPC_MAX_DATA);
         break;
+    case P_STR:
+        if (!json_is_string(v))
+            return rpc_param_fault(c, "parameter '%s' must be a string, not %s", p->name,
+                                   rb_rpc_type_name(v));
+        c->a.s[i] = json_string_value(v);
+        c->a.s_len[i] = json_string_length(v);
+        if (c->a.s_len[i] == 0 || c->a.s_len[i] > RPC_MAX_STR ||
+            strlen(c->a.s[i]) != c->a.s_len[i])
+            return rpc_param_fault(c, "parameter '%s' must be 1 to %d bytes, without NUL",
+                                   p->name, RPC_MAX_STR);
+        break;
     }
     c->a.present[i] = true;
     return 0;

@@ -102,6 +102,12 @@ struct rb_rpc_backend_ops {
     json_t *(*check)(void *opaque, struct rb_error *err);
     /* Connections, requests, bytes per protocol; uptime. */
     json_t *(*stats)(void *opaque, struct rb_error *err);
+    /* Optional (may be NULL: bitmaps not supported): the run at @off (at
+     * most @len long) all dirty or all clean in the persistent dirty
+     * bitmap @name, one of those served (`serve -B NAME`); -ENOENT when
+     * @name is not served. */
+    int (*bitmap_extent)(void *opaque, const char *name, uint64_t off, uint64_t len,
+                         bool *dirty, uint64_t *bytes, struct rb_error *err);
     /* Optional (may be NULL): a request named an existing method, i.e.
      * the client speaks JSON-RPC (the server stops treating it as a
      * possibly idle newcomer). */

@@ -28,6 +28,14 @@ After the server died or failed, every check is against the image file:
   - qemu-img info and rblock info open it;
   - every DURABLE sector reads back exactly (qemu-img convert -O raw).
 One summary line per run: points, corruptions, lost (sectors), leaks.
+
+FORMAT qcow2+bitmap (also qcow2:SIZE+bitmap) adds the bitmap workload: the
+overlay gets a persistent dirty bitmap (qemu-img bitmap --add, 64 KiB
+granularity) before it is served, and after recovery that bitmap must be
+in_use (inconsistent: never used for a backup), or consistent and dirty
+for every cluster of an acknowledged write, write_zeroes or trim and every
+sector that reads differently from the image before the run (read through
+qemu-nbd -B, as a backup tool would): never a written cluster clean.
 """
 import os
 import random
@@ -46,6 +54,8 @@ NSECT = SIZE // SECTOR
 FAULT_EXIT = 99
 DURABLE, PENDING, UNKNOWN = 0, 1, 2
 VERBOSE = False
+BITMAP = "cbt"
+GRANULE = 65536
 
 
 def log(*a):
@@ -57,6 +67,8 @@ class Model:
         self.durable = bytearray(base)  # last durable content
         self.cur = bytearray(base)      # last acknowledged content
         self.state = bytearray(NSECT)   # DURABLE/PENDING/UNKNOWN
+        self.base = bytes(base)         # content before the run
+        self.touched = []               # (off, len) of acknowledged changes
 
     def _range(self, off, ln):
         return range(off // SECTOR, (off + ln) // SECTOR)
@@ -103,6 +115,8 @@ def make_images(d, fmt):
     """base.raw (data in some places, holes elsewhere) and the image to
     serve (raw, or qcow2[:CLUSTER_SIZE] over base.raw); returns (path,
     format, initial content)."""
+    bitmap = fmt.endswith("+bitmap")
+    fmt = fmt[:-len("+bitmap")] if bitmap else fmt
     rnd = random.Random(7)
     base = bytearray(SIZE)
     for i in range(0, SIZE, 256 << 10):
@@ -121,6 +135,8 @@ def make_images(d, fmt):
     opts = ["-o", "cluster_size=" + fmt.split(":")[1]] if ":" in fmt else []
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *opts, "-b", "base.raw",
                     "-F", "raw", img], check=True, cwd=d)
+    if bitmap:
+        subprocess.run(["qemu-img", "bitmap", "--add", "-g", "64k", img, BITMAP], check=True)
     if snap:
         # FORMAT+snap: data in the overlay's first half, then an internal
         # snapshot sharing every cluster and L2 table with the disk: the
@@ -211,6 +227,7 @@ def drive(h, model, seq, progress=None):
                     model.unknown(off, ln)
                     raise
                 model.written(off, data, fua)
+                model.touched.append((off, ln))
             elif name == "zero":
                 flags = nbd.CMD_FLAG_FUA if fua else 0
                 if off % 3:
@@ -221,9 +238,11 @@ def drive(h, model, seq, progress=None):
                     model.unknown(off, ln)
                     raise
                 model.written(off, bytes(ln), fua)
+                model.touched.append((off, ln))
             elif name == "trim":
                 model.unknown(off, ln)  # unspecified from now on
                 h.trim(ln, off)
+                model.touched.append((off, ln))
             elif name == "read":
                 got = h.pread(ln, off)
                 bad = model.check_read(off, got)
@@ -244,7 +263,7 @@ def drive(h, model, seq, progress=None):
     return errors
 
 
-def verify(d, image, fmt, model):
+def verify(d, image, fmt, model, bitmap=False):
     """(corrupt, lost sectors, leaks, message) for the image after a crash."""
     chk = subprocess.run(["qemu-img", "check", "-f", fmt, image],
                          capture_output=True, text=True)
@@ -282,13 +301,56 @@ def verify(d, image, fmt, model):
     if bad:
         return False, len(bad), leaks, (f"{len(bad)} flushed sectors lost, first at "
                                         f"byte {bad[0] * SECTOR:#x}")
+    if bitmap:
+        msg = verify_bitmap(image, model, got)
+        if msg:
+            return True, 0, leaks, msg
     return False, 0, leaks, ""
+
+
+BITMAP_OUTCOMES = {}
+
+
+def verify_bitmap(image, model, got):
+    """The bitmap workload's rule: in_use, or no written cluster clean."""
+    import json
+    info = json.loads(subprocess.run(["qemu-img", "info", "-f", "qcow2", "--output=json",
+                                      image], capture_output=True, text=True).stdout)
+    bms = info["format-specific"]["data"].get("bitmaps", [])
+    if [b["name"] for b in bms] != [BITMAP]:
+        return f"bitmap '{BITMAP}' is gone: {bms}"
+    if "in-use" in bms[0]["flags"]:
+        BITMAP_OUTCOMES["in use"] = BITMAP_OUTCOMES.get("in use", 0) + 1
+        return ""
+    r = subprocess.run(["nbdinfo", f"--map=qemu:dirty-bitmap:{BITMAP}", "--", "[",
+                        "qemu-nbd", "-r", "-f", "qcow2", "-B", BITMAP, image, "]"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"qemu-nbd -B {BITMAP} failed: {r.stderr}"
+    dirty = set()
+    for line in r.stdout.splitlines():
+        off, ln, st = (int(x) for x in line.split()[:3])
+        if st & 1:
+            dirty.update(range(off // GRANULE, (off + ln + GRANULE - 1) // GRANULE))
+    for off, ln in model.touched:
+        for g in range(off // GRANULE, (off + ln - 1) // GRANULE + 1):
+            if g not in dirty:
+                return (f"bitmap consistent but the acknowledged change at {off:#x}+{ln:#x}"
+                        f" left granule {g * GRANULE:#x} clean")
+    for g in range(SIZE // GRANULE):
+        a = g * GRANULE
+        if g not in dirty and got[a:a + GRANULE] != model.base[a:a + GRANULE]:
+            return f"bitmap consistent but granule {a:#x} changed and is clean"
+    kind = "consistent, marks all" if model.touched else "consistent, nothing written"
+    BITMAP_OUTCOMES[kind] = BITMAP_OUTCOMES.get(kind, 0) + 1
+    return ""
 
 
 def one_run(fmt, fault, seq, keep=None):
     """Serve a fresh image under @fault, drive @seq, verify.  Returns
     (corrupt, lost, leaks, message, server exit, stderr).  With @keep,
     work in that folder and leave it."""
+    fmtname = fmt
     with (tempfile.TemporaryDirectory() if keep is None else open(os.devnull)) as d:
         d = d if keep is None else keep
         image, fmt, base = make_images(d, fmt)
@@ -313,7 +375,8 @@ def one_run(fmt, fault, seq, keep=None):
         rc, err = srv.stop()
         if "Sanitizer" in err or "runtime error" in err:
             return True, 0, False, "sanitizer: " + err[-2000:], rc, err
-        corrupt, lost, leaks, vmsg = verify(d, image, fmt, model)
+        corrupt, lost, leaks, vmsg = verify(d, image, fmt, model,
+                                            bitmap=fmtname.endswith("+bitmap"))
         return corrupt, lost, leaks, msg or vmsg, rc, err
 
 
@@ -471,8 +534,10 @@ def faults(fmt, kind, n):
         leaks += k
         if c or l or msg:
             failures.append(f"  {plan}: {msg}")
+    outcomes = "".join(f" {k}={v}" for k, v in sorted(BITMAP_OUTCOMES.items()))
     log(f"served {fmt} {kind}: points={len(pts)} of {total} (writes={writes} "
-        f"syncs={syncs}) corruptions={corrupt} lost={lost} leaks={leaks}")
+        f"syncs={syncs}) corruptions={corrupt} lost={lost} leaks={leaks}"
+        + (f"; bitmap:{outcomes}" if outcomes else ""))
     for f in failures:
         log(f)
     return 1 if failures else 0

@@ -2,8 +2,8 @@
 /*
  * fuzz_qcow2.c - libFuzzer target: the input is a qcow2 file.  Open it
  * read-only without its backing chain, ask for its info and L2 summary,
- * walk block status over the disk, read clusters (bounded), and run the
- * consistency check (rb_qcow2_check, weak: skipped if not linked in).
+ * walk each persistent dirty bitmap's runs (bounded), walk block status
+ * over the disk, read clusters (bounded), and run the consistency check (rb_qcow2_check, weak: skipped if not linked in).
  */
 #include <stdint.h>
 
@@ -43,8 +43,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         goto out;
 
     memset(&info, 0, sizeof(info));
-    if (rb_qcow2_get_info(img, &info, &err) == 0)
+    if (rb_qcow2_get_info(img, &info, &err) == 0) {
+        /* the bitmaps' tables and bits, as serve -B and delta --bitmap use them */
+        for (uint32_t b = 0; b < info.nb_bitmaps && b < 8; b++) {
+            const char *name = info.bitmaps[b].name;
+            uint64_t at = 0, n;
+            bool dirty;
+            if (rb_qcow2_bitmap_use(img, name, &err) < 0)
+                continue;
+            for (unsigned i = 0; i < MAX_EXTENTS && at < img->size; i++, at += n)
+                if (rb_qcow2_bitmap_extent(img, name, at, img->size - at, &dirty, &n,
+                                           &err) < 0 || n == 0 || n > img->size - at)
+                    break;
+        }
         rb_qcow2_info_free(&info);
+    }
     unsigned l2s = 0;
     rb_qcow2_walk_l2(img, count_l2, &l2s, &err);
 

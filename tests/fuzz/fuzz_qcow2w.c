@@ -3,7 +3,10 @@
  * fuzz_qcow2w.c - libFuzzer target for the qcow2 write path: the input is
  * a qcow2 file; its last 24 bytes also script a few writes, zeroings and
  * discards.  Open it read-write without its backing chain, check it, run
- * the script, flush, check again, close, and reopen.
+ * the script (writes also record into the image's persistent dirty
+ * bitmaps), add a bitmap (and merge the first one into it) as `rblock
+ * bitmap` does, flush, check again, close (the bitmaps are written back),
+ * reopen and check once more.
  *
  * Oracle: an image the check found clean (no corruption, no leak) must
  * still have no corruption after our own writes (DESIGN.md 4: refcounts
@@ -85,6 +88,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         failed = ret < 0 && op != 3;
     }
     free(buf);
+    if (!failed && img->size) {
+        /* a new bitmap, stored with the ones the writes recorded into */
+        struct rb_qcow2_info info;
+        struct rb_qcow2_bitmap_op ops[2] = {
+            {.kind = RB_QCOW2_BITMAP_ADD, .granularity = 512ull << (script[0] >> 5),
+             .disabled = script[1] & 0x40},
+            {.kind = RB_QCOW2_BITMAP_MERGE}};
+        size_t nops = 1;
+        char first[1024] = "";
+        memset(&info, 0, sizeof(info));
+        if (rb_qcow2_get_info(img, &info, &err) == 0) {
+            if (info.nb_bitmaps && !info.bitmaps[0].in_use) {
+                snprintf(first, sizeof(first), "%s", info.bitmaps[0].name);
+                ops[1].source = first;
+                nops = 2;
+            }
+            rb_qcow2_info_free(&info);
+        }
+        rb_qcow2_bitmap_apply(img, "fuzz", ops, nops, &err);
+    }
     rb_image_flush(img, &err);
     if (was_clean && check(img, &c1, &l1) == 0 && c1 != 0) {
         fprintf(stderr, "fuzz_qcow2w: a clean image has %llu corruption(s) after writes\n",
@@ -93,12 +116,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     rb_image_close(img);
 
-    /* It must open again (read-only) after our writes. */
+    /* It must open again (read-only) after our writes, and the bitmaps'
+     * write-back at close must not have corrupted it. */
     opts.write = false;
     img = rb_image_open(path, &opts, &err);
     if (!img && was_clean) {
         fprintf(stderr, "fuzz_qcow2w: a clean image does not reopen after writes: %s\n",
                 rb_error_msg(&err, -EIO));
+        abort();
+    }
+    if (img && was_clean && check(img, &c1, &l1) == 0 && c1 != 0) {
+        fprintf(stderr, "fuzz_qcow2w: a clean image has %llu corruption(s) after the "
+                "bitmaps were written back\n", (unsigned long long)c1);
         abort();
     }
     rb_image_close(img);

@@ -90,6 +90,15 @@ rpc = {
 nbd["structured_rw_qcow2"] = b"\2" + nbd["structured_rw"][1:]
 nbd["read_only_qcow2"] = b"\3" + nbd["read_only"][1:]
 rpc["methods_qcow2"] = b"\2" + rpc["methods"][1:]
+# the bitmap parameter of map and block_status (no bitmap is served here:
+# string parameters checked, then refused as not served)
+rpc["bitmap_params"] = b"\2" + b"\n".join([
+    b'{"jsonrpc":"2.0","id":1,"method":"map","params":{"bitmap":"nightly"}}',
+    b'{"jsonrpc":"2.0","id":2,"method":"block_status","params":[0,65536,"b"]}',
+    b'{"jsonrpc":"2.0","id":3,"method":"map","params":{"offset":0,"bitmap":""}}',
+    b'{"jsonrpc":"2.0","id":4,"method":"block_status","params":{"offset":0,"length":1,"bitmap":7}}',
+    b'{"jsonrpc":"2.0","id":5,"method":"map","params":{"bitmap":"a\\u0000b"}}',
+]) + b"\n"
 
 
 
@@ -152,3 +161,69 @@ for sub, seeds in (("nbd", nbd), ("jsonrpc", rpc), ("probe", probe)):
     for k, v in seeds.items():
         with open(os.path.join(d, k), "wb") as f:
             f.write(v)
+
+
+def bitmap_seeds():
+    """qcow2 and qcow2w seeds holding persistent dirty bitmaps, made with
+    qemu-img/qemu-io when they are there: several granularities (512 B,
+    the cluster size, 1 MiB), an enabled and a disabled one with dirty bits,
+    an empty one; and a copy with them all flagged in_use (as a writer that
+    never closed leaves them).  The qcow2w copies end with c4k's write script."""
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
+        return
+    with open(os.path.join(HERE, "corpus", "qcow2w", "c4k"), "rb") as f:
+        script_tail = f.read()[-24:]
+    with tempfile.TemporaryDirectory() as d:
+        def q(*a):
+            subprocess.run(list(a), check=True, capture_output=True, cwd=d)
+        for name, cluster in (("bitmaps", "4k"), ("bitmaps512", "512")):
+            img = os.path.join(d, name + ".qcow2")
+            q("qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}",
+              img, "1M")
+            q("qemu-io", "-c", "write -P 1 0 16k", img)
+            q("qemu-img", "bitmap", "--add", "-g", "512", img, "fine")
+            q("qemu-img", "bitmap", "--add", img, "c")
+            q("qemu-img", "bitmap", "--add", "-g", "1M", img, "coarse")
+            q("qemu-io", "-c", "write -P 2 100k 3000", "-c", "write -z 512k 8k",
+              "-c", "discard 900k 4k", img)
+            q("qemu-img", "bitmap", "--disable", img, "fine")
+            q("qemu-img", "bitmap", "--add", "--disable", img, "empty")
+            q("qemu-io", "-c", "write -P 3 200k 512", img)
+            # compacted (the bitmap commands leave freed clusters behind)
+            q("qemu-img", "convert", "--bitmaps", "-O", "qcow2", "-o",
+              f"cluster_size={cluster}", img, img + ".c")
+            os.replace(img + ".c", img)
+            seeds = [(name, img)]
+            if name == "bitmaps":  # a copy with every bitmap flagged in_use, as a
+                # writer that never closed leaves it (qemu or rblock killed)
+                with open(img, "rb") as f:
+                    data = bytearray(f.read())
+                pos = struct.unpack(">I", data[100:104])[0]  # header_length
+                while True:
+                    typ, ln = struct.unpack(">II", data[pos:pos + 8])
+                    if typ in (0, 0x23852875):
+                        break
+                    pos += 8 + (ln + 7) // 8 * 8
+                nb, _, _, doff = struct.unpack(">IIQQ", data[pos + 8:pos + 32])
+                for _ in range(nb):
+                    flags = struct.unpack(">I", data[doff + 12:doff + 16])[0]
+                    data[doff + 12:doff + 16] = struct.pack(">I", flags | 1)
+                    nlen, extra = struct.unpack(">HI", data[doff + 18:doff + 24])
+                    doff += (24 + nlen + extra + 7) // 8 * 8
+                inuse = os.path.join(d, "bitmaps_inuse.qcow2")
+                with open(inuse, "wb") as f:
+                    f.write(data)
+                seeds.append(("bitmaps_inuse", inuse))
+            for seed, path in seeds:
+                with open(path, "rb") as f:
+                    data = f.read()
+                with open(os.path.join(HERE, "corpus", "qcow2", seed + ".qcow2"), "wb") as f:
+                    f.write(data)
+                with open(os.path.join(HERE, "corpus", "qcow2w", seed), "wb") as f:
+                    f.write(data + script_tail)
+
+
+bitmap_seeds()
