@@ -364,8 +364,6 @@ static int commit(struct plan *p, struct rb_error *err)
     uint8_t *buf = NULL, hdr[36];
     int ret;
 
-    if (!l1_clusters)
-        l1_clusters = 1;
     /* fixed point: enough blocks for every range with a refcount, once
      * the blocks and the table themselves are counted */
     for (;;) {
@@ -380,7 +378,9 @@ static int commit(struct plan *p, struct rb_error *err)
             ret = take(p, 1, &at, err);
             p->copies[k].new_off = at * c;
         }
-        if (ret == 0)
+        /* an empty L1 table (a disk of 0 bytes) is at offset 0, as qemu has it */
+        at = 0;
+        if (ret == 0 && l1_clusters)
             ret = take(p, l1_clusters, &at, err);
         l1_off = at * c;
         if (ret == 0 && sn_clusters) {

@@ -269,3 +269,31 @@ def test_refusals_change_nothing(tmp_path):
     assert r.returncode == 1 and "refcount" in r.stderr, r.stderr
     assert digest(one) == h
     qcheck(img)
+
+
+def test_empty_disk_and_overlay(tmp_path):
+    """A disk of 0 bytes (an empty L1 table at offset 0, as qemu keeps it)
+    and an overlay over a raw backing file: snapshots made, applied and
+    deleted by rblock, and qemu-img's, leave qemu-img check clean."""
+    z = str(tmp_path / "zero.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", z, "0")
+    run(RBLOCK, "snapshot", "-c", "a", z)
+    run("qemu-img", "snapshot", "-c", "b", z)
+    qcheck(z)
+    for args in (["-a", "a"], ["-d", "a"], ["-a", "b"], ["-d", "b"]):
+        run(RBLOCK, "snapshot", *args, z)
+        qcheck(z)
+    assert qlist(z) == []
+    base = str(tmp_path / "base.raw")
+    with open(base, "wb") as f:
+        f.write(bytes([9]) * (2 * MiB))
+    o = str(tmp_path / "o.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", o)
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 1 1M 64k", o)
+    run(RBLOCK, "snapshot", "-c", "s", o)
+    want = content(o)
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 2 1M 64k", "-c", "write -P 3 0 4k", o)
+    assert content(o) != want and content(o, "s") == want
+    run(RBLOCK, "snapshot", "-a", "s", o)
+    qcheck(o)
+    assert content(o) == want
