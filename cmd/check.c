@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "rblock/rbd.h"
 #include "rblock/qcow2.h"
 #include "rblock/view.h"
 
@@ -171,6 +172,14 @@ int cmd_check(int argc, char **argv)
     if (!img) {
         complain("%s", rb_error_msg(&err, -1));
         return 1;
+    }
+    if (rb_rbd_is_name(img->filename) && !fix) {
+        /* nothing of the image's layout is rblock's to check */
+        printf("%s: an rbd image has no metadata for rblock to check (Ceph checks its "
+               "objects: 'ceph pg deep-scrub', 'rbd object-map check'); nothing checked\n",
+               img->filename);
+        rb_image_close(img);
+        return 0;
     }
     if (!rb_qcow2_is(img)) {
         complain("%s: format '%s' does not support checks", img->filename,

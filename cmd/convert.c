@@ -19,11 +19,14 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "convert_rbd.h"
+#include "rbd_diff.h"
 #include "rblock/io.h"
 #include "rblock/ops.h"
 #include "rblock/output.h"
 #include "rblock/qcow2-create.h"
 #include "rblock/qcow2.h"
+#include "rblock/rbd.h"
 
 static void usage(FILE *f)
 {
@@ -39,7 +42,12 @@ static void usage(FILE *f)
                "  -p          show progress on a terminal\n"
                "  --bitmaps   also copy the persistent dirty bitmaps of SRC (qcow2 to qcow2)\n"
                "  --skip-broken-bitmaps  with --bitmaps: leave out inconsistent (in use)\n"
-               "              bitmaps instead of failing\n");
+               "              bitmaps instead of failing\n"
+               "  -n          DST is an existing rbd: image (not created)\n"
+               "  -m N        writes in flight to an rbd: DST (default 16)\n"
+               "DST may be rbd:POOL[/NAMESPACE]/IMAGE (see docs/ceph.md)\n"
+               "-f rbd-diff: SRC is an rbd export-diff stream (see "
+               "'rblock convert -f rbd-diff --help')\n");
 }
 
 static void on_progress(void *opaque, uint64_t done)
@@ -83,6 +91,8 @@ struct job {
     bool compress, progress;
     bool force_share;
     bool bitmaps, skip_broken;  /* --bitmaps, --skip-broken-bitmaps */
+    bool no_create;      /* -n: rbd: DST exists */
+    unsigned depth;      /* -m: writes in flight to rbd: */
 };
 
 static void skipped_bitmap(void *opaque, const char *name)
@@ -129,6 +139,11 @@ static int run(struct job *j)
     if (!src) {
         complain("convert: cannot open source: %s", rb_error_msg(&err, -EIO));
         return 1;
+    }
+    if (rb_rbd_is_name(j->dst_path)) {
+        ret = convert_to_rbd(src, j->dst_path, j->no_create, j->depth, j->progress);
+        rb_image_close(src);
+        return ret;
     }
     if (!raw) {
         /* options first: a refused option must not cost the output */
@@ -207,8 +222,10 @@ int cmd_convert(int argc, char **argv)
     char *optstr = NULL;
     int c, ret = 1;
 
+    if (rbd_diff_wanted(argc, argv, "-f"))
+        return cmd_convert_rbd_diff(argc, argv);
     rb_qcow2_create_opts_init(&j.qo);
-    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': j.src_fmt = optarg; break;
         case 'O': j.out_fmt = optarg; break;
@@ -226,6 +243,14 @@ int cmd_convert(int argc, char **argv)
         case 'U': j.force_share = true; break;
         case 0x100: j.bitmaps = true; break;
         case 0x101: j.skip_broken = true; break;
+        case 'n': j.no_create = true; break;
+        case 'm':
+            j.depth = (unsigned)strtoul(optarg, NULL, 10);
+            if (j.depth < 1 || j.depth > 256) {
+                complain("convert: -m must be 1..256, not '%s'", optarg);
+                goto out;
+            }
+            break;
         case 'h': usage(stdout); ret = 0; goto out;
         default:
             bad_option("convert", argv, c);
@@ -238,6 +263,16 @@ int cmd_convert(int argc, char **argv)
     }
     j.src_path = argv[optind];
     j.dst_path = argv[optind + 1];
+    if (rb_rbd_is_name(j.dst_path) && strcmp(j.out_fmt, "qcow2") == 0) {
+        complain("convert: an rbd: output holds raw bytes (-O raw or -O rbd)");
+        goto out;
+    }
+    if (rb_rbd_is_name(j.dst_path) && strcmp(j.out_fmt, "rbd") == 0)
+        j.out_fmt = "raw";
+    if ((j.no_create || j.depth) && !rb_rbd_is_name(j.dst_path)) {
+        complain("convert: -n and -m are for an rbd: output");
+        goto out;
+    }
     if (strcmp(j.out_fmt, "raw") != 0 && strcmp(j.out_fmt, "qcow2") != 0) {
         complain("convert: output format '%s' is not supported (raw, qcow2)", j.out_fmt);
         goto out;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "rbd_diff.h"
 #include "rblock/diff.h"
 
 static void usage(FILE *f)
@@ -33,7 +34,9 @@ static void usage(FILE *f)
         "probed)\n"
         "  -U           read BASE and NEW even while another process writes them\n"
         "  -p           show progress\n"
-        "  -q           print nothing on success\n");
+        "  -q           print nothing on success\n"
+        "  --output-format=rbd-diff  write Ceph's export-diff stream instead (see\n"
+        "               'rblock delta --output-format=rbd-diff --help')\n");
 }
 
 static void on_progress(void *opaque, uint64_t done)
@@ -74,6 +77,8 @@ int cmd_delta(int argc, char **argv)
     bool show_progress = false, quiet = false;
     int opt, ret, rc = 1;
 
+    if (rbd_diff_wanted(argc, argv, "--output-format"))
+        return cmd_delta_rbd_diff(argc, argv);
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":o:b:f:F:pqUh", longopts, NULL)) != -1) {
         switch (opt) {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "rblock/rbd.h"
 #include "core/conn.h"
 #include "core/export.h"
 #include "core/listen.h"
@@ -290,7 +291,7 @@ int cmd_serve(int argc, char **argv)
     srv.export = rb_export_open(&cfg, &err);
     if (!srv.export)
         goto fail;
-    if (!cfg.format && !rb_export_read_only(srv.export) &&
+    if (!cfg.format && !rb_export_read_only(srv.export) && !rb_rbd_is_name(cfg.path) &&
         strcmp(rb_export_format(srv.export), "raw") == 0)
         complain("%s: warning: no format given and raw was guessed: writes that would make "
                  "the first sector look like another format are refused (-f raw lifts "

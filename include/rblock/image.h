@@ -129,6 +129,8 @@ struct rb_open_opts {
     bool sequential;         /* the caller writes in ascending order (convert):
                                 the raw driver starts writeback behind it */
     unsigned max_depth;      /* cap on the backing chain; 0 = RB_MAX_CHAIN */
+    unsigned queue_depth;    /* rbd, with write and sequential: writes in
+                                flight (convert -m); 0 = the driver's default */
     size_t cache_bytes;      /* metadata cache cap; 0 = default */
     const char *snapshot;    /* qcow2 internal snapshot (id or name) the
                                 top layer reads as, read-only (qemu-nbd -l);

@@ -22,6 +22,11 @@ struct rb_image *rb_raw_open(const char *path, int fd, const struct rb_open_opts
 struct rb_image *rb_qcow2_open(const char *path, int fd, const struct rb_open_opts *opts,
                                struct rb_error *err);
 
+/* Images named, not opened as files: "rbd:..." (lib/rbd/rbd.c; without
+ * librbd it fails with ENOTSUP saying so). */
+struct rb_image *rb_rbd_open(const char *name, const struct rb_open_opts *opts,
+                             struct rb_error *err);
+
 /* The driver called @name, or NULL. */
 const struct rb_driver *rb_driver_find(const char *name);
 

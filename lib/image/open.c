@@ -16,6 +16,7 @@
 #include "image/drivers.h"
 #include "rblock/image.h"
 #include "rblock/io.h"
+#include "rblock/rbd.h"
 #include "util/path.h"
 
 static struct rb_image *open_one(const char *path, const struct rb_open_opts *opts,
@@ -34,6 +35,15 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
         o.write = false;
         o.snapshot = NULL; /* the top layer's snapshot only */
     }
+    /* "rbd:" names an image of a Ceph cluster, not a file (QEMU's protocol
+     * prefix); a file of that name is "./rbd:..." */
+    if (rb_rbd_is_name(path) && o.snapshot) {
+        rb_error_set(err, ENOTSUP, "%s: rbd images are served without internal snapshots "
+                     "(-l)", path);
+        return NULL;
+    }
+    if (rb_rbd_is_name(path))
+        return rb_rbd_open(path, &o, err);
     /* a backing name from an untrusted header may name a FIFO or a device */
     fd = rb_open_untrusted(path, o.write ? O_RDWR : O_RDONLY, &st, err);
     if (fd < 0)
@@ -74,6 +84,37 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
         img->format_guessed = !o.format;
     }
     return img;
+}
+
+/*
+ * May the backing name "rbd:..." recorded in @cur (at @depth in the chain,
+ * 1 = the image the user named) be followed?  Bytes on disk never choose
+ * a host file or a format: the name must be plain (no ":conf=", ":id=",
+ * ":timeout=": the cluster, its configuration file and the identity are
+ * the user's), its recorded format raw (or none), and it must be the
+ * backing of the image named on the command line, not of a backing file
+ * (whose header the user never named).  See docs/safety.md.
+ */
+static int check_rbd_backing(struct rb_image *cur, unsigned depth, struct rb_error *err)
+{
+    struct rb_rbd_name n;
+
+    if (depth > 1)
+        return rb_error_set(err, EPERM, "%s: backing file name '%s' is an rbd: name in a "
+                            "backing file; only the image named on the command line may "
+                            "have an rbd backing", cur->filename, cur->backing_name);
+    if (rb_rbd_parse_name(cur->backing_name, &n, err) < 0)
+        return -EINVAL;
+    if (n.has_options)
+        return rb_error_reset(err, EPERM, "%s: backing file name '%s' carries options; an "
+                              "rbd backing uses the user's ceph configuration "
+                              "(CEPH_CONF), never one named on disk", cur->filename,
+                              cur->backing_name);
+    if (cur->backing_format && strcmp(cur->backing_format, "raw") != 0)
+        return rb_error_set(err, EINVAL, "%s: backing file '%s' has format '%s'; an rbd "
+                            "backing holds raw bytes", cur->filename, cur->backing_name,
+                            cur->backing_format);
+    return 0;
 }
 
 struct rb_image *rb_image_open_fd(const char *path, int fd, const struct rb_open_opts *opts,
@@ -126,6 +167,17 @@ struct rb_image *rb_image_open(const char *path, const struct rb_open_opts *opts
                          "%s: backing file name '%s' is a json: pseudo-filename, "
                          "which is not supported", cur->filename, cur->backing_name);
             goto fail;
+        }
+        if (rb_rbd_is_name(cur->backing_name)) {
+            if (check_rbd_backing(cur, depth, err) < 0 ||
+                !(cur->backing_path = strdup(cur->backing_name)) ||
+                !(cur->backing = rb_rbd_open(cur->backing_name, &(struct rb_open_opts){
+                                                 .format = "raw"}, err))) {
+                rb_error_set(err, ENOMEM, "%s: out of memory", path);
+                rb_error_prefix(err, "%s: cannot open backing file", cur->filename);
+                goto fail;
+            }
+            break; /* an rbd image has no backing in rblock's chain */
         }
         cur->backing_path = rb_path_resolve(cur->filename, cur->backing_name);
         if (!cur->backing_path) {

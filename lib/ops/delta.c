@@ -30,6 +30,7 @@
 #include "rblock/io.h"
 #include "rblock/output.h"
 #include "rblock/qcow2-create.h"
+#include "rblock/rbd.h"
 #include "util/path.h"
 
 struct delta {
@@ -263,6 +264,25 @@ static int stat_backing(const char *delta_path, const char *name, struct stat *s
     return ret;
 }
 
+/* The backing name of a delta over an rbd: BASE: its plain name (no
+ * options: an overlay's backing never names a configuration, see
+ * lib/image/open.c), or -b NAME when it names the same image and snapshot. */
+static int rbd_backing_name(const char *base_path, const char *given, char **name,
+                            struct rb_error *err)
+{
+    struct rb_rbd_name n, g;
+    char buf[4 * RB_RBD_NAME_MAX];
+
+    if (rb_rbd_parse_name(base_path, &n, err) < 0)
+        return -EINVAL;
+    if (given && (rb_rbd_parse_name(given, &g, NULL) < 0 || g.has_options ||
+                  !rb_rbd_same_image(given, base_path) || strcmp(g.snap, n.snap) != 0))
+        return rb_error_set(err, EINVAL, "backing file name '%s' does not name '%s' as a "
+                            "plain rbd:POOL/IMAGE[@SNAP]", given, base_path);
+    *name = strdup(rb_rbd_plain_name(&n, buf, sizeof(buf)));
+    return *name ? 0 : rb_error_set(err, ENOMEM, "out of memory");
+}
+
 static int create_delta(int fd, const char *delta_path, struct rb_image *base,
                         struct rb_image *newi, const char *backing_name,
                         const struct rb_delta_opts *opts, struct rb_error *err)
@@ -324,8 +344,13 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
         if (ret < 0)
             goto fail;
     }
-    name = opts->backing_name ? strdup(opts->backing_name)
-                              : rb_delta_backing_name(base_path, delta_path, err);
+    if (rb_rbd_is_name(base_path))
+        ret = rbd_backing_name(base_path, opts->backing_name, &name, err);
+    else
+        name = opts->backing_name ? strdup(opts->backing_name)
+                                  : rb_delta_backing_name(base_path, delta_path, err);
+    if (rb_rbd_is_name(base_path) && ret < 0)
+        goto fail;
     if (!name) {
         ret = rb_error_set(err, ENOMEM, "out of memory"); /* keeps an earlier cause */
         ret = -(err && err->code ? err->code : -ret);
@@ -333,12 +358,13 @@ int rb_delta(const char *base_path, const char *new_path, const char *delta_path
     }
     /* The stored name must lead from DELTA's folder to BASE, else the
      * delta would read another file (or none) as its backing. */
-    ret = stat_backing(delta_path, name, &bst);
+    ret = rb_rbd_is_name(base_path) ? 0 : stat_backing(delta_path, name, &bst);
     if (ret == -ENOMEM) {
         ret = rb_error_set(err, ENOMEM, "out of memory");
         goto fail;
     }
-    if (ret < 0 || bst.st_dev != base->dev || bst.st_ino != base->ino) {
+    if (!rb_rbd_is_name(base_path) &&
+        (ret < 0 || bst.st_dev != base->dev || bst.st_ino != base->ino)) {
         ret = rb_error_set(err, EINVAL,
                            "%s: backing file name '%s' does not lead to "
                            "'%s' from the delta's folder",
