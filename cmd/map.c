@@ -14,6 +14,7 @@
 
 #include "cmd.h"
 #include "rblock/ops.h"
+#include "rblock/picture.h"
 #include "rblock/qcow2.h"
 
 static void print_entry(const struct rb_map_entry *e, bool json, bool more,
@@ -85,10 +86,15 @@ static int print_tables(struct rb_image *img)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rblock map [--output=human|json] [-f FMT] [-U] IMAGE\n"
+    fprintf(f, "usage: rblock map [--output=human|json|svg|html] [--bitmap NAME] [-f FMT]"
+               " [-U] IMAGE\n"
                "\nPrint the guest-to-host mapping of IMAGE and its backing chain.\n"
                "  --output=json   exactly the schema of qemu-img map --output=json\n"
                "  --output=human  a table of data extents, then the L1/L2 tables\n"
+               "  --output=svg    a picture: guest view by layer, host view by what each\n"
+               "                  cluster holds, legend and the figures of qemu-img check\n"
+               "  --output=html   the same picture in a page, with details on hover\n"
+               "  --bitmap NAME   (svg, html) also draw the dirty ranges of bitmap NAME\n"
                "  -f FMT          force the format (raw, qcow2)\n"
                "  -U, --force-share  map it even while another process writes it\n");
 }
@@ -121,18 +127,39 @@ static int walk(struct rb_image *img, bool json)
     return 0;
 }
 
+/* --output=svg|html: the picture (lib/ops/picture.c) on stdout. */
+static int picture(struct rb_image *img, const struct rb_picture_opts *po)
+{
+    struct rb_error err = {0};
+    char *doc;
+    size_t len;
+    int ret = rb_picture_render(img, po, &doc, &len, &err);
+
+    if (ret < 0) {
+        complain("%s", rb_error_msg(&err, ret));
+        return 1;
+    }
+    ret = fwrite(doc, 1, len, stdout) == len && fflush(stdout) == 0 ? 0 : 1;
+    free(doc);
+    if (ret)
+        complain("cannot write the picture: %s", strerror(errno));
+    return ret;
+}
+
 int cmd_map(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'},
         {"format", required_argument, NULL, 'f'},
         {"force-share", no_argument, NULL, 'U'},
+        {"bitmap", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct rb_open_opts oo = {0};
     struct rb_error err = {0};
-    bool json = false;
+    bool json = false, draw = false;
+    struct rb_picture_opts po = {0};
     struct rb_image *img;
     int c, ret;
 
@@ -140,8 +167,17 @@ int cmd_map(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":f:Uh", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
-            if (parse_output(optarg, &json) < 0)
+            draw = strcmp(optarg, "svg") == 0 || strcmp(optarg, "html") == 0;
+            po.html = strcmp(optarg, "html") == 0;
+            json = strcmp(optarg, "json") == 0;
+            if (!draw && !json && strcmp(optarg, "human") != 0) {
+                complain("--output must be 'human', 'json', 'svg' or 'html', not '%s'",
+                         optarg);
                 return 1;
+            }
+            break;
+        case 'b':
+            po.bitmap = optarg;
             break;
         case 'f':
             oo.format = optarg;
@@ -160,10 +196,19 @@ int cmd_map(int argc, char **argv)
         bad_usage("map", "needs one IMAGE");
         return 1;
     }
+    if (po.bitmap && !draw) {
+        bad_usage("map", "--bitmap draws: it needs --output=svg or --output=html");
+        return 1;
+    }
     img = rb_image_open(argv[optind], &oo, &err);
     if (!img) {
         complain("%s", rb_error_msg(&err, -EIO));
         return 1;
+    }
+    if (draw) {
+        ret = picture(img, &po);
+        rb_image_close(img);
+        return ret;
     }
     ret = walk(img, json);
     if (ret == 0 && !json && rb_qcow2_is(img))

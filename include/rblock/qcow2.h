@@ -278,6 +278,56 @@ void rb_qcow2_check_free(struct rb_qcow2_check *res);
 
 #define RB_QCOW2_CHECK_MAX_CLUSTERS (1ull << 26) /* 256 MiB of counters */
 
+/* ---- host layout (layout.c): what each host cluster holds ------------- */
+
+enum rb_qcow2_host_class {
+    RB_QCOW2_HOST_HEADER,        /* the header cluster (and its extensions) */
+    RB_QCOW2_HOST_REFTABLE,      /* refcount table */
+    RB_QCOW2_HOST_REFBLOCK,      /* refcount blocks */
+    RB_QCOW2_HOST_L1,            /* the active L1 table */
+    RB_QCOW2_HOST_L2,            /* L2 tables (active and snapshots') */
+    RB_QCOW2_HOST_DATA,          /* guest data clusters */
+    RB_QCOW2_HOST_COMPRESSED,    /* compressed guest data (bytes, not clusters) */
+    RB_QCOW2_HOST_SNAPSHOT,      /* snapshot table and snapshot L1 tables */
+    RB_QCOW2_HOST_BITMAP_TABLES, /* bitmap directory and bitmap tables */
+    RB_QCOW2_HOST_BITMAP_DATA,   /* bitmap data clusters */
+    RB_QCOW2_HOST_FREE,          /* refcount 0, unreferenced */
+    RB_QCOW2_HOST_LEAKED,        /* refcount > 0, unreferenced */
+    RB_QCOW2_HOST_CLASSES
+};
+
+/* Short lower-case name of a class ("header", "refcount table", ...). */
+const char *rb_qcow2_host_class_name(enum rb_qcow2_host_class cls);
+
+/*
+ * The host file of a qcow2 image folded into @columns columns: column k
+ * covers host bytes [k * column_bytes, (k + 1) * column_bytes) and
+ * bytes[k * RB_QCOW2_HOST_CLASSES + class] says how many of them hold
+ * each class (a cluster shared by two owners counts twice).  Memory:
+ * the columns plus a bounded window of per-cluster counters, whatever
+ * the size of the file.
+ */
+struct rb_qcow2_layout {
+    uint64_t file_bytes;    /* the image file's size */
+    uint64_t span_bytes;    /* drawn: the file rounded up to clusters */
+    uint32_t cluster_bytes;
+    uint32_t columns;       /* columns used (<= asked) */
+    uint64_t column_bytes;  /* host bytes per column (a multiple of 512) */
+    uint64_t *bytes;        /* columns * RB_QCOW2_HOST_CLASSES */
+    uint64_t total[RB_QCOW2_HOST_CLASSES]; /* bytes of each class */
+    struct rb_qcow2_check check; /* the check's figures (problems kept) */
+};
+
+/*
+ * Fill @out for @img (one qcow2 layer) by one run of the consistency
+ * check (rb_qcow2_check's walk and figures; takes the lock).  @columns
+ * 1..65536.  Free with rb_qcow2_layout_free.  Returns 0 or -errno with
+ * @err set.
+ */
+int rb_qcow2_layout(struct rb_image *img, uint32_t columns, struct rb_qcow2_layout *out,
+                    struct rb_error *err);
+void rb_qcow2_layout_free(struct rb_qcow2_layout *l);
+
 /* ---- repair (repair.c) ----------------------------------------------------- */
 
 #define RB_QCOW2_FIX_LEAKS 0x1  /* lower refcounts above the references */

@@ -34,6 +34,13 @@ struct ctx {
     bool capped;
     uint8_t *bad_refblock; /* per reftable entry: unusable refcount block */
     int err;            /* first fatal error (ENOMEM) */
+    /* windowed passes (qcow2_check_walk): refs counts the clusters
+     * [lo, lo + win) only; a later pass repeats the walk quietly (its
+     * problems and counters were had in pass 0) to count its window */
+    uint64_t lo, win;
+    bool quiet;
+    uint64_t highest;   /* last cluster referenced or counted, +1 (0: none) */
+    const struct qcow2_check_observer *obs;
 };
 
 #define MAX_L2_VISITS (1ull << 32)
@@ -48,6 +55,8 @@ static void problem(struct ctx *c, enum rb_qcow2_problem_kind kind, uint64_t hos
     struct rb_qcow2_problem *p;
     va_list ap;
 
+    if (c->quiet)
+        return;
     if (kind == RB_QCOW2_LEAK)
         r->leaks++;
     else
@@ -73,7 +82,8 @@ static void problem(struct ctx *c, enum rb_qcow2_problem_kind kind, uint64_t hos
 }
 
 /* Count one reference to every cluster of [off, off + len). */
-static void inc_refs(struct ctx *c, uint64_t off, uint64_t len, const char *what)
+static void inc_refs(struct ctx *c, uint64_t off, uint64_t len, const char *what,
+                     enum rb_qcow2_host_class cls)
 {
     uint64_t first, last, end;
 
@@ -89,23 +99,36 @@ static void inc_refs(struct ctx *c, uint64_t off, uint64_t len, const char *what
     }
     first = off / c->s->cluster_bytes;
     last = end / c->s->cluster_bytes;
+    if (c->obs && !c->quiet)
+        c->obs->ref(c->obs->opaque, off, len, cls);
     if (last >= c->nb) {
-        /* within the semi-allocated last cluster: grow by one */
+        /* within the semi-allocated last cluster: grow by one (the window
+         * too when it is the last one) */
         uint64_t n = last + 1;
-        uint32_t *r = realloc(c->refs, n * sizeof(*r));
-        if (!r) {
-            c->err = ENOMEM;
-            return;
+        if (c->lo + c->win >= c->nb) {
+            uint32_t *r = realloc(c->refs, (n - c->lo) * sizeof(*r));
+            if (!r) {
+                c->err = ENOMEM;
+                return;
+            }
+            memset(r + c->win, 0, (n - c->lo - c->win) * sizeof(*r));
+            c->refs = r;
+            c->win = n - c->lo;
         }
-        memset(r + c->nb, 0, (n - c->nb) * sizeof(*r));
-        c->refs = r;
         c->nb = n;
     }
-    for (uint64_t i = first; i <= last; i++) {
-        if (c->refs[i] < UINT32_MAX)
-            c->refs[i]++;
+    if (first < c->lo)
+        first = c->lo;
+    if (last >= c->lo + c->win)
+        last = c->lo + c->win - 1;
+    for (uint64_t i = first; i <= last && i >= c->lo; i++) {
+        if (c->refs[i - c->lo] < UINT32_MAX)
+            c->refs[i - c->lo]++;
     }
 }
+
+/* Count one reference to every cluster of [off, off + len). */
+
 
 /* The stored refcount of @cluster; false when it cannot be read (its
  * refcount block is unusable: reported once by check_reftable). */
@@ -189,7 +212,7 @@ static void check_l2(struct ctx *c, uint64_t l2_off, bool active)
                         "non-zero subcluster bitmap 0x%016" PRIx64, coff, i, l2_off, b);
                 continue;
             }
-            inc_refs(c, coff, cbytes, "compressed cluster");
+            inc_refs(c, coff, cbytes, "compressed cluster", RB_QCOW2_HOST_COMPRESSED);
             if (active) {
                 c->res->allocated_clusters++;
                 c->res->compressed_clusters++;
@@ -222,7 +245,7 @@ static void check_l2(struct ctx *c, uint64_t l2_off, bool active)
             next_contiguous = host + s->cluster_bytes;
         }
         if (!s->has_data_file) /* data file clusters are not refcounted (spec) */
-            inc_refs(c, host, s->cluster_bytes, "data cluster");
+            inc_refs(c, host, s->cluster_bytes, "data cluster", RB_QCOW2_HOST_DATA);
     }
     qcow2_cache_put(s->l2_cache, l2);
 }
@@ -237,7 +260,8 @@ static void check_l1(struct ctx *c, uint64_t l1_off, uint32_t l1_size, const uin
 
     if (!l1_size)
         return;
-    inc_refs(c, l1_off, (uint64_t)l1_size * 8, name);
+    inc_refs(c, l1_off, (uint64_t)l1_size * 8, name,
+             active ? RB_QCOW2_HOST_L1 : RB_QCOW2_HOST_SNAPSHOT);
     if (!l1) {
         uint8_t *raw = malloc((size_t)l1_size * 8);
         if (!raw || rb_io_pread(s->fd, raw, (size_t)l1_size * 8, l1_off) < 0) {
@@ -259,7 +283,7 @@ static void check_l1(struct ctx *c, uint64_t l1_off, uint32_t l1_size, const uin
         if (!l1[i])
             continue; /* qemu walks any non-zero entry, even at offset 0 */
         snprintf(what, sizeof(what), "L2 table (%s index %" PRIu32 ")", name, i);
-        inc_refs(c, l2_off, s->cluster_bytes, what);
+        inc_refs(c, l2_off, s->cluster_bytes, what, RB_QCOW2_HOST_L2);
         if (l2_off & (s->cluster_bytes - 1))
             problem(c, RB_QCOW2_CORRUPTION, l2_off, "%s at 0x%" PRIx64 " is not "
                     "cluster-aligned (cluster size %" PRIu32 ")", what, l2_off,
@@ -275,7 +299,8 @@ static void check_reftable(struct ctx *c)
     struct qcow2_state *s = c->s;
 
     inc_refs(c, s->h.refcount_table_offset,
-             (uint64_t)s->h.refcount_table_clusters * s->cluster_bytes, "refcount table");
+             (uint64_t)s->h.refcount_table_clusters * s->cluster_bytes, "refcount table",
+             RB_QCOW2_HOST_REFTABLE);
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t off = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
 
@@ -301,11 +326,17 @@ static void check_reftable(struct ctx *c)
             continue;
         }
         if (off) {
-            inc_refs(c, off, s->cluster_bytes, "refcount block");
-            if (c->refs[off / s->cluster_bytes] != 1)
+            inc_refs(c, off, s->cluster_bytes, "refcount block", RB_QCOW2_HOST_REFBLOCK);
+            uint64_t ci = off / s->cluster_bytes;
+            /* judged in the pass whose window holds it */
+            if (ci >= c->lo && ci - c->lo < c->win && c->refs[ci - c->lo] != 1) {
+                bool quiet = c->quiet;
+                c->quiet = false;
                 problem(c, RB_QCOW2_CORRUPTION, off, "refcount block %" PRIu64 " at 0x%"
                         PRIx64 " is referenced %" PRIu32 " times", i, off,
-                        c->refs[off / s->cluster_bytes]);
+                        c->refs[ci - c->lo]);
+                c->quiet = quiet;
+            }
         }
     }
 }
@@ -315,7 +346,8 @@ static int count_bitmap_data(struct qcow2_state *s, uint64_t off, void *opaque)
     struct ctx *c = opaque;
 
     if (table_ok(c, "bitmap data cluster", off, s->cluster_bytes))
-        inc_refs(c, off, s->cluster_bytes, "bitmap data cluster");
+        inc_refs(c, off, s->cluster_bytes, "bitmap data cluster",
+                 RB_QCOW2_HOST_BITMAP_DATA);
     return 0;
 }
 
@@ -332,7 +364,7 @@ static void check_bitmaps(struct ctx *c)
                                       s->h.bitmap_directory_size))
         return;
     inc_refs(c, s->h.bitmap_directory_offset, s->h.bitmap_directory_size,
-             "bitmap directory");
+             "bitmap directory", RB_QCOW2_HOST_BITMAP_TABLES);
     ret = qcow2_bitmap_dir_read(s, &l, &e);
     if (ret == -EINVAL) {
         problem(c, RB_QCOW2_CORRUPTION, s->h.bitmap_directory_offset,
@@ -348,7 +380,7 @@ static void check_bitmaps(struct ctx *c)
         uint64_t toff = l.b[n].table_off, tsize = l.b[n].table_size;
 
         if (tsize && table_ok(c, "bitmap table", toff, tsize * 8)) {
-            inc_refs(c, toff, tsize * 8, "bitmap table");
+            inc_refs(c, toff, tsize * 8, "bitmap table", RB_QCOW2_HOST_BITMAP_TABLES);
             e = (struct rb_error){0};
             ret = qcow2_bitmap_table_walk(s, toff, (uint32_t)tsize, count_bitmap_data, c,
                                           &e);
@@ -408,13 +440,13 @@ static void check_copied(struct ctx *c)
     }
 }
 
+/* Compare references and refcounts of the clusters of the window. */
 static void compare(struct ctx *c)
 {
     struct qcow2_state *s = c->s;
-    uint64_t highest = 0;
 
-    for (uint64_t i = 0; i < c->nb; i++) {
-        uint64_t rc, refs = c->refs[i];
+    for (uint64_t i = c->lo; i < c->lo + c->win; i++) {
+        uint64_t rc, refs = c->refs[i - c->lo];
         uint64_t off = i * s->cluster_bytes;
 
         if (!refcount_of(c, i, &rc)) {
@@ -422,7 +454,10 @@ static void compare(struct ctx *c)
             continue;
         }
         if (rc || refs) /* as qemu: referenced or counted */
-            highest = i;
+            c->highest = i + 1;
+        if (c->obs && !refs)
+            c->obs->ref(c->obs->opaque, off, s->cluster_bytes,
+                        rc ? RB_QCOW2_HOST_LEAKED : RB_QCOW2_HOST_FREE);
         if (rc > refs)
             problem(c, RB_QCOW2_LEAK, off, "leaked cluster %" PRIu64 " at 0x%" PRIx64
                     ": refcount %" PRIu64 ", referenced %" PRIu64 " times", i, off, rc,
@@ -432,14 +467,44 @@ static void compare(struct ctx *c)
                     " has refcount %" PRIu64 " but is referenced %" PRIu64 " times%s", i,
                     off, rc, refs, rc ? "" : " (it may be overwritten)");
     }
-    c->res->image_end_offset = (highest + 1) * s->cluster_bytes;
 }
 
-int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
+/* Every reference of the image, counted into c->refs for the window. */
+static void walk(struct ctx *c)
+{
+    struct qcow2_state *s = c->s;
+
+    inc_refs(c, 0, s->cluster_bytes, "header", RB_QCOW2_HOST_HEADER);
+    /* allocated by a write in progress, its L2 entry not set yet: as good
+     * as referenced (an idle check sees the entry instead) */
+    for (const struct qcow2_inflight *f = s->inflight; f; f = f->next) {
+        inc_refs(c, f->host_off, s->cluster_bytes, "cluster of a write in progress",
+                 RB_QCOW2_HOST_DATA);
+        c->res->in_flight_clusters++;
+    }
+    check_l1(c, s->h.l1_table_offset, s->h.l1_size, s->l1, true, "active L1 table");
+    for (uint32_t i = 0; i < s->h.nb_snapshots; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "L1 table of snapshot %" PRIu32, i);
+        check_l1(c, s->snapshots[i].l1_table_offset, s->snapshots[i].l1_size, NULL,
+                 false, name);
+    }
+    if (s->h.nb_snapshots)
+        inc_refs(c, s->h.snapshots_offset, s->snapshots_bytes, "snapshot table",
+                 RB_QCOW2_HOST_SNAPSHOT);
+    check_bitmaps(c);
+    check_reftable(c);
+    if (c->capped && !c->err)
+        c->err = EFBIG;
+}
+
+int qcow2_check_walk(struct rb_image *img, struct rb_qcow2_check *res,
+                     const struct qcow2_check_observer *obs, uint64_t window,
                      struct qcow2_refs *keep, struct rb_error *err)
 {
     struct qcow2_state *s;
     struct ctx c = {0};
+    struct rb_qcow2_check counted;
 
     memset(res, 0, sizeof(*res));
     if (!qcow2_is_qcow2(img))
@@ -447,6 +512,7 @@ int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
     s = img->priv;
     c.s = s;
     c.res = res;
+    c.obs = obs;
 
     /* One consistent state: a served image is written while we check, so
      * everything the walk sizes (the file, the refcount table) and reads is
@@ -457,13 +523,18 @@ int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
      * waits for it. */
     pthread_mutex_lock(&s->lock);
     c.nb = (s->file_size + s->cluster_bytes - 1) / s->cluster_bytes;
-    if (c.nb > RB_QCOW2_CHECK_MAX_CLUSTERS) {
+    if (!window || window > c.nb)
+        window = c.nb;
+    if (!window)
+        window = 1;
+    if (window > RB_QCOW2_CHECK_MAX_CLUSTERS) {
         pthread_mutex_unlock(&s->lock);
         return rb_error_set(err, EFBIG, "%s: file has too many clusters to check (%"
                             PRIu64 ", limit %llu)", img->filename, c.nb,
                             RB_QCOW2_CHECK_MAX_CLUSTERS);
     }
-    c.refs = calloc(c.nb ? c.nb : 1, sizeof(*c.refs));
+    c.win = window;
+    c.refs = calloc(c.win, sizeof(*c.refs));
     c.bad_refblock = calloc(s->reftable_entries ? s->reftable_entries : 1, 1);
     if (!c.refs || !c.bad_refblock) {
         pthread_mutex_unlock(&s->lock);
@@ -473,34 +544,42 @@ int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
     }
     res->total_clusters = (s->h.size + s->cluster_bytes - 1) / s->cluster_bytes;
 
-    inc_refs(&c, 0, s->cluster_bytes, "header");
-    /* allocated by a write in progress, its L2 entry not set yet: as good
-     * as referenced (an idle check sees the entry instead) */
-    for (const struct qcow2_inflight *f = s->inflight; f; f = f->next) {
-        inc_refs(&c, f->host_off, s->cluster_bytes, "cluster of a write in progress");
-        res->in_flight_clusters++;
-    }
-    check_l1(&c, s->h.l1_table_offset, s->h.l1_size, s->l1, true, "active L1 table");
-    for (uint32_t i = 0; i < s->h.nb_snapshots; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "L1 table of snapshot %" PRIu32, i);
-        check_l1(&c, s->snapshots[i].l1_table_offset, s->snapshots[i].l1_size, NULL,
-                 false, name);
-    }
-    if (s->h.nb_snapshots)
-        inc_refs(&c, s->h.snapshots_offset, s->snapshots_bytes, "snapshot table");
-    check_bitmaps(&c);
-    check_reftable(&c);
-    if (c.capped && !c.err)
-        c.err = EFBIG;
-    if (!c.err) {
+    /* Pass 0 walks loudly (problems, statistics, the observer); each later
+     * pass walks quietly again to count the references of its window.
+     * Memory: @window counters, whatever the size of the file. */
+    walk(&c);
+    counted = *res; /* the walk's statistics: a quiet walk repeats them */
+    for (;;) {
+        uint64_t check_errors;
+
+        if (c.err)
+            break;
         compare(&c);
+        if (c.lo + c.win >= c.nb)
+            break;
+        c.lo += c.win;
+        if (c.win > c.nb - c.lo)
+            c.win = c.nb - c.lo;
+        memset(c.refs, 0, c.win * sizeof(*c.refs));
+        c.quiet = true;
+        c.l2_visits = 0;
+        check_errors = res->check_errors;
+        walk(&c);
+        res->check_errors = check_errors;
+        res->allocated_clusters = counted.allocated_clusters;
+        res->fragmented_clusters = counted.fragmented_clusters;
+        res->compressed_clusters = counted.compressed_clusters;
+        res->in_flight_clusters = counted.in_flight_clusters;
+        c.quiet = false;
+    }
+    if (!c.err) {
+        res->image_end_offset = c.highest * s->cluster_bytes;
         check_copied(&c);
     }
     pthread_mutex_unlock(&s->lock);
 
     free(c.bad_refblock);
-    if (keep && !c.err) { /* the references, for repair.c */
+    if (keep && !c.err && c.lo == 0) { /* the references, for repair.c */
         keep->refs = c.refs;
         keep->nb = c.nb;
         c.refs = NULL;
@@ -516,6 +595,12 @@ int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
                             img->filename);
     }
     return 0;
+}
+
+int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
+                     struct qcow2_refs *keep, struct rb_error *err)
+{
+    return qcow2_check_walk(img, res, NULL, 0, keep, err);
 }
 
 int rb_qcow2_check(struct rb_image *img, struct rb_qcow2_check *res, struct rb_error *err)

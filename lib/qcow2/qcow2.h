@@ -555,6 +555,27 @@ struct qcow2_refs {
 int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
                      struct qcow2_refs *keep, struct rb_error *err);
 
+/* Told of each reference check.c's walk counts (its host bytes and what
+ * they hold; a cluster shared by several owners is told once per owner),
+ * then of each cluster of the file nothing references, as FREE (refcount
+ * 0) or LEAKED. */
+struct qcow2_check_observer {
+    void (*ref)(void *opaque, uint64_t host_off, uint64_t bytes,
+                enum rb_qcow2_host_class cls);
+    void *opaque;
+};
+
+/*
+ * The check, telling @obs (may be NULL) what each host cluster holds, and
+ * counting references in windows of at most @window clusters (0: the
+ * whole file in one): a file of N clusters is walked ceil(N / window)
+ * times in 4 * window bytes.  @keep (NULL, or the whole file in one
+ * window) as qcow2_check_refs.  Takes the lock.
+ */
+int qcow2_check_walk(struct rb_image *img, struct rb_qcow2_check *res,
+                     const struct qcow2_check_observer *obs, uint64_t window,
+                     struct qcow2_refs *keep, struct rb_error *err);
+
 /* ---- inline index helpers -------------------------------------------------- */
 
 /* Does L2 entry @e point at a cluster whose COPIED flag says whether its

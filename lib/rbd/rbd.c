@@ -19,7 +19,8 @@
  * failed write is reported by the next write or flush, and flush waits
  * for all of them before rbd_flush.
  *
- * Built only when meson found librbd (HAVE_RBD); otherwise the entry
+ * librbd is loaded on first use (api.h).  Built only when meson found
+ * librbd's headers (HAVE_RBD); otherwise the entry
  * points say so (ENOTSUP).
  */
 #include <errno.h>
@@ -34,9 +35,9 @@
 #include "rblock/rbd.h"
 
 #ifdef HAVE_RBD
-#include <rados/librados.h>
 #include <rbd/features.h>
-#include <rbd/librbd.h>
+
+#include "rbd/api.h"
 
 #define RB_RBD_QUEUE_DEPTH 16
 /* Queued writes go out in pieces of at most this size, as qemu-img's
@@ -98,6 +99,8 @@ static int connect_pool(const struct rb_rbd_name *n, const char *what, bool no_c
     rados_t c;
     int ret;
 
+    if ((ret = rb_rbd_api_load(what, err)) < 0)
+        return ret;
     ret = rados_create(&c, n->id[0] ? n->id : NULL);
     if (ret < 0)
         return rb_error_errno(err, -ret, "%s: cannot set up a ceph client", what);

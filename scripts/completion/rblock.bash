@@ -15,7 +15,7 @@ _rblock()
     local opts=""
     case ${words[1]} in
         info)    opts="--output= --backing-chain -f -U --force-share --help" ;;
-        map)     opts="--output= -f -U --force-share --help" ;;
+        map)     opts="--output= --bitmap -f -U --force-share --help" ;;
         check)   opts="-r --output= -f -U --force-share --help" ;;
         create)  opts="-f -o -b -F -q --help" ;;
         convert) opts="-f -O -o -c -p -q -U -n -m -B -F -b --force-share --bitmaps --skip-broken-bitmaps --help" ;;
@@ -48,6 +48,9 @@ _rblock()
     esac
     case $cur in
         --output=*)
+            if [ "${words[1]}" = map ]; then
+                COMPREPLY=($(compgen -W "human json svg html" -- "${cur#--output=}")); return
+            fi
             COMPREPLY=($(compgen -W "human json" -- "${cur#--output=}")); return ;;
         --tls=*)
             COMPREPLY=($(compgen -W "off on require" -- "${cur#--tls=}")); return ;;

@@ -82,6 +82,11 @@ static json_t *be_check(void *o, struct rb_error *err)
     return rb_rpc_check_json(ex(o), err);
 }
 
+static json_t *be_layout(void *o, struct rb_error *err)
+{
+    return rb_rpc_layout_json(ex(o), err);
+}
+
 static json_t *be_stats(void *o, struct rb_error *err)
 {
     struct rb_export *e = ex(o);
@@ -138,6 +143,7 @@ static const struct rb_rpc_backend_ops export_ops = {
     .info = be_info,
     .check = be_check,
     .stats = be_stats,
+    .layout = be_layout,
     .spoke = be_spoke,
 };
 

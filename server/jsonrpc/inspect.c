@@ -7,9 +7,11 @@
  * tests/interop/test_rpc.py compares the two.
  */
 #include <errno.h>
+#include <stdlib.h>
 
 #include "core/export.h"
 #include "jsonrpc/jsonrpc.h"
+#include "rblock/picture.h"
 #include "rblock/qcow2.h"
 #include "rblock/view.h"
 
@@ -33,6 +35,22 @@ json_t *rb_rpc_check_json(struct rb_export *e, struct rb_error *err)
         return NULL;
     o = rb_view_check(img->filename, &r);
     rb_qcow2_check_free(&r);
+    if (!o)
+        rb_error_set(err, ENOMEM, "out of memory");
+    return o;
+}
+
+json_t *rb_rpc_layout_json(struct rb_export *e, struct rb_error *err)
+{
+    struct rb_picture_opts po = {0};
+    char *svg;
+    size_t len;
+    json_t *o;
+
+    if (rb_picture_render(rb_export_image(e), &po, &svg, &len, err) < 0)
+        return NULL;
+    o = json_stringn(svg, len);
+    free(svg);
     if (!o)
         rb_error_set(err, ENOMEM, "out of memory");
     return o;

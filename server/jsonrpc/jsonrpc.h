@@ -25,6 +25,9 @@ void rb_rpc_backend_for(struct rb_conn *c, struct rb_rpc_backend *be);
  * (ENOTSUP when the format has nothing to check). */
 json_t *rb_rpc_info_json(struct rb_export *e, bool backing_chain, struct rb_error *err);
 json_t *rb_rpc_check_json(struct rb_export *e, struct rb_error *err);
+/* The SVG of `rblock map --output=svg` of the export's image, as a JSON
+ * string (inspect.c). */
+json_t *rb_rpc_layout_json(struct rb_export *e, struct rb_error *err);
 
 /*
  * For --run: set $rpc to the address of the first JSON-RPC listener of

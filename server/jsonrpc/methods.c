@@ -2,7 +2,7 @@
 /*
  * methods.c - the method table and dispatch (methods.h lists the other
  * files), and the methods about the server itself: get_version,
- * list_methods, info, check, stats.
+ * list_methods, info, check, stats, layout.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -53,6 +53,17 @@ static int m_stats(struct rpc_call *c, json_t **result)
     return *result ? 0 : rpc_io_fault(c, -(err.code ? err.code : EIO), &err);
 }
 
+static int m_layout(struct rpc_call *c, json_t **result)
+{
+    struct rb_error err = {0};
+
+    if (!c->be->ops->layout)
+        return rb_rpc_fault_set(c->f, RB_RPC_NOT_SUPPORTED, NULL,
+                                "layout: this export cannot be drawn");
+    *result = c->be->ops->layout(c->be->opaque, &err);
+    return *result ? 0 : rpc_io_fault(c, -(err.code ? err.code : EIO), &err);
+}
+
 static const struct rpc_method methods[] = {
     {"get_version", "program name and version", false, m_get_version, {{0}}},
     {"list_methods", "the methods and their parameters", false, m_list_methods, {{0}}},
@@ -100,6 +111,11 @@ static const struct rpc_method methods[] = {
      "connections, requests and bytes per protocol; uptime",
      false,
      m_stats,
+     {{0}}},
+    {"layout",
+     "the picture of the image's layout (SVG), as `rblock map --output=svg`",
+     false,
+     m_layout,
      {{0}}},
 };
 

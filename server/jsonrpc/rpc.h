@@ -108,6 +108,9 @@ struct rb_rpc_backend_ops {
      * @name is not served. */
     int (*bitmap_extent)(void *opaque, const char *name, uint64_t off, uint64_t len,
                          bool *dirty, uint64_t *bytes, struct rb_error *err);
+    /* Optional (may be NULL: not supported): the picture of the image's
+     * layout, as `rblock map --output=svg` draws it, a JSON string. */
+    json_t *(*layout)(void *opaque, struct rb_error *err);
     /* Optional (may be NULL): a request named an existing method, i.e.
      * the client speaks JSON-RPC (the server stops treating it as a
      * possibly idle newcomer). */

@@ -3,7 +3,9 @@
  * fuzz_qcow2.c - libFuzzer target: the input is a qcow2 file.  Open it
  * read-only without its backing chain, ask for its info and L2 summary,
  * walk each persistent dirty bitmap's runs (bounded), walk block status
- * over the disk, read clusters (bounded), and run the consistency check (rb_qcow2_check, weak: skipped if not linked in).
+ * over the disk, read clusters (bounded), run the consistency check
+ * (rb_qcow2_check, weak: skipped if not linked in), and draw the host
+ * layout of `rblock map --output=svg` (rb_qcow2_layout).
  */
 #include <stdint.h>
 
@@ -103,6 +105,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memset(&res, 0, sizeof(res));
         if (rb_qcow2_check(img, &res, &err) == 0)
             rb_qcow2_check_free(&res);
+    }
+    {
+        /* the host layout: the check's walk, every reference put in columns */
+        struct rb_qcow2_layout l;
+        if (rb_qcow2_layout(img, 97, &l, &err) == 0)
+            rb_qcow2_layout_free(&l);
     }
     rb_image_close(img);
 out:

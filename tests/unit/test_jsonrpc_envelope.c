@@ -546,6 +546,43 @@ static void test_info_check_list(void **state)
     json_decref(r);
 }
 
+/* ---- layout: the picture of the image, optional in a backend ----------- */
+
+static json_t *md_layout(void *o, struct rb_error *err)
+{
+    return json_string("<svg xmlns=\"http://www.w3.org/2000/svg\"/>");
+}
+
+static void test_layout(void **state)
+{
+    struct rb_rpc_backend_ops with = md_ops;
+    const struct rb_rpc_backend_ops *saved = be.ops;
+    json_t *r;
+
+    /* a backend without pictures: not supported, named */
+    err_case("{\"method\":\"layout\",\"id\":1}", RB_RPC_NOT_SUPPORTED, json_integer(1),
+             "layout");
+    with.layout = md_layout;
+    be.ops = &with;
+    r = ask("{\"method\":\"layout\",\"id\":2}");
+    assert_string_equal(json_string_value(json_object_get(r, "result")),
+                        "<svg xmlns=\"http://www.w3.org/2000/svg\"/>");
+    json_decref(r);
+    /* it takes no parameters */
+    err_case("{\"method\":\"layout\",\"params\":{\"offset\":0},\"id\":3}",
+             RB_RPC_INVALID_PARAMS, json_integer(3), "offset");
+    r = ask("{\"method\":\"list_methods\",\"id\":4}");
+    bool found = false;
+    for (size_t i = 0; i < json_array_size(json_object_get(r, "result")); i++) {
+        json_t *m = json_array_get(json_object_get(r, "result"), i);
+        if (strcmp(json_string_value(json_object_get(m, "name")), "layout") == 0)
+            found = !json_is_true(json_object_get(m, "writes"));
+    }
+    assert_true(found);
+    json_decref(r);
+    be.ops = saved;
+}
+
 /* ---- base64 ------------------------------------------------------------- */
 
 static void test_base64(void **state)
@@ -608,6 +645,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_read_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_block_status_and_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_info_check_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_layout, setup, teardown),
         cmocka_unit_test(test_base64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
