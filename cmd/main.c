@@ -23,6 +23,10 @@ static const struct command commands[] = {
     {"delta", cmd_delta, "write a qcow2 overlay holding only what changed"},
     {"serve", cmd_serve, "serve an image over NBD and JSON-RPC"},
     {"bitmap", cmd_bitmap, "add, remove, clear, enable, disable, merge dirty bitmaps"},
+    {"measure", cmd_measure, "the size a new image needs (as qemu-img measure)"},
+    {"compare", cmd_compare, "compare two images' guest contents (as qemu-img compare)"},
+    {"resize", cmd_resize, "grow or shrink an image (as qemu-img resize)"},
+    {"amend", cmd_amend, "change a qcow2 image's options (as qemu-img amend)"},
     {"commit", cmd_commit, "merge an overlay into its backing file"},
     {"rebase", cmd_rebase, "change an overlay's backing file, keeping its content"},
     {"snapshot", cmd_snapshot, "list, create, apply, delete internal snapshots"},
@@ -52,7 +56,6 @@ static const char *equivalent_of(const char *name)
     static const struct {
         const char *theirs, *ours;
     } words[] = {
-        {"compare", "rblock diff (exit status as cmp: 0 same, 1 different)"},
         {"dd", "rblock convert"},
         {"nbd", "rblock serve"},
         {"qemu-nbd", "rblock serve"},

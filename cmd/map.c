@@ -86,8 +86,8 @@ static int print_tables(struct rb_image *img)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: rblock map [--output=human|json|svg|html] [--bitmap NAME] [-f FMT]"
-               " [-U] IMAGE\n"
+    fprintf(f, "usage: rblock map [--output=human|json|svg|html] [--bitmap NAME]\n"
+               "                  [--start-offset OFF] [--max-length LEN] [-f FMT] [-U] IMAGE\n"
                "\nPrint the guest-to-host mapping of IMAGE and its backing chain.\n"
                "  --output=json   exactly the schema of qemu-img map --output=json\n"
                "  --output=human  a table of data extents, then the L1/L2 tables\n"
@@ -95,11 +95,12 @@ static void usage(FILE *f)
                "                  cluster holds, legend and the figures of qemu-img check\n"
                "  --output=html   the same picture in a page, with details on hover\n"
                "  --bitmap NAME   (svg, html) also draw the dirty ranges of bitmap NAME\n"
+               "  --start-offset OFF, --max-length LEN  (human, json) map [OFF, OFF + LEN) only\n"
                "  -f FMT          force the format (raw, qcow2)\n"
                "  -U, --force-share  map it even while another process writes it\n");
 }
 
-static int walk(struct rb_image *img, bool json)
+static int walk(struct rb_image *img, bool json, uint64_t start, uint64_t end)
 {
     struct rb_map_walk w;
     struct rb_map_entry cur, next;
@@ -110,8 +111,11 @@ static int walk(struct rb_image *img, bool json)
         printf("[");
     else
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
-    rb_map_init(&w, rb_map_image_status, img, 0, img->size);
+    rb_map_init(&w, rb_map_image_status, img, start, end > start ? end : start);
     ret = rb_map_next(&w, &cur, &err);
+    if (ret == 0 && json) /* an empty range: qemu-img prints one empty entry */
+        printf("{ \"start\": %" PRIu64 ", \"length\": 0, \"depth\": 0, \"present\": false,"
+               " \"zero\": false, \"data\": false}", start);
     while (ret > 0) {
         ret = rb_map_next(&w, &next, &err);
         print_entry(&cur, json, ret > 0, img);
@@ -154,10 +158,13 @@ int cmd_map(int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'},
         {"bitmap", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'},
+        {"start-offset", required_argument, NULL, 'S'},
+        {"max-length", required_argument, NULL, 'L'},
         {NULL, 0, NULL, 0},
     };
     struct rb_open_opts oo = {0};
     struct rb_error err = {0};
+    uint64_t start = 0, max_len = UINT64_MAX, end;
     bool json = false, draw = false;
     struct rb_picture_opts po = {0};
     struct rb_image *img;
@@ -188,6 +195,15 @@ int cmd_map(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case 'S':
+        case 'L':
+            /* as qemu-img map: [start, min(start + max-length, size)) */
+            if (parse_size(optarg, c == 'S' ? &start : &max_len) < 0) {
+                complain("map: invalid %s '%s'", c == 'S' ? "start offset" : "max length",
+                         optarg);
+                return 1;
+            }
+            break;
         default:
             return bad_option("map", argv, c);
         }
@@ -210,7 +226,9 @@ int cmd_map(int argc, char **argv)
         rb_image_close(img);
         return ret;
     }
-    ret = walk(img, json);
+    end = max_len > img->size - (start < img->size ? start : img->size)
+              ? img->size : start + max_len;
+    ret = walk(img, json, start, end);
     if (ret == 0 && !json && rb_qcow2_is(img))
         ret = print_tables(img);
     rb_image_close(img);

@@ -40,12 +40,11 @@ static json_t *jint(uint64_t v)
     return json_integer((json_int_t)v);
 }
 
+/* Offsets and feature masks: numbers, as every other number in the JSON
+ * of rblock (and of qemu-img); the text output shows them in hex. */
 static json_t *hex(uint64_t v)
 {
-    char buf[24];
-
-    snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-    return json_string(buf);
+    return jint(v);
 }
 
 static json_t *snapshots_json(const struct rb_qcow2_info *q)
@@ -143,10 +142,8 @@ static json_t *rblock_json(const struct rb_qcow2_info *q)
     }
     r = put(r, "features", f);
     for (size_t i = 0; i < q->nb_extensions; i++) {
-        char t[16];
         json_t *o = json_object();
-        snprintf(t, sizeof(t), "0x%08" PRIx32, q->extensions[i].type);
-        o = put(o, "type", json_string(t));
+        o = put(o, "type", jint(q->extensions[i].type));
         o = put(o, "name", json_string(q->extensions[i].name));
         o = put(o, "length", jint(q->extensions[i].length));
         o = put(o, "offset", hex(q->extensions[i].offset));

@@ -175,36 +175,52 @@ static int copy_down(struct commit *c, struct rb_error *err)
     return rb_image_flush(c->base, err);
 }
 
+/* Clusters of unallocated gap a discard span may cross: one discard of a
+ * few spans syncs far less often than one per extent, and walking a short
+ * gap costs only lookups. */
+#define EMPTY_GAP_CLUSTERS 4096
+
 /* Discard every cluster TOP defines (qcow2_make_empty's fallback: the
- * entries become unallocated and their clusters are freed). */
+ * entries become unallocated and their clusters are freed), in spans of
+ * whole clusters (a partly allocated one, with subclusters, goes too). */
 static int make_empty(struct commit *c, struct rb_error *err)
 {
     uint64_t off = 0, size = c->top->size, g = c->top->cluster_bytes;
+    uint64_t from = 0, to = 0; /* pending span; empty when from == to */
     int ret;
 
     if (!g)
         g = 512;
-    while (off < size) {
-        struct rb_extent e;
+    while (off <= size) {
+        struct rb_extent e = {.length = 0};
+        uint64_t a = size, b = size;
 
-        ret = rb_image_block_status_top(c->top, off, size - off, &e, err);
-        if (ret < 0)
-            return ret;
-        if (e.flags & (RB_BS_DATA | RB_BS_ZERO)) {
-            /* whole clusters: a partly allocated one (subclusters) goes */
-            uint64_t from = off - off % g, to = off + e.length;
-            to = to % g ? to - to % g + g : to;
-            if (to > size)
-                to = size;
+        if (off < size) {
+            ret = rb_image_block_status_top(c->top, off, size - off, &e, err);
+            if (ret < 0)
+                return ret;
+            if (!(e.flags & (RB_BS_DATA | RB_BS_ZERO))) {
+                off += e.length;
+                continue;
+            }
+            a = off - off % g;
+            b = off + e.length;
+            b = b % g ? b - b % g + g : b;
+            if (b > size)
+                b = size;
+        }
+        if (from < to && (off >= size || a > to + EMPTY_GAP_CLUSTERS * g)) {
             ret = rb_image_trim(c->top, from, to - from, err);
             if (ret < 0)
                 return ret;
-            if (to > off + e.length) {
-                off = to;
-                continue;
-            }
+            from = to = 0;
         }
-        off += e.length;
+        if (off >= size)
+            break;
+        if (from == to)
+            from = a;
+        to = b;
+        off = b;
     }
     ret = rb_image_flush(c->top, err);
     if (ret == 0)

@@ -1067,3 +1067,27 @@ int rb_qcow2_bitmap_extent(struct rb_image *img, const char *name, uint64_t off,
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
+
+int qcow2_bitmaps_resize(struct qcow2_state *s, struct rb_error *err)
+{
+    for (uint32_t i = 0; i < s->bitmaps.nb; i++) {
+        struct qcow2_bitmap *b = &s->bitmaps.b[i];
+        uint64_t nb = bits_for(s, b->gbits), old_bytes = data_bytes(b->nb_bits);
+        uint64_t bytes = data_bytes(nb);
+        uint8_t *p;
+
+        if (!b->bits)
+            continue;
+        p = realloc(b->bits, bytes ? bytes : 8);
+        if (!p)
+            return rb_error_set(err, ENOMEM, "%s: out of memory for bitmap '%s'", s->name,
+                                b->name);
+        if (bytes > old_bytes)
+            memset(p + old_bytes, 0, (size_t)(bytes - old_bytes));
+        for (uint64_t k = nb; k < bytes * 8 && k < b->nb_bits; k++)
+            p[k / 8] &= (uint8_t)~(1u << (k % 8));
+        b->bits = p;
+        b->nb_bits = nb;
+    }
+    return 0;
+}

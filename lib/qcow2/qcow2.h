@@ -534,6 +534,10 @@ void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t off, uint64_t len);
  * (new tables, then the directory without in_use, then the header), free
  * the old clusters.  Lock held (or state private).  0 or -errno. */
 int qcow2_bitmaps_close(struct qcow2_state *s, struct rb_error *err);
+/* After the virtual size (s->h.size) changed: every loaded, consistent
+ * bitmap takes the new number of bits (new ones clean, those past the
+ * new end dropped).  Stored by qcow2_bitmaps_close.  Lock held. */
+int qcow2_bitmaps_resize(struct qcow2_state *s, struct rb_error *err);
 /* Bytes of the disk covered by dirty granules of loaded, consistent
  * bitmap @name (as recorded now, in memory).  Lock held.  0 or -ENOENT
  * (not loaded, missing or inconsistent). */
@@ -554,6 +558,13 @@ struct qcow2_refs {
  */
 int qcow2_check_refs(struct rb_image *img, struct rb_qcow2_check *res,
                      struct qcow2_refs *keep, struct rb_error *err);
+
+/* amend refcount_bits: build a new refcount structure of width 2^@order
+ * counting every reference (in clusters nothing references), make it
+ * durable, switch the header to it (table and width in one write), then
+ * free the old one.  Refused (nothing changed) when the image is corrupt
+ * or a count does not fit.  Image open read-write, no other user. */
+int qcow2_refcount_change_order(struct rb_image *img, unsigned order, struct rb_error *err);
 
 /* Told of each reference check.c's walk counts (its host bytes and what
  * they hold; a cluster shared by several owners is told once per owner),

@@ -115,12 +115,13 @@ static bool range_used(const struct qcow2_refs *r, uint64_t k, uint64_t E)
  * clusters it takes), write it, make it durable, and switch the header to
  * it.  Lock held.
  */
-static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct rb_error *err)
+static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, unsigned order,
+                             struct rb_error *err)
 {
-    uint64_t c = s->cluster_bytes, E = s->refblock_entries;
+    uint64_t c = s->cluster_bytes, E = c * 8 >> order;
     uint64_t *blocks = NULL, nblocks = 0, table_at = 0, tclusters = 0, entries, end;
     uint64_t hint = 1;
-    uint8_t *buf = NULL, hdr[12];
+    uint8_t *buf = NULL, hdr[52];
     struct qcow2_cache *cache;
     int ret = 0;
 
@@ -184,13 +185,13 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
             continue;
         memset(buf, 0, c);
         for (uint64_t i = k * E; i < r->nb && i < (k + 1) * E; i++) {
-            if (r->refs[i] > qcow2w_ref_max(s->h.refcount_order)) {
+            if (r->refs[i] > qcow2w_ref_max(order)) {
                 ret = rb_error_set(err, ERANGE, "%s: cluster %" PRIu64 " is referenced %"
                                    PRIu32 " times, more than %u-bit refcounts hold",
-                                   s->name, i, r->refs[i], 1u << s->h.refcount_order);
+                                   s->name, i, r->refs[i], 1u << order);
                 goto out_set;
             }
-            qcow2_refblock_set(buf, s->h.refcount_order, i - k * E, r->refs[i]);
+            qcow2_refblock_set(buf, order, i - k * E, r->refs[i]);
         }
         ret = rb_io_pwrite(s->fd, buf, c, blocks[k] * c);
         if (ret < 0) {
@@ -210,9 +211,17 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
     ret = sync_fd(s, err);
     if (ret < 0)
         goto out_set;
+    /* one write inside the first sector: the table, and the width when it
+     * changes (amend refcount_bits; v3 field at 96) */
+    ret = rb_io_pread(s->fd, hdr, sizeof(hdr), 48);
+    if (ret < 0) {
+        ret = rb_error_errno(err, -ret, "%s: cannot read the header", s->name);
+        goto out_set;
+    }
     rb_store_be64(hdr, table_at * c);
     rb_store_be32(hdr + 8, (uint32_t)tclusters);
-    ret = rb_io_pwrite(s->fd, hdr, sizeof(hdr), 48);
+    rb_store_be32(hdr + 48, order);
+    ret = rb_io_pwrite(s->fd, hdr, order != s->h.refcount_order ? 52 : 12, 48);
     if (ret < 0) {
         ret = io_err(s, ret, "the header", 48, err);
         goto out_set;
@@ -233,6 +242,8 @@ static int rebuild_refcounts(struct qcow2_state *s, struct qcow2_refs *r, struct
     for (uint64_t k = 0; k < nblocks && k < entries; k++)
         s->reftable[k] = blocks[k] * c;
     s->reftable_entries = entries;
+    s->h.refcount_order = order;
+    s->refblock_entries = (uint32_t)E;
     s->h.refcount_table_offset = table_at * c;
     s->h.refcount_table_clusters = (uint32_t)tclusters;
     cache = qcow2_cache_new(s->fd, c, qcow2_cache_entries(s->refblock_cache) * c);
@@ -458,7 +469,7 @@ static int repair(struct rb_image *img, struct qcow2_state *s, unsigned fix,
                                "0, or a refcount block is broken); use -r all", s->name);
             goto unlock;
         }
-        ret = rebuild_refcounts(s, &r, err);
+        ret = rebuild_refcounts(s, &r, s->h.refcount_order, err);
         if (ret < 0)
             goto unlock;
         rebuilt = true;
@@ -537,4 +548,51 @@ void rb_qcow2_repair_free(struct rb_qcow2_repair *res)
         return;
     rb_qcow2_check_free(&res->found);
     rb_qcow2_check_free(&res->after);
+}
+
+int qcow2_refcount_change_order(struct rb_image *img, unsigned order, struct rb_error *err)
+{
+    struct qcow2_state *s = img->priv;
+    struct rb_qcow2_check found;
+    struct qcow2_refs r = {0};
+    uint64_t dummy = 0;
+    int ret;
+
+    ret = qcow2_check_refs(img, &found, &r, err);
+    if (ret < 0)
+        return ret;
+    if (found.corruptions || found.check_errors)
+        ret = rb_error_set(err, EIO, "%s: cannot change the refcount width: the image has %"
+                           PRIu64 " corruptions (see 'rblock check')", s->name,
+                           found.corruptions + found.check_errors);
+    rb_qcow2_check_free(&found);
+    /* refused before anything is written: every count must fit */
+    for (uint64_t i = 0; ret == 0 && i < r.nb; i++)
+        if (r.refs[i] > qcow2w_ref_max(order))
+            ret = rb_error_set(err, ERANGE, "%s: cluster %" PRIu64 " is referenced %" PRIu32
+                               " times, more than %u-bit refcounts hold", s->name, i,
+                               r.refs[i], 1u << order);
+    if (ret == 0) {
+        pthread_mutex_lock(&s->lock);
+        ret = qcow2_cache_flush(s->refblock_cache);
+        if (ret < 0)
+            ret = rb_error_errno(err, -ret, "%s: cannot write refcount blocks", s->name);
+        else
+            ret = rebuild_refcounts(s, &r, order, err);
+        pthread_mutex_unlock(&s->lock);
+    }
+    free(r.refs);
+    r.refs = NULL;
+    if (ret < 0)
+        return ret;
+    /* the old structure is referenced by nothing now: free it */
+    ret = qcow2_check_refs(img, &found, &r, err);
+    rb_qcow2_check_free(&found);
+    if (ret == 0) {
+        pthread_mutex_lock(&s->lock);
+        ret = fix_in_place(s, &r, RB_QCOW2_FIX_LEAKS, &dummy, &dummy, err);
+        pthread_mutex_unlock(&s->lock);
+    }
+    free(r.refs);
+    return ret;
 }

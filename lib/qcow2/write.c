@@ -519,18 +519,24 @@ static void punch_freed(struct qcow2_state *s, const uint64_t *old, size_t n)
     }
 }
 
-/* Clusters a discard unlinks before it syncs once and frees them. */
-#define TRIM_BATCH 1024
+/* Clusters a discard unlinks before it syncs once and frees them (the
+ * old entries are kept meanwhile: 128 KiB). */
+#define TRIM_BATCH 16384
 
 int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error *err)
 {
     struct qcow2_state *s = qcow2_state_of(img);
     uint64_t c = s->cluster_bytes, pos = (off + c - 1) / c * c;
-    uint64_t old[TRIM_BATCH];
-    int ret = begin(s, off, len, err);
+    uint64_t *old = malloc(TRIM_BATCH * sizeof(*old));
+    int ret;
 
-    if (ret < 0)
+    if (!old)
+        return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+    ret = begin(s, off, len, err);
+    if (ret < 0) {
+        free(old);
         return ret;
+    }
     /* whole clusters only (discard is advisory); afterwards the range
      * reads as the backing file, or zeros.  In batches, in one lock hold
      * each (a check never sees an unlinked cluster still counted): the
@@ -571,6 +577,7 @@ int qcow2_trim(struct rb_image *img, uint64_t off, uint64_t len, struct rb_error
         }
         pthread_mutex_unlock(&s->lock);
     }
+    free(old);
     return end(s, ret, 0, err);
 }
 

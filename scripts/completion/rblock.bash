@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap commit rebase snapshot help"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase help measure compare resize amend snapshot"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -25,8 +25,15 @@ _rblock()
                        --help" ;;
         serve)   opts="--nbd --rpc --read-only --load-snapshot -l --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
-                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help"
+                       --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help
+                       --export --socket -k --port -p --bind -b -D --snapshot -s --persistent -t
+                       --shared -e --fork --pid-file --discard= --detect-zeroes= --verbose -v
+                       --quiet -q --print-uri --rpc-insecure"
                  [[ $prev == -l ]] && return ;;        # a snapshot id or name
+        measure) opts="--output= --size -O -o -f -U --force-share --help" ;;
+        compare) opts="-f -F -T -p -q -s -U --force-share --help" ;;
+        resize)  opts="--shrink --preallocation= -f -q --help" ;;
+        amend)   opts="-o -f -p -q -t --force --help" ;;
         snapshot) opts="-l -c -a -d -f -U --force-share --help"
                  [[ $prev == -[cad] ]] && return ;;   # a snapshot name
         commit)  opts="-b -d -f -t -p -q --help" ;;
@@ -42,7 +49,7 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|\
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|--size|-T|-t|\
         --load-snapshot)
             return ;;
     esac

@@ -59,7 +59,12 @@ struct rb_protocol {
 
 /* Server-wide settings and state shared by every connection. */
 struct rb_server {
+    /* Counts the connections of every protocol (an export without an
+     * image, rb_export_bare); the exports themselves are in @exports. */
     struct rb_export *export;
+    struct rb_exports *exports;
+    /* -v: one line on stderr per connection, refusal and error. */
+    bool verbose;
     unsigned max_connections;     /* 0 = RB_DEFAULT_MAX_CONNECTIONS */
     unsigned handshake_timeout_ms; /* 0 = RB_DEFAULT_HANDSHAKE_MS */
     /* Transport hooks for TLS: NULL for plain sockets. */

@@ -45,6 +45,13 @@ struct rb_export_config {
     const char *const *bitmaps; /* persistent dirty bitmaps to serve (qcow2,
                                    each existing and consistent), or NULL */
     size_t nb_bitmaps;          /* at most RB_EXPORT_MAX_BITMAPS */
+    bool no_trim;               /* --discard=ignore: TRIM is not offered */
+    /* --detect-zeroes: writes of zeroes become write_zeroes (with
+     * RB_ZERO_MAY_UNMAP for UNMAP when trimming is on) */
+    enum { RB_DETECT_ZEROES_OFF, RB_DETECT_ZEROES_ON, RB_DETECT_ZEROES_UNMAP } detect_zeroes;
+    /* -s: @path is a temporary overlay this process created (its backing is
+     * the user's image): removed when the export is closed. */
+    bool remove_on_close;
     const char *snapshot;       /* qcow2 internal snapshot (id or name) to
                                    serve, with read_only; NULL: the image */
 };
@@ -71,6 +78,10 @@ struct rb_export;
 struct rb_export *rb_export_open(const struct rb_export_config *cfg,
                                  struct rb_error *err);
 
+/* An export without an image that only counts connections (the server's
+ * counters when no default export is served).  NULL when out of memory. */
+struct rb_export *rb_export_bare(void);
+
 /* Flush (when writable) and close.  Nothing may use @e any more.  Returns
  * the flush's result (0 or -errno, @err set).  Accepts NULL. */
 int rb_export_close(struct rb_export *e, struct rb_error *err);
@@ -81,6 +92,7 @@ bool rb_export_read_only(const struct rb_export *e);
 const char *rb_export_name(const struct rb_export *e);        /* never NULL */
 const char *rb_export_description(const struct rb_export *e); /* may be NULL */
 const char *rb_export_format(const struct rb_export *e);      /* "raw", "qcow2" */
+const char *rb_export_path(const struct rb_export *e);        /* the image file */
 uint32_t rb_export_cluster_bytes(const struct rb_export *e);  /* 4096 for raw */
 unsigned rb_export_chain_length(const struct rb_export *e);
 
@@ -91,9 +103,6 @@ unsigned rb_export_chain_length(const struct rb_export *e);
 #define RB_EXPORT_CAN_ZERO 0x4  /* write_zeroes, and fast zero (ENOTSUP when slow) */
 #define RB_EXPORT_CAN_FLUSH 0x8
 unsigned rb_export_caps(const struct rb_export *e);
-/* True when @name (len bytes, not NUL-terminated) selects this export:
- * the empty (default) name or the configured one. */
-bool rb_export_matches(const struct rb_export *e, const char *name, size_t len);
 
 /*
  * The image itself, for read-only inspection (info, check).  All I/O must
@@ -140,5 +149,60 @@ void rb_export_stats(const struct rb_export *e, enum rb_proto_id p,
                      struct rb_proto_stats *out);
 /* Seconds since the export was opened. */
 double rb_export_uptime(const struct rb_export *e);
+
+/*
+ * The exports of a server, by name, added and removed while clients are
+ * connected.  The empty name selects the default export (the first one
+ * added with is_default), which also answers to its own name.
+ *
+ * A user (an NBD session in transmission, one JSON-RPC call) takes an
+ * export with rb_exports_get and gives it back with rb_exports_put; the
+ * export's image stays open while it has users.  rb_exports_remove takes
+ * the export out of the table at once (the next lookup, NBD_OPT_LIST or
+ * export_list no longer sees it), then waits for its users to leave --
+ * with @hard, first shutting its NBD connections down for reading, so
+ * each finishes the requests it has read, answers them and ends -- and
+ * only then flushes and closes the image.  Every function is thread-safe.
+ */
+struct rb_conn;
+struct rb_exports;
+
+#define RB_EXPORTS_MAX 1024
+
+/* A new empty table, or NULL when out of memory. */
+struct rb_exports *rb_exports_new(void);
+/* Close every export left (flush each); returns the first flush error (0
+ * or -errno with @err set).  No user may be left.  Accepts NULL. */
+int rb_exports_free(struct rb_exports *t, struct rb_error *err);
+
+/* Open @cfg's image and add it under cfg->name (not empty, unique),
+ * as the default when @is_default.  Returns the export (owned by the
+ * table) or NULL with @err set (EEXIST for a name in use). */
+struct rb_export *rb_exports_add(struct rb_exports *t, const struct rb_export_config *cfg,
+                                 bool is_default, struct rb_error *err);
+
+/* The export named @name (@len bytes; the empty name is the default one),
+ * with a use taken for @user (a connection a hard removal may shut down,
+ * or NULL for a short call); NULL when there is none. */
+struct rb_export *rb_exports_get(struct rb_exports *t, const char *name, size_t len,
+                                 struct rb_conn *user);
+/* Give back a use taken by rb_exports_get.  Accepts a NULL @e. */
+void rb_exports_put(struct rb_exports *t, struct rb_export *e, struct rb_conn *user);
+
+/* Remove export @name (see above).  Returns 0 once its image is closed
+ * (the flush's result), -ENOENT when there is no such export. */
+int rb_exports_remove(struct rb_exports *t, const char *name, bool hard,
+                      struct rb_error *err);
+
+/* The names of the exports, in the order added, with their descriptions
+ * (NULL when none): malloc'd copies, freed with rb_exports_names_free.
+ * Returns the count, or -ENOMEM. */
+struct rb_export_name {
+    char *name;
+    char *description;
+    bool is_default;
+};
+long rb_exports_names(struct rb_exports *t, struct rb_export_name **out);
+void rb_exports_names_free(struct rb_export_name *v, long n);
 
 #endif

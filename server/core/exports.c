@@ -5,11 +5,16 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/conn.h"
 #include "core/export.h"
 #include "rblock/io.h"
 #include "rblock/qcow2.h"
@@ -21,6 +26,15 @@ struct counters {
 
 struct rb_export {
     struct rb_image *img;
+    char *path;
+    bool no_trim;
+    int detect_zeroes;
+    bool remove_on_close;
+    /* Under the table's lock (struct rb_exports): */
+    unsigned users;          /* uses taken by rb_exports_get */
+    struct rb_conn **conns;  /* the connections among them */
+    size_t nconns, conns_cap;
+    bool removed;            /* out of the table, closing */
     char *name;
     char *description;
     bool read_only;
@@ -46,8 +60,9 @@ const char *rb_proto_name(enum rb_proto_id id)
 struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_error *err)
 {
     struct rb_open_opts opts = {
-        .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only,
-        .force_share = cfg->force_share, .snapshot = cfg->snapshot};
+        /* a snapshot is served read-only (qemu-nbd -l) */
+        .format = cfg->format, .write = !cfg->read_only && !cfg->snapshot,
+        .lock = !cfg->read_only, .force_share = cfg->force_share, .snapshot = cfg->snapshot};
     struct rb_export *e = calloc(1, sizeof(*e));
 
     if (!e) {
@@ -55,8 +70,11 @@ struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_e
         return NULL;
     }
     e->name = strdup(cfg->name ? cfg->name : "");
+    e->path = strdup(cfg->path);
+    e->no_trim = cfg->no_trim;
+    e->detect_zeroes = cfg->detect_zeroes;
     e->description = cfg->description ? strdup(cfg->description) : NULL;
-    if (!e->name || (cfg->description && !e->description)) {
+    if (!e->name || !e->path || (cfg->description && !e->description)) {
         rb_error_set(err, ENOMEM, "out of memory");
         goto fail;
     }
@@ -120,9 +138,11 @@ struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_e
         e->nb_bitmaps = i + 1;
     }
     clock_gettime(CLOCK_MONOTONIC, &e->start);
+    e->remove_on_close = cfg->remove_on_close;
     return e;
 fail:
     rb_image_close(e->img);
+    free(e->path);
     for (size_t i = 0; i < e->nb_bitmaps; i++)
         free(e->bitmaps[i]);
     free(e->bitmaps);
@@ -133,15 +153,33 @@ fail:
     return NULL;
 }
 
+struct rb_export *rb_export_bare(void)
+{
+    struct rb_export *e = calloc(1, sizeof(*e));
+
+    if (e && !(e->name = strdup(""))) {
+        free(e);
+        return NULL;
+    }
+    if (e)
+        clock_gettime(CLOCK_MONOTONIC, &e->start);
+    return e;
+}
+
 int rb_export_close(struct rb_export *e, struct rb_error *err)
 {
     int ret = 0;
 
     if (!e)
         return 0;
-    if (!e->read_only)
+    if (e->img && !e->read_only)
         ret = rb_image_flush(e->img, err);
     rb_image_close(e->img);
+    /* -s: the overlay was ours, made for this run only */
+    if (e->remove_on_close && e->path)
+        unlink(e->path);
+    free(e->path);
+    free(e->conns);
     for (size_t i = 0; i < e->nb_bitmaps; i++)
         free(e->bitmaps[i]);
     free(e->bitmaps);
@@ -168,7 +206,7 @@ unsigned rb_export_caps(const struct rb_export *e)
     if (e->read_only || !ops->write)
         return caps;
     caps |= RB_EXPORT_CAN_WRITE;
-    if (ops->trim)
+    if (ops->trim && !e->no_trim)
         caps |= RB_EXPORT_CAN_TRIM;
     if (ops->write_zeroes)
         caps |= RB_EXPORT_CAN_ZERO;
@@ -178,6 +216,10 @@ unsigned rb_export_caps(const struct rb_export *e)
 const char *rb_export_name(const struct rb_export *e)
 {
     return e->name;
+}
+const char *rb_export_path(const struct rb_export *e)
+{
+    return e->path ? e->path : "";
 }
 const char *rb_export_description(const struct rb_export *e)
 {
@@ -200,11 +242,6 @@ uint32_t rb_export_cluster_bytes(const struct rb_export *e)
 unsigned rb_export_chain_length(const struct rb_export *e)
 {
     return rb_image_chain_length(e->img);
-}
-
-bool rb_export_matches(const struct rb_export *e, const char *name, size_t len)
-{
-    return len == 0 || (strlen(e->name) == len && memcmp(e->name, name, len) == 0);
 }
 
 /* Count one request; returns @ret so callers can tail-call. */
@@ -264,6 +301,15 @@ int rb_export_write(struct rb_export *e, enum rb_proto_id p, const void *buf,
 {
     int ret = check_write(e, off, len, err);
 
+    if (ret == 0 && len && e->detect_zeroes != RB_DETECT_ZEROES_OFF &&
+        e->img->ops->write_zeroes && rb_is_zero(buf, len)) {
+        /* --detect-zeroes: as qemu's, a write of zeroes stores none */
+        unsigned zf = flags & RB_WRITE_FUA;
+        if (e->detect_zeroes == RB_DETECT_ZEROES_UNMAP && !e->no_trim)
+            zf |= RB_ZERO_MAY_UNMAP;
+        ret = rb_image_write_zeroes(e->img, off, len, zf, err);
+        return account(e, p, ret, 0, len);
+    }
     if (ret == 0 && len)
         ret = rb_image_write(e->img, buf, off, len, flags & RB_WRITE_FUA, err);
     return account(e, p, ret, 0, len);
@@ -274,6 +320,8 @@ int rb_export_write_zeroes(struct rb_export *e, enum rb_proto_id p, uint64_t off
 {
     int ret = check_write(e, off, len, err);
 
+    if (e->no_trim)
+        flags &= ~(unsigned)RB_ZERO_MAY_UNMAP;
     if (ret == 0 && len)
         ret = rb_image_write_zeroes(e->img, off, len, flags, err);
     return account(e, p, ret, 0, 0);
@@ -284,7 +332,7 @@ int rb_export_trim(struct rb_export *e, enum rb_proto_id p, uint64_t off, uint64
 {
     int ret = check_write(e, off, len, err);
 
-    if (ret == 0 && len)
+    if (ret == 0 && len && !e->no_trim) /* --discard=ignore: nothing */
         ret = rb_image_trim(e->img, off, len, err);
     /* A discard that asked for durability: flush it (there is no trim
      * flag in the image layer). */
@@ -344,6 +392,8 @@ int rb_export_bitmap_extent(struct rb_export *e, enum rb_proto_id p, size_t i,
 
 void rb_export_count_connection(struct rb_export *e, enum rb_proto_id p, int delta)
 {
+    if (!e)
+        return;
     struct counters *c = &e->stats[p < RB_PROTO_COUNT ? p : 0];
 
     if (delta > 0)
@@ -353,6 +403,8 @@ void rb_export_count_connection(struct rb_export *e, enum rb_proto_id p, int del
 
 void rb_export_count_closing(struct rb_export *e, enum rb_proto_id p, int delta)
 {
+    if (!e)
+        return;
     struct counters *c = &e->stats[p < RB_PROTO_COUNT ? p : 0];
 
     atomic_fetch_add(&c->connections_closing, (uint_fast64_t)(int_fast64_t)delta);
@@ -379,4 +431,216 @@ double rb_export_uptime(const struct rb_export *e)
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (double)(now.tv_sec - e->start.tv_sec) +
            (double)(now.tv_nsec - e->start.tv_nsec) / 1e9;
+}
+
+/* ---- the table of exports ------------------------------------------------ */
+
+struct rb_exports {
+    pthread_mutex_t lock;
+    pthread_cond_t left; /* a user gave an export back */
+    struct rb_export **v;
+    size_t n, cap;
+    struct rb_export *deflt; /* in v, or NULL */
+};
+
+struct rb_exports *rb_exports_new(void)
+{
+    struct rb_exports *t = calloc(1, sizeof(*t));
+
+    if (!t)
+        return NULL;
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->left, NULL);
+    return t;
+}
+
+int rb_exports_free(struct rb_exports *t, struct rb_error *err)
+{
+    int ret = 0;
+
+    if (!t)
+        return 0;
+    for (size_t i = 0; i < t->n; i++) {
+        int r = rb_export_close(t->v[i], ret ? NULL : err);
+        if (r < 0 && !ret)
+            ret = r;
+    }
+    free(t->v);
+    pthread_cond_destroy(&t->left);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+    return ret;
+}
+
+static struct rb_export *find_locked(struct rb_exports *t, const char *name, size_t len)
+{
+    if (len == 0)
+        return t->deflt;
+    for (size_t i = 0; i < t->n; i++)
+        if (strlen(t->v[i]->name) == len && memcmp(t->v[i]->name, name, len) == 0)
+            return t->v[i];
+    return NULL;
+}
+
+struct rb_export *rb_exports_add(struct rb_exports *t, const struct rb_export_config *cfg,
+                                 bool is_default, struct rb_error *err)
+{
+    struct rb_export *e;
+    const char *name = cfg->name ? cfg->name : "";
+
+    if (!*name && !is_default) {
+        rb_error_set(err, EINVAL, "an export needs a name");
+        return NULL;
+    }
+    if (strlen(name) > 4096) {
+        rb_error_set(err, EINVAL, "export name is longer than 4096 bytes");
+        return NULL;
+    }
+    /* Checked before the image is opened (no lock taken for nothing), and
+     * again after, as another add may have raced. */
+    pthread_mutex_lock(&t->lock);
+    e = find_locked(t, name, strlen(name));
+    pthread_mutex_unlock(&t->lock);
+    if (e && *name) {
+        rb_error_set(err, EEXIST, "export '%s' exists already", name);
+        return NULL;
+    }
+    e = rb_export_open(cfg, err);
+    if (!e)
+        return NULL;
+    pthread_mutex_lock(&t->lock);
+    if ((*name && find_locked(t, name, strlen(name))) || (!*name && t->deflt) ||
+        t->n >= RB_EXPORTS_MAX) {
+        bool full = t->n >= RB_EXPORTS_MAX;
+        pthread_mutex_unlock(&t->lock);
+        rb_export_close(e, NULL);
+        if (full)
+            rb_error_set(err, ENOSPC, "at most %d exports can be served", RB_EXPORTS_MAX);
+        else
+            rb_error_set(err, EEXIST, "export '%s' exists already", name);
+        return NULL;
+    }
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 8;
+        struct rb_export **v = realloc(t->v, cap * sizeof(*v));
+        if (!v) {
+            pthread_mutex_unlock(&t->lock);
+            rb_export_close(e, NULL);
+            rb_error_set(err, ENOMEM, "out of memory");
+            return NULL;
+        }
+        t->v = v;
+        t->cap = cap;
+    }
+    t->v[t->n++] = e;
+    if (is_default && !t->deflt)
+        t->deflt = e;
+    pthread_mutex_unlock(&t->lock);
+    return e;
+}
+
+struct rb_export *rb_exports_get(struct rb_exports *t, const char *name, size_t len,
+                                 struct rb_conn *user)
+{
+    struct rb_export *e;
+
+    pthread_mutex_lock(&t->lock);
+    e = find_locked(t, name, len);
+    if (e && user) {
+        if (e->nconns == e->conns_cap) {
+            size_t cap = e->conns_cap ? 2 * e->conns_cap : 8;
+            struct rb_conn **v = realloc(e->conns, cap * sizeof(*v));
+            if (!v) {
+                pthread_mutex_unlock(&t->lock);
+                return NULL;
+            }
+            e->conns = v;
+            e->conns_cap = cap;
+        }
+        e->conns[e->nconns++] = user;
+    }
+    if (e)
+        e->users++;
+    pthread_mutex_unlock(&t->lock);
+    return e;
+}
+
+void rb_exports_put(struct rb_exports *t, struct rb_export *e, struct rb_conn *user)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&t->lock);
+    if (user)
+        for (size_t i = 0; i < e->nconns; i++)
+            if (e->conns[i] == user) {
+                e->conns[i] = e->conns[--e->nconns];
+                break;
+            }
+    e->users--;
+    if (e->removed && e->users == 0)
+        pthread_cond_broadcast(&t->left);
+    pthread_mutex_unlock(&t->lock);
+}
+
+int rb_exports_remove(struct rb_exports *t, const char *name, bool hard,
+                      struct rb_error *err)
+{
+    struct rb_export *e;
+    size_t i;
+
+    pthread_mutex_lock(&t->lock);
+    for (i = 0; i < t->n; i++)
+        if (strcmp(t->v[i]->name, name) == 0)
+            break;
+    if (i == t->n) {
+        pthread_mutex_unlock(&t->lock);
+        return rb_error_set(err, ENOENT, "no export named '%s'", name);
+    }
+    e = t->v[i];
+    memmove(&t->v[i], &t->v[i + 1], (t->n - i - 1) * sizeof(*t->v));
+    t->n--;
+    if (t->deflt == e)
+        t->deflt = NULL;
+    e->removed = true;
+    /* Hard: each NBD connection on it stops reading requests, answers the
+     * ones it has, and ends (a client still reading gets every reply). */
+    if (hard)
+        for (size_t k = 0; k < e->nconns; k++)
+            shutdown(e->conns[k]->fd, SHUT_RD);
+    while (e->users > 0)
+        pthread_cond_wait(&t->left, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+    /* No user left and none can come: flush, unlock, close. */
+    return rb_export_close(e, err);
+}
+
+long rb_exports_names(struct rb_exports *t, struct rb_export_name **out)
+{
+    struct rb_export_name *v;
+    long n;
+
+    pthread_mutex_lock(&t->lock);
+    n = (long)t->n;
+    v = calloc(t->n + 1, sizeof(*v));
+    for (long i = 0; v && i < n; i++) {
+        v[i].name = strdup(t->v[i]->name);
+        v[i].description = t->v[i]->description ? strdup(t->v[i]->description) : NULL;
+        v[i].is_default = t->v[i] == t->deflt;
+        if (!v[i].name || (t->v[i]->description && !v[i].description)) {
+            rb_exports_names_free(v, i + 1);
+            v = NULL;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    *out = v;
+    return v ? n : -ENOMEM;
+}
+
+void rb_exports_names_free(struct rb_export_name *v, long n)
+{
+    for (long i = 0; v && i < n; i++) {
+        free(v[i].name);
+        free(v[i].description);
+    }
+    free(v);
 }

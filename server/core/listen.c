@@ -283,6 +283,34 @@ static void uri_encode(char *out, size_t cap, const char *s)
     out[o] = '\0';
 }
 
+void rb_listener_uri(const struct rb_listener *l, bool nbd, bool tls, const char *name,
+                     char *buf, size_t cap)
+{
+    static char enc_name[4096 * 3 + 8], enc_sock[4096 * 3 + 8];
+    const char *h = l->host && *l->host ? l->host : "localhost";
+    bool v6 = strchr(h, ':') != NULL;
+
+    /* called from the main thread only (start-up lines) */
+    uri_encode(enc_name, sizeof(enc_name), name ? name : "");
+    if (l->unix_path) {
+        uri_encode(enc_sock, sizeof(enc_sock), l->unix_path);
+        if (nbd)
+            snprintf(buf, cap, "nbd%s+unix:///%s?socket=%s", tls ? "s" : "", enc_name,
+                     enc_sock);
+        else
+            snprintf(buf, cap, "unix:%s", l->unix_path);
+    } else if (l->port) {
+        if (nbd)
+            snprintf(buf, cap, "nbd%s://%s%s%s:%u/%s", tls ? "s" : "", v6 ? "[" : "", h,
+                     v6 ? "]" : "", l->port, enc_name);
+        else
+            snprintf(buf, cap, "http%s://%s%s%s:%u/", tls ? "s" : "", v6 ? "[" : "", h,
+                     v6 ? "]" : "", l->port);
+    } else if (cap) {
+        buf[0] = '\0';
+    }
+}
+
 int rb_listeners_export_env(const struct rb_listeners *ls,
                             const struct rb_protocol *proto, const char *export_name,
                             struct rb_error *err)
@@ -412,10 +440,39 @@ int rb_server_run(struct rb_server *srv, struct rb_listeners *ls, const char *ru
         for (size_t i = 0; i < ls->n; i++) {
             if (!(pfd[i].revents & POLLIN))
                 continue;
-            int fd = accept4(pfd[i].fd, NULL, NULL, SOCK_CLOEXEC);
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof(ss);
+            int fd = accept4(pfd[i].fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
             if (fd < 0)
                 continue; /* EAGAIN, ECONNABORTED, EMFILE...: keep serving */
-            rb_conn_start(srv, fd, ls->v[i].proto);
+            if (!srv->verbose) {
+                rb_conn_start(srv, fd, ls->v[i].proto);
+                continue;
+            }
+            char peer[INET6_ADDRSTRLEN + 8] = "unix";
+            if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+                char host[INET6_ADDRSTRLEN] = "?";
+                const void *a = ss.ss_family == AF_INET
+                                    ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                                    : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+                unsigned port = ntohs(ss.ss_family == AF_INET
+                                          ? ((struct sockaddr_in *)&ss)->sin_port
+                                          : ((struct sockaddr_in6 *)&ss)->sin6_port);
+                inet_ntop(ss.ss_family, a, host, sizeof(host));
+                snprintf(peer, sizeof(peer), "%s:%u", host, port);
+            }
+            int ret = rb_conn_start(srv, fd, ls->v[i].proto);
+            if (ret == -EAGAIN)
+                fprintf(stderr,
+                        "rblock: %s: refused a connection from %s: --max-connections "
+                        "(%u) reached\n",
+                        ls->v[i].proto->name, peer, srv->max_connections);
+            else if (ret < 0)
+                fprintf(stderr, "rblock: %s: connection from %s failed: %s\n",
+                        ls->v[i].proto->name, peer, strerror(-ret));
+            else
+                fprintf(stderr, "rblock: %s: connection from %s on %s\n",
+                        ls->v[i].proto->name, peer, ls->v[i].addr);
         }
     }
     free(pfd);

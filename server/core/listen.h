@@ -63,6 +63,15 @@ int rb_listeners_export_env(const struct rb_listeners *ls,
                             struct rb_error *err);
 
 /*
+ * The URI a client uses to reach @l: for NBD "nbd+unix:///NAME?socket=PATH"
+ * or "nbd://HOST:PORT/NAME" (PORT as bound; "nbds" with @tls), for any
+ * other protocol "unix:PATH" or "http://HOST:PORT/".  Empty for a socket
+ * passed by systemd.  @name is the export (percent-encoded here).
+ */
+void rb_listener_uri(const struct rb_listener *l, bool nbd, bool tls, const char *name,
+                     char *buf, size_t cap);
+
+/*
  * Serve until quit (quit.h): accept on every listener and start a
  * connection for each client.  When @run_cmd is set, run it with
  * /bin/sh -c first and quit when it ends.  At quit: stop accepting, let

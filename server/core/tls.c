@@ -308,8 +308,8 @@ static unsigned handshake_ms(struct rb_conn *c)
     struct timespec now;
     long long ms;
 
-    if (!atomic_load(&c->in_handshake))
-        return GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT;
+    if (!atomic_load(&c->in_handshake) || !c->proto->handshake_deadline)
+        return GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT; /* (JSON-RPC: evictable only) */
     clock_gettime(CLOCK_MONOTONIC, &now);
     ms = (long long)(c->deadline.tv_sec - now.tv_sec) * 1000 +
          (c->deadline.tv_nsec - now.tv_nsec) / 1000000;

@@ -165,6 +165,22 @@ void rb_rpc_out_consumed(struct rb_rpc_out *out, size_t n)
 
 /* ---- the socket loop ---------------------------------------------------- */
 
+int rb_rpc_sniff_http(const char *p, size_t n)
+{
+    /* RFC 9110's methods, each followed by a space: random bytes (or a
+     * JSON text) start so with a chance of 2^-32 at most. */
+    static const char *const methods[] = {"GET ",     "POST ",    "HEAD ",  "PUT ",
+                                          "DELETE ",  "OPTIONS ", "PATCH ", "TRACE ",
+                                          "CONNECT "};
+
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        size_t m = strlen(methods[i]);
+        if (memcmp(p, methods[i], n < m ? n : m) == 0)
+            return n >= m ? 1 : -1;
+    }
+    return 0;
+}
+
 static long long now_ms(void)
 {
     struct timespec ts;
@@ -213,7 +229,7 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
     struct rb_rpc_in in;
     struct rb_rpc_out out;
     long long progress_ms = 0; /* last time pending output moved */
-    bool eof = false;
+    bool eof = false, sniffing = true;
     int fl;
 
     fl = fcntl(fd, F_GETFL);
@@ -304,6 +320,16 @@ enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
         ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
         if (n > 0) {
             rb_rpc_in_added(&in, (size_t)n);
+            if (sniffing) {
+                /* An HTTP request line where JSON would start with '{',
+                 * '[' or white space: the same listener speaks HTTP/1.1. */
+                int h = rb_rpc_sniff_http(in.buf + in.start, in.len);
+                if (h > 0) {
+                    end = rb_rpc_serve_http(fd, be, lim, in.buf + in.start, in.len);
+                    goto done;
+                }
+                sniffing = h < 0;
+            }
         } else if (n == 0) {
             eof = true; /* answer what is buffered, then end */
         } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {

@@ -89,10 +89,17 @@ static inline const char *rb_rpc_out_data(const struct rb_rpc_out *out)
 /* ---- a connection ------------------------------------------------------ */
 
 struct rb_rpc_limits {
-    size_t max_line;          /* 0: RB_RPC_MAX_LINE */
+    size_t max_line;          /* 0: RB_RPC_MAX_LINE (also HTTP's largest body) */
     size_t max_backlog;       /* 0: RB_RPC_DEFAULT_MAX_BACKLOG */
     unsigned send_timeout_ms; /* 0: RB_RPC_DEFAULT_SEND_TIMEOUT_MS */
+    unsigned http_timeout_ms; /* 0: RB_HTTP_DEFAULT_TIMEOUT_MS */
 };
+
+/* HTTP (http.c): request line and headers, header lines, and the time one
+ * request may take from its first byte to its last. */
+#define RB_HTTP_MAX_HEAD (16u << 10)
+#define RB_HTTP_MAX_HEADERS 100
+#define RB_HTTP_DEFAULT_TIMEOUT_MS 30000
 
 /* Why a connection ended. */
 enum rb_rpc_end {
@@ -110,5 +117,18 @@ enum rb_rpc_end {
  */
 enum rb_rpc_end rb_rpc_serve_fd(int fd, const struct rb_rpc_backend *be,
                                 const struct rb_rpc_limits *lim);
+
+/* Does a stream starting with @p (@n bytes) speak HTTP?  1 yes (an
+ * HTTP method and a space), 0 no, -1 cannot tell yet (a prefix of one). */
+int rb_rpc_sniff_http(const char *p, size_t n);
+
+/*
+ * JSON-RPC over HTTP/1.1 (http.c) on @fd (non-blocking), the first
+ * @pre_len bytes of the stream already read into @pre.  rb_rpc_serve_fd
+ * hands a connection over when it starts with an HTTP method and a space.
+ */
+enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
+                                  const struct rb_rpc_limits *lim, const char *pre,
+                                  size_t pre_len);
 
 #endif

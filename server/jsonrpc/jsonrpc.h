@@ -15,9 +15,17 @@
 
 extern const struct rb_protocol rb_jsonrpc_protocol;
 
-/* The backend of one connection: the server's shared export, counted
- * under RB_PROTO_JSONRPC. */
-void rb_rpc_backend_for(struct rb_conn *c, struct rb_rpc_backend *be);
+/* What a backend's operations get: the connection, and for a call on an
+ * export, that export (set per call; NULL otherwise). */
+struct rb_rpc_ctx {
+    struct rb_conn *c;
+    struct rb_export *e;
+};
+
+/* The backend of one connection (@ctx, owned by the caller, lives as long
+ * as @be): the server's exports (srv->exports), counted under
+ * RB_PROTO_JSONRPC. */
+void rb_rpc_backend_for(struct rb_rpc_ctx *ctx, struct rb_conn *c, struct rb_rpc_backend *be);
 
 /* `info` and `check` of the export's image (inspect.c), exactly as
  * `rblock info --output=json [--backing-chain]` and `rblock check

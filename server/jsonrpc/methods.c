@@ -19,6 +19,8 @@ static const char *const type_names[] = {
     [P_BOOL] = "boolean",
     [P_DATA] = "base64 string",
     [P_STR] = "string",
+    [P_ARRAY] = "array",
+    [P_NAME] = "string",
 };
 
 static int m_list_methods(struct rpc_call *c, json_t **result);
@@ -64,6 +66,11 @@ static int m_layout(struct rpc_call *c, json_t **result)
     return *result ? 0 : rpc_io_fault(c, -(err.code ? err.code : EIO), &err);
 }
 
+#define EXPORT_P {"export", P_NAME, false}
+#define BITMAP_M(verb, what, ...)                                                       \
+    {"bitmap_" verb, what, true, rpc_m_bitmap,                                          \
+     {{"name", P_STR, true}, EXPORT_P, __VA_ARGS__}}
+
 static const struct rpc_method methods[] = {
     {"get_version", "program name and version", false, m_get_version, {{0}}},
     {"list_methods", "the methods and their parameters", false, m_list_methods, {{0}}},
@@ -71,22 +78,22 @@ static const struct rpc_method methods[] = {
      "the image, as `rblock info --output=json [--backing-chain]`",
      false,
      m_info,
-     {{"backing_chain", P_BOOL, false}}},
+     {{"backing_chain", P_BOOL, false}, EXPORT_P}},
     {"map",
      "allocation map, as `rblock map --output=json`; with bitmap: its dirty runs",
      false,
      rpc_m_map,
-     {{"offset", P_INT, false}, {"length", P_INT, false}, {"bitmap", P_STR, false}}},
+     {{"offset", P_INT, false}, {"length", P_INT, false}, {"bitmap", P_STR, false}, EXPORT_P}},
     {"read",
      "read bytes, returned in base64",
      false,
      rpc_m_read,
-     {{"offset", P_INT, true}, {"length", P_INT, true}}},
+     {{"offset", P_INT, true}, {"length", P_INT, true}, EXPORT_P}},
     {"write",
      "write base64 data",
      true,
      rpc_m_write,
-     {{"offset", P_INT, true}, {"data", P_DATA, true}, {"fua", P_BOOL, false}}},
+     {{"offset", P_INT, true}, {"data", P_DATA, true}, {"fua", P_BOOL, false}, EXPORT_P}},
     {"write_zeroes",
      "make a range read as zeros",
      true,
@@ -94,29 +101,56 @@ static const struct rpc_method methods[] = {
      {{"offset", P_INT, true},
       {"length", P_INT, true},
       {"may_unmap", P_BOOL, false},
-      {"fua", P_BOOL, false}}},
+      {"fua", P_BOOL, false},
+      EXPORT_P}},
     {"trim",
      "discard a range",
      true,
      rpc_m_trim,
-     {{"offset", P_INT, true}, {"length", P_INT, true}}},
-    {"flush", "make every acknowledged write durable", false, rpc_m_flush, {{0}}},
+     {{"offset", P_INT, true}, {"length", P_INT, true}, EXPORT_P}},
+    {"flush", "make every acknowledged write durable", false, rpc_m_flush, {EXPORT_P}},
     {"block_status",
      "extents with data/zero/allocated flags and depth; with bitmap: dirty or clean",
      false,
      rpc_m_block_status,
-     {{"offset", P_INT, true}, {"length", P_INT, true}, {"bitmap", P_STR, false}}},
-    {"check", "read-only consistency check of the live image", false, m_check, {{0}}},
+     {{"offset", P_INT, true}, {"length", P_INT, true}, {"bitmap", P_STR, false}, EXPORT_P}},
+    {"check", "read-only consistency check of the live image", false, m_check, {EXPORT_P}},
     {"stats",
      "connections, requests and bytes per protocol; uptime",
      false,
      m_stats,
-     {{0}}},
+     {EXPORT_P}},
+    {"export_list", "the exports served, by name", false, rpc_m_export_list, {{0}}},
+    {"export_add",
+     "open an image and serve it under a new name",
+     false,
+     rpc_m_export_add,
+     {{"name", P_NAME, true},
+      {"image", P_NAME, true},
+      {"read_only", P_BOOL, false},
+      {"format", P_NAME, false},
+      {"description", P_NAME, false},
+      {"bitmaps", P_ARRAY, false}}},
+    {"export_remove",
+     "stop serving an export: safe waits for its clients, hard drops them",
+     false,
+     rpc_m_export_remove,
+     {{"name", P_NAME, true}, {"mode", P_NAME, false}}},
+    {"export_info", "one export: image, format, size, flags, clients", false,
+     rpc_m_export_info, {{"name", P_NAME, true}}},
+    BITMAP_M("add", "add a persistent dirty bitmap (qemu-img bitmap --add)",
+             {"granularity", P_INT, false}, {"disabled", P_BOOL, false}),
+    BITMAP_M("remove", "remove a persistent dirty bitmap", {0}),
+    BITMAP_M("clear", "clear a persistent dirty bitmap", {0}),
+    BITMAP_M("enable", "enable a persistent dirty bitmap", {0}),
+    BITMAP_M("disable", "disable a persistent dirty bitmap", {0}),
+    BITMAP_M("merge", "merge bitmap 'source' into bitmap 'name'",
+             {"source", P_STR, true}),
     {"layout",
      "the picture of the image's layout (SVG), as `rblock map --output=svg`",
      false,
      m_layout,
-     {{0}}},
+     {EXPORT_P}},
 };
 
 #define N_METHODS (sizeof(methods) / sizeof(methods[0]))
@@ -169,14 +203,39 @@ int rb_rpc_call(const struct rb_rpc_backend *be, const char *name, json_t *param
     }
     if (be->ops->spoke)
         be->ops->spoke(be->opaque);
-    if (c.m->writes && be->ops->read_only(be->opaque))
-        return rb_rpc_fault_set(f, RB_RPC_READ_ONLY, NULL,
-                                "%s: the image is served read-only", c.m->name);
     if (rpc_parse_args(&c, params) < 0)
         return -1;
-    if (c.m->fn(&c, result) < 0)
-        return -1;
-    if (!*result && !(data && data->text))
-        return rpc_io_fault(&c, -ENOMEM, NULL);
-    return 0;
+    /* A method on an export: select it (the default without "export")
+     * and run on it, the backend's handle standing for it. */
+    int k = rpc_param_index(c.m, "export");
+    struct rb_rpc_backend on = *be;
+    void *handle = NULL;
+    int ret = 0;
+    if (k >= 0 && be->ops->acquire) {
+        struct rb_error err = {0};
+        const char *name = c.a.present[k] ? c.a.s[k] : "";
+        handle = be->ops->acquire(be->opaque, name, &err);
+        if (!handle) {
+            if (err.code != ENOENT)
+                return rpc_io_fault(&c, -err.code, &err);
+            return rb_rpc_fault_set(f, RB_RPC_NO_EXPORT, json_pack("{s:s}", "export", name),
+                                    "%s: %s", c.m->name, err.msg);
+        }
+        on.opaque = handle;
+        c.be = &on;
+    } else if (k >= 0 && c.a.present[k] && c.a.s_len[k]) {
+        return rb_rpc_fault_set(f, RB_RPC_NO_EXPORT, NULL, "%s: no export named '%s'",
+                                c.m->name, c.a.s[k]);
+    }
+    if (c.m->writes && c.be->ops->read_only(c.be->opaque)) {
+        ret = rb_rpc_fault_set(f, RB_RPC_READ_ONLY, NULL,
+                               "%s: the image is served read-only", c.m->name);
+    } else if (c.m->fn(&c, result) < 0) {
+        ret = -1;
+    } else if (!*result && !(data && data->text)) {
+        ret = rpc_io_fault(&c, -ENOMEM, NULL);
+    }
+    if (handle)
+        be->ops->release(be->opaque, handle);
+    return ret;
 }

@@ -14,10 +14,13 @@
 
 #include "jsonrpc/rpc.h"
 
-enum rpc_ptype { P_INT, P_BOOL, P_DATA, P_STR };
+enum rpc_ptype { P_INT, P_BOOL, P_DATA, P_STR, P_ARRAY, P_NAME };
 
 /* Longest P_STR accepted (a bitmap name: 1023 bytes in qcow2). */
 #define RPC_MAX_STR 1023
+/* P_NAME: a string of 0 to 4096 bytes without NUL (export names, where ""
+ * is the default export; image paths; modes). */
+#define RPC_MAX_NAME 4096
 
 struct rpc_param {
     const char *name;
@@ -25,7 +28,7 @@ struct rpc_param {
     bool required;
 };
 
-#define RPC_MAX_PARAMS 4
+#define RPC_MAX_PARAMS 8
 
 /* Parsed arguments, indexed as the method's params[]. */
 struct rpc_args {
@@ -34,6 +37,7 @@ struct rpc_args {
     bool b[RPC_MAX_PARAMS];
     const char *s[RPC_MAX_PARAMS];
     size_t s_len[RPC_MAX_PARAMS];
+    json_t *j[RPC_MAX_PARAMS]; /* P_ARRAY: borrowed from the request */
 };
 
 struct rpc_call {
@@ -79,5 +83,13 @@ int rpc_m_trim(struct rpc_call *c, json_t **result);
 int rpc_m_flush(struct rpc_call *c, json_t **result);
 int rpc_m_block_status(struct rpc_call *c, json_t **result);
 int rpc_m_map(struct rpc_call *c, json_t **result);
+/* control.c: the exports and their bitmaps */
+int rpc_m_export_list(struct rpc_call *c, json_t **result);
+int rpc_m_export_add(struct rpc_call *c, json_t **result);
+int rpc_m_export_remove(struct rpc_call *c, json_t **result);
+int rpc_m_export_info(struct rpc_call *c, json_t **result);
+int rpc_m_bitmap(struct rpc_call *c, json_t **result);
+/* The index of parameter @name of c->m, or -1. */
+int rpc_param_index(const struct rpc_method *m, const char *name);
 
 #endif

@@ -24,6 +24,14 @@ int rpc_param_fault(struct rpc_call *c, const char *fmt, ...)
     return rb_rpc_fault_set(c->f, RB_RPC_INVALID_PARAMS, NULL, "invalid params: %s", msg);
 }
 
+int rpc_param_index(const struct rpc_method *m, const char *name)
+{
+    for (int i = 0; i < RPC_MAX_PARAMS && m->params[i].name; i++)
+        if (strcmp(m->params[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
 int rpc_nparams(const struct rpc_method *m)
 {
     int n = 0;
@@ -68,6 +76,24 @@ static int take_value(struct rpc_call *c, int i, json_t *v)
                                    rb_rpc_type_name(v));
         c->a.b[i] = json_is_true(v);
         break;
+    case P_NAME:
+        if (!json_is_string(v))
+            return rpc_param_fault(c, "parameter '%s' must be a string, not %s", p->name,
+                                   rb_rpc_type_name(v));
+        c->a.s[i] = json_string_value(v);
+        c->a.s_len[i] = json_string_length(v);
+        if (strlen(c->a.s[i]) != c->a.s_len[i])
+            return rpc_param_fault(c, "parameter '%s' holds a NUL character", p->name);
+        if (c->a.s_len[i] > RPC_MAX_NAME)
+            return rpc_param_fault(c, "parameter '%s' is longer than %d bytes", p->name,
+                                   RPC_MAX_NAME);
+        break;
+    case P_ARRAY:
+        if (!json_is_array(v))
+            return rpc_param_fault(c, "parameter '%s' must be an array, not %s", p->name,
+                                   rb_rpc_type_name(v));
+        c->a.j[i] = v;
+        break;
     case P_DATA:
         if (!json_is_string(v))
             return rpc_param_fault(c, "parameter '%s' must be a base64 string, not %s",
@@ -101,7 +127,7 @@ int rpc_parse_args(struct rpc_call *c, json_t *params)
 {
     const struct rpc_method *m = c->m;
     int n = rpc_nparams(m);
-    char list[128];
+    char list[256];
 
     param_list(m, list, sizeof(list));
     if (json_is_array(params)) {

@@ -27,6 +27,7 @@
 
 #include "rblock/error.h"
 #include "rblock/image.h"
+#include "rblock/qcow2.h"
 
 /* ---- limits (documented in docs/jsonrpc.md) ---------------------------- */
 
@@ -70,12 +71,27 @@ enum {
     RB_RPC_NOT_SUPPORTED = -32004, /* the image cannot do this */
     RB_RPC_TOO_LARGE = -32005,     /* the batch's reply would be too large */
     RB_RPC_SHUTTING_DOWN = -32006, /* the server is stopping */
+    RB_RPC_NO_EXPORT = -32007,     /* no export by that name */
+    RB_RPC_EXPORT_EXISTS = -32008, /* export_add: the name is taken */
+    RB_RPC_OPEN_FAILED = -32009,   /* export_add: the image cannot be served */
+    RB_RPC_BITMAP_ERROR = -32010,  /* a bitmap method was refused */
 };
 
 /* The JSON-RPC code for a negative errno from the image layer. */
 int rb_rpc_code_from_errno(int neg_errno);
 
 /* ---- the backend: the one open image and the server around it ---------- */
+
+/* export_add's parameters (strings owned by the caller). */
+struct rb_rpc_export_spec {
+    const char *name;
+    const char *image;
+    const char *format;      /* NULL: probe */
+    const char *description; /* NULL: none */
+    bool read_only;
+    const char *bitmaps[30];
+    size_t nb_bitmaps;
+};
 
 /*
  * Every operation may be called from several connections' threads at
@@ -115,6 +131,27 @@ struct rb_rpc_backend_ops {
      * the client speaks JSON-RPC (the server stops treating it as a
      * possibly idle newcomer). */
     void (*spoke)(void *opaque);
+
+    /*
+     * Optional, the server's many exports (NULL: one image, and the
+     * methods below answer -32601).  acquire() selects the export a call
+     * works on (@name "" or NULL: the default) and returns the opaque
+     * that every operation above then gets for that call, or NULL with
+     * @err set (ENOENT: no such export); release() gives it back.
+     */
+    void *(*acquire)(void *opaque, const char *name, struct rb_error *err);
+    void (*release)(void *opaque, void *handle);
+    /* [{"name", "description"?, "default"}...] of every export. */
+    json_t *(*export_list)(void *opaque, struct rb_error *err);
+    /* Open and serve an image: EEXIST when the name is taken. */
+    int (*export_add)(void *opaque, const struct rb_rpc_export_spec *spec,
+                      struct rb_error *err);
+    int (*export_remove)(void *opaque, const char *name, bool hard, struct rb_error *err);
+    /* Of an acquired export (the handle): name, image, format, size... */
+    json_t *(*export_info)(void *handle, struct rb_error *err);
+    /* One qemu-img bitmap operation on bitmap @name of an acquired export. */
+    int (*bitmap)(void *handle, const char *name, const struct rb_qcow2_bitmap_op *op,
+                  struct rb_error *err);
 };
 
 struct rb_rpc_backend {

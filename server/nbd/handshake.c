@@ -67,16 +67,37 @@ static int send_info(struct rb_conn *c, uint32_t opt, uint16_t type, const void 
     return send_reply(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + len));
 }
 
-static struct rb_export *export_of(struct rb_conn *c)
+/* The export named by a client (@len bytes; "" is the default one), with
+ * a use taken for @user (NULL: given back before the handshake ends). */
+static struct rb_export *export_get(struct rb_conn *c, const void *name, uint32_t len,
+                                    struct rb_conn *user)
 {
-    return c->srv->export;
+    return rb_exports_get(c->srv->exports, name, len, user);
+}
+
+static void export_put(struct rb_conn *c, struct rb_export *e, struct rb_conn *user)
+{
+    rb_exports_put(c->srv->exports, e, user);
+}
+
+/* Largest request the server takes from this client (see nbd.h). */
+static uint32_t max_request(struct rb_conn *c, bool told)
+{
+    size_t budget = c->srv->max_inflight_bytes;
+
+    if (told)
+        return NBD_MAX_REQUEST_BYTES;
+    /* within --max-inflight, never below what a client that asks gets */
+    if (budget && budget < NBD_MAX_UNNEGOTIATED_BYTES)
+        return budget > NBD_MAX_REQUEST_BYTES ? (uint32_t)budget : NBD_MAX_REQUEST_BYTES;
+    return NBD_MAX_UNNEGOTIATED_BYTES;
 }
 
 /* The transmission flags (proto.md "Transmission flags"), from what the
  * export can do. */
-static uint16_t transmission_flags(struct rb_conn *c, const struct nbd_session *s)
+static uint16_t transmission_flags(struct rb_export *e, const struct nbd_session *s)
 {
-    unsigned caps = rb_export_caps(export_of(c));
+    unsigned caps = rb_export_caps(e);
     /* Every connection shares the one image and a flush flushes all of
      * it, so FLUSH/FUA are visible across connections: CAN_MULTI_CONN. */
     uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
@@ -100,11 +121,16 @@ static uint16_t transmission_flags(struct rb_conn *c, const struct nbd_session *
 static int opt_export_name(struct rb_conn *c, struct nbd_session *s, struct opt *o)
 {
     uint8_t reply[8 + 2 + 124] = {0};
-    struct rb_export *e = export_of(c);
+    struct rb_export *e;
 
-    if (o->len > NBD_MAX_STRING || !rb_export_matches(e, (char *)o->data, o->len))
+    if (o->len > NBD_MAX_STRING || !(e = export_get(c, o->data, o->len, c)))
         return -ENOENT;
-    s->tflags = transmission_flags(c, s);
+    s->export = e; /* given back by nbd_serve, whatever happens next */
+    if (s->meta_export != e)
+        s->meta = 0;
+    s->meta &= nbd_meta_all(e);
+    s->max_request_bytes = max_request(c, false);
+    s->tflags = transmission_flags(e, s);
     put64(reply, rb_export_size(e));
     put16(reply + 8, s->tflags);
     /* not evictable from here: the client is in once it has the reply */
@@ -113,21 +139,36 @@ static int opt_export_name(struct rb_conn *c, struct nbd_session *s, struct opt 
     return rb_conn_send(c, reply, s->no_zeroes ? 10 : sizeof(reply));
 }
 
+/* NBD_OPT_LIST: one NBD_REP_SERVER per export, as the table is now (an
+ * export added or removed over JSON-RPC shows in the very next LIST):
+ * the name, then the description as the rest of the reply. */
 static int opt_list(struct rb_conn *c, struct opt *o)
 {
-    const char *name = rb_export_name(export_of(c));
-    size_t nlen = strlen(name);
-    uint8_t buf[4 + NBD_MAX_STRING];
-    int ret;
+    struct rb_export_name *v;
+    uint8_t buf[4 + 2 * NBD_MAX_STRING];
+    long n;
+    int ret = 0;
 
     if (o->len)
         return send_error(c, o->code, NBD_REP_ERR_INVALID,
                           "NBD_OPT_LIST with %u bytes of data", o->len);
-    if (nlen > NBD_MAX_STRING)
-        nlen = NBD_MAX_STRING;
-    put32(buf, (uint32_t)nlen);
-    memcpy(buf + 4, name, nlen);
-    ret = send_reply(c, o->code, NBD_REP_SERVER, buf, (uint32_t)(4 + nlen));
+    n = rb_exports_names(c->srv->exports, &v);
+    if (n < 0)
+        return send_error(c, o->code, NBD_REP_ERR_UNSUP, "out of memory");
+    for (long i = 0; i < n && !ret; i++) {
+        size_t nlen = strlen(v[i].name), dlen = v[i].description ? strlen(v[i].description) : 0;
+
+        if (nlen > NBD_MAX_STRING)
+            nlen = NBD_MAX_STRING;
+        if (dlen > NBD_MAX_STRING)
+            dlen = NBD_MAX_STRING;
+        put32(buf, (uint32_t)nlen);
+        memcpy(buf + 4, v[i].name, nlen);
+        if (dlen)
+            memcpy(buf + 4 + nlen, v[i].description, dlen);
+        ret = send_reply(c, o->code, NBD_REP_SERVER, buf, (uint32_t)(4 + nlen + dlen));
+    }
+    rb_exports_names_free(v, n);
     return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
 }
 
@@ -138,8 +179,9 @@ static int opt_list(struct rb_conn *c, struct opt *o)
  */
 static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
 {
-    struct rb_export *e = export_of(c);
-    bool want_name = false, want_desc = false;
+    struct rb_export *e;
+    bool want_name = false, want_desc = false, want_bs = false;
+    bool go = o->code == NBD_OPT_GO;
     uint32_t nlen;
     uint16_t nreq;
     uint8_t buf[12];
@@ -162,12 +204,26 @@ static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
             want_name = true;
         else if (t == NBD_INFO_DESCRIPTION)
             want_desc = true;
+        else if (t == NBD_INFO_BLOCK_SIZE)
+            want_bs = true;
     }
-    if (!rb_export_matches(e, (char *)o->data + 4, nlen))
+    e = export_get(c, o->data + 4, nlen, go ? c : NULL);
+    if (!e && c->srv->verbose)
+        fprintf(stderr, "rblock: nbd %s: unknown export '%.*s'\n", c->peer,
+                (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
+    if (!e)
         return send_error(c, o->code, NBD_REP_ERR_UNKNOWN, "unknown export '%.*s'",
                           (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
+    if (go) {
+        s->export = e; /* given back by nbd_serve, whatever happens next */
+        /* contexts chosen for another export do not carry over */
+        if (s->meta_export != e)
+            s->meta = 0;
+        s->meta &= nbd_meta_all(e);
+        s->max_request_bytes = max_request(c, want_bs);
+    }
 
-    s->tflags = transmission_flags(c, s);
+    s->tflags = transmission_flags(e, s);
     put64(buf, rb_export_size(e));
     put16(buf + 8, s->tflags);
     ret = send_info(c, o->code, NBD_INFO_EXPORT, buf, 10);
@@ -177,22 +233,26 @@ static int opt_info_go(struct rb_conn *c, struct nbd_session *s, struct opt *o)
     if (!ret && want_desc && rb_export_description(e))
         ret = send_info(c, o->code, NBD_INFO_DESCRIPTION, rb_export_description(e),
                         strlen(rb_export_description(e)));
-    if (!ret) {
-        /* Sent whether asked or not (clients ignore what they did not
-         * ask for): minimum 1, preferred the cluster, maximum 32 MiB. */
+    if (!ret && want_bs) {
+        /* Only when asked: a client that did not ask was promised no
+         * maximum, and may send up to NBD_MAX_UNNEGOTIATED_BYTES (a
+         * maximum sent anyway would make libnbd refuse larger requests
+         * itself).  Minimum 1, preferred the cluster, maximum 32 MiB. */
         put32(buf, 1);
         put32(buf + 4, rb_export_cluster_bytes(e));
         put32(buf + 8, NBD_MAX_REQUEST_BYTES);
         ret = send_info(c, o->code, NBD_INFO_BLOCK_SIZE, buf, 12);
     }
     /* GO: not evictable from here, the client is in once it has the ACK */
-    if (!ret && o->code == NBD_OPT_GO && !rb_conn_handshake_done(c))
+    if (!ret && go && !rb_conn_handshake_done(c))
         ret = -ECONNRESET;
     if (!ret)
         ret = send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
+    if (!go)
+        export_put(c, e, NULL);
     if (ret < 0)
         return ret;
-    return o->code == NBD_OPT_GO ? 1 : 0;
+    return go ? 1 : 0;
 }
 
 /* One NBD_REP_META_CONTEXT: the id (0 in a LIST reply) and the name. */
@@ -218,6 +278,7 @@ static int send_context(struct rb_conn *c, uint32_t opt, uint32_t id, const char
 static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
 {
     bool set = o->code == NBD_OPT_SET_META_CONTEXT;
+    struct rb_export *e;
     nbd_meta_set sel = 0;
     uint32_t nlen, nq, pos;
     int ret;
@@ -248,28 +309,32 @@ static int opt_meta(struct rb_conn *c, struct nbd_session *s, struct opt *o)
     }
     if (nq == 0 && pos != o->len)
         return send_error(c, o->code, NBD_REP_ERR_INVALID, "trailing bytes in option");
-    if (!rb_export_matches(export_of(c), (char *)o->data + 4, nlen))
+    e = export_get(c, o->data + 4, nlen, NULL);
+    if (!e)
         return send_error(c, o->code, NBD_REP_ERR_UNKNOWN, "unknown export '%.*s'",
                           (int)(nlen > 200 ? 200 : nlen), (char *)o->data + 4);
 
     if (nq == 0 && !set)
-        sel = nbd_meta_all(export_of(c));
+        sel = nbd_meta_all(e);
     for (uint32_t i = 0; i < nq; i++) {
         uint32_t ql = get32(o->data + pos);
 
-        sel |= nbd_meta_query(export_of(c), o->data + pos + 4, ql, !set);
+        sel |= nbd_meta_query(e, o->data + pos + 4, ql, !set);
         pos += 4 + ql;
     }
-    if (set)
+    if (set) {
         s->meta = sel;
+        s->meta_export = e;
+    }
     ret = 0;
-    for (unsigned i = 0; i < nbd_meta_count(export_of(c)) && !ret; i++) {
+    for (unsigned i = 0; i < nbd_meta_count(e) && !ret; i++) {
         if (sel & ((nbd_meta_set)1 << i)) {
             struct nbd_meta_context row;
-            nbd_meta_row(export_of(c), i, &row);
+            nbd_meta_row(e, i, &row);
             ret = send_context(c, o->code, set ? nbd_meta_id(i) : 0, row.name);
         }
     }
+    export_put(c, e, NULL);
     return ret ? ret : send_reply(c, o->code, NBD_REP_ACK, NULL, 0);
 }
 

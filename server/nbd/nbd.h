@@ -28,7 +28,15 @@ struct nbd_session {
     bool tls;        /* NBD_OPT_STARTTLS done: the stream is TLS */
     bool structured; /* NBD_OPT_STRUCTURED_REPLY acknowledged */
     nbd_meta_set meta; /* the metadata contexts selected (meta.h) */
+    const void *meta_export; /* the export @meta was selected for (identity) */
     uint16_t tflags; /* transmission flags sent */
+    /* The export chosen by GO / EXPORT_NAME, with a use taken for this
+     * connection (rb_exports_get): given back when the connection ends. */
+    struct rb_export *export;
+    /* Largest READ / WRITE accepted: NBD_MAX_REQUEST_BYTES when the client
+     * asked for block sizes (it was told so), else up to
+     * NBD_MAX_UNNEGOTIATED_BYTES (what clients that never ask send). */
+    uint32_t max_request_bytes;
 };
 
 /* Run the handshake on @c.  Returns 0 when the client entered

@@ -126,6 +126,9 @@
 #define NBD_MAX_STRING 4096               /* names, queries (spec: MUST <= 4096) */
 #define NBD_MAX_OPTION_BYTES (64u << 10)  /* longer options: hard disconnect */
 #define NBD_MAX_REQUEST_BYTES (32u << 20) /* READ / WRITE payload */
+/* A client that did not ask for block sizes was promised nothing: accept
+ * what the reference server does, up to this bound. */
+#define NBD_MAX_UNNEGOTIATED_BYTES (64u << 20)
 
 /* Metadata context ids we hand out. */
 #define NBD_META_ID_BASE_ALLOCATION 1

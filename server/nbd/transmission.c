@@ -472,7 +472,7 @@ static const char *validate_request(const struct tx *t, const struct req *r)
         return "flag not valid for this command";
     switch (r->type) {
     case NBD_CMD_READ:
-        if (r->len > NBD_MAX_REQUEST_BYTES)
+        if (r->len > t->s->max_request_bytes)
             return "read larger than the maximum block size";
         if (!in_range(t, r))
             return "read past the end of the export";
@@ -536,10 +536,10 @@ static void run_request(struct tx *t, const struct req *r, struct buf *b)
 
 /* ---- the worker pool ---------------------------------------------------------- */
 
-static size_t req_bytes(const struct req *r)
+static size_t req_bytes(const struct tx *t, const struct req *r)
 {
     /* an oversize READ is refused before any buffer is made */
-    if (r->len > NBD_MAX_REQUEST_BYTES)
+    if (r->len > t->s->max_request_bytes)
         return 0;
     return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_READ ? r->len : 0;
 }
@@ -571,7 +571,7 @@ static void *worker(void *arg)
         run_request(t, r, &b);
         buf_trim(&b);
 
-        size_t n = req_bytes(r);
+        size_t n = req_bytes(t, r);
         bool wake;
         free(r->payload);
         free(r);
@@ -596,7 +596,7 @@ static void *worker(void *arg)
  * when the client went away meanwhile: nothing counted. */
 static int admit(struct tx *t, struct req *r)
 {
-    size_t n = req_bytes(r);
+    size_t n = req_bytes(t, r);
     int ret;
 
     for (;;) {
@@ -623,7 +623,7 @@ static int admit(struct tx *t, struct req *r)
 /* Give back what admit() counted for @r (a request that will not run). */
 static void unadmit(struct tx *t, struct req *r)
 {
-    size_t n = req_bytes(r);
+    size_t n = req_bytes(t, r);
 
     pthread_mutex_lock(&t->lock);
     t->bytes -= n;
@@ -730,7 +730,7 @@ static int read_request(struct tx *t, struct req **out)
     if (r->type == NBD_CMD_WRITE) {
         /* The payload follows whatever we think of the request; one we
          * will not buffer leaves the stream unusable: hang up. */
-        if (r->len > NBD_MAX_REQUEST_BYTES) {
+        if (r->len > t->s->max_request_bytes) {
             free(r);
             return -E2BIG;
         }
@@ -754,7 +754,7 @@ static int read_payload(struct tx *t, struct req *r)
 
 void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
 {
-    struct tx t = {.c = c, .s = s, .e = c->srv->export};
+    struct tx t = {.c = c, .s = s, .e = s->export};
     bool gone = false, disc = false;
 
     pthread_mutex_init(&t.lock, NULL);

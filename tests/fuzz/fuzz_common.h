@@ -265,8 +265,10 @@ static void fuzz_session_open(struct fuzz_session *fs, struct rb_export_config *
     (*size)--;
     cfg->path = path;
     fuzz_sandbox = true;
-    fs->srv.export = rb_export_open(cfg, &err);
-    if (!fs->srv.export) {
+    fs->srv.export = rb_export_bare();
+    fs->srv.exports = rb_exports_new();
+    if (!fs->srv.export || !fs->srv.exports ||
+        !rb_exports_add(fs->srv.exports, cfg, true, &err)) {
         fprintf(stderr, "fuzz %s: %s\n", proto->name, rb_error_msg(&err, -EIO));
         abort();
     }
@@ -312,6 +314,7 @@ static void fuzz_session_close(struct fuzz_session *fs)
     close(fs->c->wake_fd);
     free(fs->c);
     rb_server_destroy(&fs->srv);
+    rb_exports_free(fs->srv.exports, NULL);
     rb_export_close(fs->srv.export, NULL);
     fuzz_sandbox = false;
 }

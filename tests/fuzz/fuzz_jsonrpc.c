@@ -34,11 +34,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 .send_timeout_ms = 5000};
     struct fuzz_session fs = {.srv.proto_config[RB_PROTO_JSONRPC] = &lim};
     struct rb_rpc_backend be;
+    struct rb_rpc_ctx ctx;
 
     if (size < 1)
         return 0;
     fuzz_session_open(&fs, &cfg, &rb_jsonrpc_protocol, &data, &size);
-    rb_rpc_backend_for(fs.c, &be);
+    rb_rpc_backend_for(&ctx, fs.c, &be);
 
     /* Each line straight through the envelope (no framing). */
     for (size_t start = 0; start < size;) {

@@ -86,6 +86,30 @@ rpc = {
     ]) + b"\n",
 }
 
+# HTTP/1.1 on the same listener (server/jsonrpc/http.c), and the control
+# plane: exports and bitmaps (a qcow2 export)
+rpc["http"] = b"\0" + (
+    b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 47\r\n\r\n'
+    b'{"jsonrpc":"2.0","id":1,"method":"get_version"}'
+    b'POST /?q HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 18\r\n\r\n'
+    b'{"method":"flush"}'
+    b'GET / HTTP/1.1\r\n\r\nGET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n'
+    b'POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc')
+rpc["control"] = b"\2" + b"\n".join([
+    b'{"id":1,"method":"export_list"}',
+    b'{"id":2,"method":"export_info","params":{"name":"fuzz"}}',
+    b'{"id":3,"method":"bitmap_add","params":{"name":"b","granularity":65536}}',
+    b'{"id":4,"method":"write","params":{"offset":0,"data":"aGVsbG8=","export":"fuzz"}}',
+    b'{"id":5,"method":"bitmap_add","params":{"name":"c","disabled":true}}',
+    b'{"id":6,"method":"bitmap_merge","params":{"name":"c","source":"b"}}',
+    b'{"id":7,"method":"bitmap_clear","params":{"name":"b"}}',
+    b'{"id":8,"method":"bitmap_remove","params":{"name":"c"}}',
+    b'{"id":9,"method":"export_add","params":{"name":"x","image":"/nonexistent"}}',
+    b'{"id":10,"method":"read","params":{"export":"x","offset":0,"length":1}}',
+    b'{"id":11,"method":"export_remove","params":{"name":"fuzz","mode":"hard"}}',
+    b'{"id":12,"method":"read","params":{"offset":0,"length":1}}',
+]) + b"\n"
+
 # the same sessions over a qcow2 export (the write path through the server)
 nbd["structured_rw_qcow2"] = b"\2" + nbd["structured_rw"][1:]
 nbd["read_only_qcow2"] = b"\3" + nbd["read_only"][1:]

@@ -24,7 +24,7 @@ step "nbdinfo over socket activation"
 nbdinfo --json -- [ "$RBLOCK" serve disk.raw ] > info.json
 grep -q '"export-size": 16777216' info.json || fail "size: $(cat info.json)"
 grep -q '"is_read_only": false' info.json || fail "read-only flag"
-nbdinfo -- [ "$RBLOCK" serve -r -d "my disk" disk.raw ] > info.txt
+nbdinfo -- [ "$RBLOCK" serve -r -D "my disk" disk.raw ] > info.txt
 grep -q 'is_read_only: true' info.txt || fail "--read-only not advertised"
 grep -q 'description: my disk' info.txt || fail "description: $(cat info.txt)"
 

@@ -83,6 +83,12 @@ class Client:
         self.file.close()
         self.sock.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def send(self, data):
         if isinstance(data, str):
             data = data.encode()

@@ -210,3 +210,17 @@ def test_locked_base_refused(tmp_path):
         p.stdin.close()
         p.wait()
     assert digest(base, mid, top) == before
+
+
+def test_smaller_qcow2_base_refused(tmp_path):
+    """qemu-img commit grows a smaller qcow2 BASE; rblock refuses it (a raw
+    one is grown) with the fix in the message and every file unchanged."""
+    base, top = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", base, str(4 * MiB))
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top,
+        str(8 * MiB))
+    qio(top, "write -P 0x61 6M 64k")
+    before = digest(base, top)
+    r = run(RBLOCK, "commit", top, check=False)
+    assert r.returncode == 1 and "smaller than the image" in r.stderr, r.stderr
+    assert digest(base, top) == before

@@ -7,8 +7,8 @@ The server must drop what they queued, give back the budget, and free
 their slots at once -- not after running every READ they asked for (here
 tens of GiB of data per client: minutes) -- so fresh clients are served
 while the READs the gone clients had in progress finish.  JSON-RPC `stats`
-shows the slots freed (connections_now) and the connections finishing
-(connections_closing).  Timeouts below are deadlock guards, not measures of
+shows the slots freed (connections-now) and the connections finishing
+(connections-closing).  Timeouts below are deadlock guards, not measures of
 speed."""
 import os
 import socket
@@ -118,7 +118,7 @@ def test_reset_clients_free_their_slots(image, transport, args):
     try:
         assert srv.uri.startswith("nbd+unix" if transport == "unix" else "nbd://")
         rpc = srv.client()
-        assert nbd_stats(rpc)["connections_now"] == 0  # and rpc holds a slot now
+        assert nbd_stats(rpc)["connections-now"] == 0  # and rpc holds a slot now
         for _ in range(MAX_CONNECTIONS - 1):
             s = established(srv.uri)
             socks.append(s)
@@ -126,13 +126,13 @@ def test_reset_clients_free_their_slots(image, transport, args):
             print("queued", n)
             assert n >= 256  # far more than one window
         assert refused(srv.uri), "the server is not full: the test proves nothing"
-        assert nbd_stats(rpc)["connections_now"] == MAX_CONNECTIONS - 1
+        assert nbd_stats(rpc)["connections-now"] == MAX_CONNECTIONS - 1
 
         for s in socks:
             reset(s)
         socks = []
         st = wait_stats(rpc, "slots of gone clients not freed",
-                        lambda st: st["connections_now"] == 0)
+                        lambda st: st["connections-now"] == 0)
         print("after the resets:", st)
 
         # Every slot is free: as many fresh clients as there were, all at
@@ -152,10 +152,10 @@ def test_reset_clients_free_their_slots(image, transport, args):
 
         # The gone clients' running READs end; nothing is left.
         st = wait_stats(rpc, "connections still open",
-                        lambda st: st["connections_now"] == 0 and
-                        st["connections_closing"] == 0)
+                        lambda st: st["connections-now"] == 0 and
+                        st["connections-closing"] == 0)
         # the refused connections were never counted
-        assert st["connections_total"] == 2 * (MAX_CONNECTIONS - 1)
+        assert st["connections-total"] == 2 * (MAX_CONNECTIONS - 1)
     except BaseException:
         srv.proc.kill()  # a server that kept the slots may run for minutes
         raise

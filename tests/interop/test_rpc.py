@@ -112,7 +112,8 @@ def test_method_not_found(c):
     ({"offset": 0, "length": 1, "size": 1}, "unknown parameter 'size'"),
     ({"offset": 0, "length": 4 * MiB + 1}, "over the limit of 4194304"),
     ({"offset": 0.5, "length": 1}, "not a real number"),
-    ([0, 1, 2], "takes 2 parameters"),
+    ([0, 1, "", 3], "takes 3 parameters"),
+    ([0, 1, 2], "parameter 'export' must be a string"),
 ])
 def test_invalid_params(c, params, needle):
     err(c.call("read", params, rid=7), -32602, 7, needle)
@@ -288,14 +289,14 @@ def test_stats_count_both_protocols(srv, c):
     h.shutdown()
     c.read(0, 512)
     s = c.result("stats")
-    assert s["uptime_ms"] >= before["uptime_ms"]
+    assert s["uptime-ms"] >= before["uptime-ms"]
     for p in ("nbd", "jsonrpc"):
-        assert set(s["protocols"][p]) >= {"connections_total", "connections_now", "requests",
-                                          "errors", "bytes_read", "bytes_written"}
-    assert s["protocols"]["nbd"]["connections_total"] >= 1
-    assert s["protocols"]["nbd"]["bytes_read"] >= before["protocols"]["nbd"]["bytes_read"] + 512
-    assert s["protocols"]["jsonrpc"]["connections_now"] >= 1
-    assert s["protocols"]["jsonrpc"]["bytes_read"] >= before["protocols"]["jsonrpc"]["bytes_read"] + 512
+        assert set(s["protocols"][p]) >= {"connections-total", "connections-now", "requests",
+                                          "errors", "bytes-read", "bytes-written"}
+    assert s["protocols"]["nbd"]["connections-total"] >= 1
+    assert s["protocols"]["nbd"]["bytes-read"] >= before["protocols"]["nbd"]["bytes-read"] + 512
+    assert s["protocols"]["jsonrpc"]["connections-now"] >= 1
+    assert s["protocols"]["jsonrpc"]["bytes-read"] >= before["protocols"]["jsonrpc"]["bytes-read"] + 512
 
 
 def rblock_json(*args):

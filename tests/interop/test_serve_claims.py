@@ -103,7 +103,7 @@ def stalled(tmp_path_factory):
     img = make_raw(d / "disk.raw", 16 * MiB)
     srv = RpcServer(str(img), "-f", "raw")
     c = srv.client()
-    base = c.result("stats")["protocols"]["jsonrpc"]["connections_now"]
+    base = c.result("stats")["protocols"]["jsonrpc"]["connections-now"]
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(srv.rpc.split(":", 1)[1])
     req = b'{"jsonrpc":"2.0","id":1,"method":"read","params":{"offset":0,"length":4194304}}\n'
@@ -125,7 +125,7 @@ def test_rpc_stall_starts(stalled):
     # connection: poll, with a bound), and its replies wait for it
     deadline = time.monotonic() + 20
     while True:
-        now = c.result("stats")["protocols"]["jsonrpc"]["connections_now"]
+        now = c.result("stats")["protocols"]["jsonrpc"]["connections-now"]
         if now == base + 1 or time.monotonic() > deadline:
             break
         time.sleep(0.01)
@@ -372,7 +372,7 @@ def test_rpc_stall_is_disconnected_after_30s(stalled):
     end = t0 + 30 + WAIT
     gone = None
     while time.monotonic() < end:
-        if c.result("stats")["protocols"]["jsonrpc"]["connections_now"] == base:
+        if c.result("stats")["protocols"]["jsonrpc"]["connections-now"] == base:
             gone = time.monotonic() - t0
             break
         time.sleep(0.25)

@@ -351,11 +351,13 @@ static void test_invalid_params(void **state)
              "missing parameter 'offset'");
     err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":1,\"lenght\":2},"
              "\"id\":1}", RB_RPC_INVALID_PARAMS, json_integer(1),
-             "unknown parameter 'lenght' of method 'read' (it takes offset, length)");
+             "unknown parameter 'lenght' of method 'read' (it takes offset, length, export?)");
     err_case("{\"method\":\"read\",\"params\":{\"offset\":0,\"length\":4194305},\"id\":1}",
              RB_RPC_INVALID_PARAMS, json_integer(1), "over the limit of 4194304");
+    err_case("{\"method\":\"read\",\"params\":[0,1,\"\",3],\"id\":1}", RB_RPC_INVALID_PARAMS,
+             json_integer(1), "takes 3 parameters");
     err_case("{\"method\":\"read\",\"params\":[0,1,2],\"id\":1}", RB_RPC_INVALID_PARAMS,
-             json_integer(1), "takes 2 parameters");
+             json_integer(1), "parameter 'export' must be a string, not an integer");
     err_case("{\"method\":\"get_version\",\"params\":{\"x\":1},\"id\":1}",
              RB_RPC_INVALID_PARAMS, json_integer(1), "no parameters");
     err_case("{\"method\":\"write\",\"params\":{\"offset\":0,\"data\":\"AAA\"},\"id\":1}",
@@ -366,8 +368,21 @@ static void test_invalid_params(void **state)
              RB_RPC_INVALID_PARAMS, json_integer(1), "must be a base64 string");
     err_case("{\"method\":\"write\",\"params\":{\"offset\":0,\"data\":\"AAAA\",\"fua\":1},"
              "\"id\":1}", RB_RPC_INVALID_PARAMS, json_integer(1), "must be a boolean");
-    err_case("{\"method\":\"block_status\",\"params\":{\"offset\":0,\"length\":0},\"id\":1}",
-             RB_RPC_INVALID_PARAMS, json_integer(1), "at least 1");
+    /* length 0: an empty result, as read and map (but still range-checked) */
+    {
+        json_t *r0 = ask("{\"method\":\"block_status\",\"params\":{\"offset\":0,"
+                         "\"length\":0},\"id\":1}");
+        assert_int_equal(json_array_size(json_object_get(r0, "result")), 0);
+        assert_true(json_is_array(json_object_get(r0, "result")));
+        json_decref(r0);
+        r0 = ask("{\"method\":\"map\",\"params\":{\"offset\":0,\"length\":0},\"id\":1}");
+        assert_true(json_is_array(json_object_get(r0, "result")));
+        assert_int_equal(json_array_size(json_object_get(r0, "result")), 0);
+        json_decref(r0);
+    }
+    err_case("{\"method\":\"block_status\",\"params\":{\"offset\":8388609,\"length\":0},"
+             "\"id\":1}",
+             RB_RPC_OUT_OF_RANGE, json_integer(1), "past the end");
     /* too large for an integer of JSON's usual 64 bits: a parse error */
     err_case("{\"method\":\"read\",\"params\":{\"offset\":99999999999999999999,\"length\":1},"
              "\"id\":1}", RB_RPC_PARSE_ERROR, NULL, "too big");

@@ -272,9 +272,26 @@ static void test_serve_send_timeout(void **state)
     close(fd);
 }
 
+/* Which streams are taken for HTTP: an RFC 9110 method and a space. */
+static void test_sniff_http(void **state)
+{
+    (void)state;
+    assert_int_equal(rb_rpc_sniff_http("POST / HTTP/1.1\r\n", 17), 1);
+    assert_int_equal(rb_rpc_sniff_http("GET ", 4), 1);
+    assert_int_equal(rb_rpc_sniff_http("DELETE /x", 9), 1);
+    assert_int_equal(rb_rpc_sniff_http("PO", 2), -1); /* not yet known */
+    assert_int_equal(rb_rpc_sniff_http("POST", 4), -1);
+    assert_int_equal(rb_rpc_sniff_http("POST\r\n", 6), 0);
+    assert_int_equal(rb_rpc_sniff_http("GETX ", 5), 0);
+    assert_int_equal(rb_rpc_sniff_http("{\"method\"", 9), 0);
+    assert_int_equal(rb_rpc_sniff_http("[", 1), 0);
+    assert_int_equal(rb_rpc_sniff_http(" POST ", 6), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sniff_http),
         cmocka_unit_test(test_lines),
         cmocka_unit_test(test_long_lines),
         cmocka_unit_test(test_out),
