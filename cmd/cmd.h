@@ -29,6 +29,7 @@ int cmd_resize(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 
 /* Print "rblock: <formatted message>\n" to stderr. */
 void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -59,5 +60,10 @@ struct progress;
 struct progress *progress_new(bool enabled, uint64_t total_bytes);
 void progress_update(struct progress *p, uint64_t done_bytes);
 void progress_done(struct progress *p);
+
+struct rb_qcow2_info;
+/* Print qemu-img's "Snapshot list:" table of @q (nothing without
+ * snapshots); info and snapshot -l. */
+void print_snapshot_list(const struct rb_qcow2_info *q);
 
 #endif

@@ -41,6 +41,32 @@ static uint64_t actual_size(const char *path)
     return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
 }
 
+/* qemu-img's "Snapshot list:" table (info and snapshot -l); nothing when
+ * there are no snapshots. */
+void print_snapshot_list(const struct rb_qcow2_info *q)
+{
+    if (!q->nb_snapshots)
+        return;
+    printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE",
+           "DATE", "VM CLOCK", "ICOUNT");
+    for (uint32_t i = 0; i < q->nb_snapshots; i++) {
+        const struct rb_qcow2_snapshot *sn = &q->snapshots[i];
+        time_t t = sn->date_sec;
+        struct tm tm;
+        char date[32], vm[32], ic[24] = "";
+        uint64_t secs = sn->vm_clock_nsec / 1000000000;
+
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        size_str(vm, sizeof(vm), sn->vm_state_size);
+        if (sn->icount != UINT64_MAX)
+            snprintf(ic, sizeof(ic), "%" PRIu64, sn->icount);
+        printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64
+               " %10s\n", sn->id, sn->name, vm, date, secs / 3600, secs / 60 % 60,
+               secs % 60, sn->vm_clock_nsec / 1000000 % 1000, ic);
+    }
+}
+
 static void print_human(struct rb_image *img, const struct rb_qcow2_info *q)
 {
     char sz[32];
@@ -64,26 +90,7 @@ static void print_human(struct rb_image *img, const struct rb_qcow2_info *q)
         return;
     if (q->dirty)
         printf("cleanly shut down: no\n");
-    if (q->nb_snapshots) {
-        printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE",
-               "DATE", "VM CLOCK", "ICOUNT");
-        for (uint32_t i = 0; i < q->nb_snapshots; i++) {
-            const struct rb_qcow2_snapshot *sn = &q->snapshots[i];
-            time_t t = sn->date_sec;
-            struct tm tm;
-            char date[32], vm[32], ic[24] = "";
-            uint64_t secs = sn->vm_clock_nsec / 1000000000;
-
-            localtime_r(&t, &tm);
-            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-            size_str(vm, sizeof(vm), sn->vm_state_size);
-            if (sn->icount != UINT64_MAX)
-                snprintf(ic, sizeof(ic), "%" PRIu64, sn->icount);
-            printf("%-9s %-16s %8s %19s %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64
-                   " %10s\n", sn->id, sn->name, vm, date, secs / 3600, secs / 60 % 60,
-                   secs % 60, sn->vm_clock_nsec / 1000000 % 1000, ic);
-        }
-    }
+    print_snapshot_list(q);
     printf("Format specific information:\n    compat: %s\n    compression type: %s\n",
            q->compat, q->compression_name);
     if (q->version >= 3)

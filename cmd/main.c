@@ -29,6 +29,7 @@ static const struct command commands[] = {
     {"amend", cmd_amend, "change a qcow2 image's options (as qemu-img amend)"},
     {"commit", cmd_commit, "merge an overlay into its backing file"},
     {"rebase", cmd_rebase, "change an overlay's backing file, keeping its content"},
+    {"snapshot", cmd_snapshot, "list, create, apply, delete internal snapshots"},
 };
 
 static void usage(FILE *f)

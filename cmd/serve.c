@@ -69,7 +69,8 @@ static void usage(FILE *f)
             "                         (repeatable), as qemu-nbd -B\n"
             "  -s, --snapshot         writes to IMAGE go to a temporary qcow2 overlay,\n"
             "                         removed at exit (IMAGE is never written)\n"
-            "  -l, --load-snapshot S  serve internal snapshot S (not supported yet)\n"
+            "  -l, --load-snapshot S  serve IMAGE's qcow2 internal snapshot S (id or name,\n"
+            "                         or snapshot.id=ID, snapshot.name=NAME), read-only\n"
             "  -t, --persistent       accepted: rblock serve always keeps serving\n"
             "  -e, --shared N         as --max-connections N\n"
             "  -m, --max-connections N  (default %u)\n"
@@ -566,10 +567,18 @@ int cmd_serve(int argc, char **argv)
         goto out;
     }
     if (load_snapshot) {
-        complain("-l/--load-snapshot '%s': serving an internal snapshot is not supported "
-                 "yet (rblock convert -l is not either); convert it out with qemu-img "
-                 "convert -l first", load_snapshot);
-        goto out;
+        /* qemu-nbd -l: ID_OR_NAME, or snapshot.id=ID / snapshot.name=NAME;
+         * IMAGE's export serves that qcow2 internal snapshot, read-only */
+        if (!cfg.path || snapshot) {
+            complain(snapshot ? "-l/--load-snapshot and -s/--snapshot cannot be used together"
+                              : "-l/--load-snapshot needs IMAGE");
+            goto out;
+        }
+        cfg.snapshot = load_snapshot;
+        if (strncmp(load_snapshot, "snapshot.id=", 12) == 0)
+            cfg.snapshot = load_snapshot + 12;
+        else if (strncmp(load_snapshot, "snapshot.name=", 14) == 0)
+            cfg.snapshot = load_snapshot + 14;
     }
     if (snapshot && (!cfg.path || cfg.read_only)) {
         complain(cfg.read_only ? "-s/--snapshot and --read-only cannot be used together"

@@ -132,6 +132,10 @@ struct rb_open_opts {
     unsigned queue_depth;    /* rbd, with write and sequential: writes in
                                 flight (convert -m); 0 = the driver's default */
     size_t cache_bytes;      /* metadata cache cap; 0 = default */
+    const char *snapshot;    /* qcow2 internal snapshot (id or name) the
+                                top layer reads as, read-only (qemu-nbd -l);
+                                NULL: the active image.  Other formats and
+                                write are refused (EINVAL / ENOTSUP) */
 };
 
 #define RB_MAX_CHAIN 64

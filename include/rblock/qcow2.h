@@ -380,4 +380,26 @@ void rb_qcow2_repair_free(struct rb_qcow2_repair *res);
 int rb_qcow2_set_backing(struct rb_image *img, const char *name, const char *format,
                          struct rb_error *err);
 
+/* ---- internal snapshots (qemu-img snapshot -c/-a/-d) ---------------------- */
+
+enum rb_qcow2_snapshot_op {
+    RB_QCOW2_SNAPSHOT_CREATE, /* a new snapshot NAME of the active image */
+    RB_QCOW2_SNAPSHOT_APPLY,  /* the active image becomes snapshot NAME */
+    RB_QCOW2_SNAPSHOT_DELETE, /* snapshot NAME is removed */
+};
+
+/*
+ * Create, apply or delete the internal snapshot @name of the qcow2 image
+ * @img, opened for writing.  Apply and delete look @name up as an id
+ * first, then as a name (qemu's rule); create refuses a name that exists
+ * (EEXIST).  Crash-safe: the whole change is switched in by one header
+ * write (see lib/qcow2/snapshot_ops.c); on failure the image is as it
+ * was.  On success @img is left read-only (its tables in memory describe
+ * the old state): close it.  Returns 0 or -errno with @err set (ENOENT: no
+ * such snapshot; ERANGE: refcounts too narrow; ENOTSUP: another format,
+ * an external data file, or apply of a snapshot of another disk size).
+ */
+int rb_qcow2_snapshot(struct rb_image *img, enum rb_qcow2_snapshot_op op, const char *name,
+                      struct rb_error *err);
+
 #endif

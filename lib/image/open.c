@@ -31,10 +31,17 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
         rb_error_set(err, EINVAL, "%s: json: pseudo-filenames are not supported", path);
         return NULL;
     }
-    if (!top)
+    if (!top) {
         o.write = false;
+        o.snapshot = NULL; /* the top layer's snapshot only */
+    }
     /* "rbd:" names an image of a Ceph cluster, not a file (QEMU's protocol
      * prefix); a file of that name is "./rbd:..." */
+    if (rb_rbd_is_name(path) && o.snapshot) {
+        rb_error_set(err, ENOTSUP, "%s: rbd images are served without internal snapshots "
+                     "(-l)", path);
+        return NULL;
+    }
     if (rb_rbd_is_name(path))
         return rb_rbd_open(path, &o, err);
     /* a backing name from an untrusted header may name a FIFO or a device */
@@ -53,7 +60,11 @@ static struct rb_image *open_one(const char *path, const struct rb_open_opts *op
     fmt = o.format ? o.format : rb_image_probe(fd);
     const struct rb_driver *drv = rb_driver_find(fmt);
     struct rb_image *img;
-    if (drv) {
+    if (drv && o.snapshot && strcmp(fmt, "qcow2") != 0) {
+        rb_error_set(err, ENOTSUP, "%s: format '%s' has no internal snapshots", path, fmt);
+        close(fd);
+        return NULL;
+    } else if (drv) {
         img = drv->open(path, fd, &o, err);
     } else if (!o.format) {
         rb_error_set(err, EMEDIUMTYPE, "%s: this is a %s image; rblock reads qcow2 and raw "

@@ -136,6 +136,15 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
         ret = open_data_file(s, opts, err);
     if (ret < 0)
         return ret;
+    if (opts->snapshot) {
+        /* a snapshot is read-only (qemu-nbd -l exports it so) */
+        if (opts->write)
+            return rb_error_set(err, EINVAL, "%s: snapshot '%s' can only be opened "
+                                "read-only", s->name, opts->snapshot);
+        ret = qcow2_snapshot_select(img, s, opts->snapshot, err);
+        if (ret < 0)
+            return ret;
+    }
 
     /* three quarters of the budget for L2 tables, the rest for refcounts */
     s->l2_cache = qcow2_cache_new(s->fd, s->cluster_bytes, cache_bytes / 4 * 3);
@@ -147,7 +156,7 @@ static int setup(struct rb_image *img, struct qcow2_state *s,
     qcow2_cache_set_barriers(s->l2_cache, s->barriers);
     qcow2_cache_set_barriers(s->refblock_cache, s->barriers);
 
-    img->size = s->h.size;
+    img->size = s->h.size; /* the snapshot's when one was selected */
     img->cluster_bytes = s->cluster_bytes;
     img->read_only = !opts->write;
     if (s->h.backing_file) {

@@ -461,11 +461,25 @@ struct qcow2_snapshot {
     bool has_disk_size;
     uint64_t icount;        /* -1 when absent */
     uint32_t extra_data_size;
+    uint8_t *extra;         /* the extra data as on disk (extra_data_size
+                               bytes; NULL when 0), kept when rewritten */
 };
 
 /* Read and validate the snapshot table (s->snapshots).  At open. */
 int qcow2_snapshots_load(struct qcow2_state *s, struct rb_error *err);
 void qcow2_snapshots_free(struct qcow2_state *s);
+/* Index of the snapshot whose id is @key, else the first whose name is
+ * @key (qemu's find_snapshot_by_id_or_name); -1 when none. */
+long qcow2_snapshot_find(const struct qcow2_state *s, const char *key);
+/* Read the L1 table of snapshot @sn (host byte order, sn->l1_size entries
+ * into a malloc'ed array, at least one entry), checking it lies inside the
+ * file.  Lock held or state private.  0 or -errno with @err set. */
+int qcow2_snapshot_l1_read(struct qcow2_state *s, const struct qcow2_snapshot *sn,
+                           uint64_t **l1, struct rb_error *err);
+/* Make the read-only image @img read as snapshot @key (id or name): its L1
+ * table and virtual size replace the active ones.  At open. */
+int qcow2_snapshot_select(struct rb_image *img, struct qcow2_state *s, const char *key,
+                          struct rb_error *err);
 
 /* ---- write path (write.c, alloc.c) ----------------------------------------- */
 

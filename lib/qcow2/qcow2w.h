@@ -107,4 +107,19 @@ void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool li
 int qcow2_header_update(struct qcow2_state *s, uint64_t off, const void *buf, size_t len,
                         struct rb_error *err);
 
+/* ---- copy-on-write of shared L2 tables (cow.c) ---------------------------- */
+
+/*
+ * Before the write path changes the L2 table *@l2 (pinned) of L1 entry
+ * @l1_index: when that entry lacks QCOW_OFLAG_COPIED the table may be
+ * shared with a snapshot (refcount > 1), so it is copied to a new
+ * cluster, the L1 entry is pointed at the copy, and the old table's
+ * refcount drops by one; *@l2 is then the copy (pinned).  Nothing to do
+ * for an entry with COPIED.  The data clusters the table references keep
+ * their refcounts: the active image reaches them through the copy instead.
+ * Caller holds the lock.  0 or -errno with @err set; on error *@l2 has
+ * been put and is NULL.
+ */
+int qcow2_l2_cow(struct qcow2_state *s, uint64_t l1_index, void **l2, struct rb_error *err);
+
 #endif

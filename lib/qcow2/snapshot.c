@@ -83,6 +83,12 @@ static int read_one(struct qcow2_state *s, struct qcow2_snapshot *sn, uint64_t *
     ret = table_read(s, extra, sn->extra_data_size, *off, index, err);
     if (ret < 0)
         return ret;
+    if (sn->extra_data_size) {
+        sn->extra = malloc(sn->extra_data_size);
+        if (!sn->extra)
+            return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+        memcpy(sn->extra, extra, sn->extra_data_size);
+    }
     if (sn->extra_data_size >= 8)
         sn->vm_state_size = rb_load_be64(extra);
     if (sn->extra_data_size >= 16) {
@@ -136,7 +142,68 @@ void qcow2_snapshots_free(struct qcow2_state *s)
     for (uint32_t i = 0; i < s->h.nb_snapshots; i++) {
         free(s->snapshots[i].id);
         free(s->snapshots[i].name);
+        free(s->snapshots[i].extra);
     }
     free(s->snapshots);
     s->snapshots = NULL;
+}
+
+long qcow2_snapshot_find(const struct qcow2_state *s, const char *key)
+{
+    for (uint32_t i = 0; i < s->h.nb_snapshots; i++)
+        if (strcmp(s->snapshots[i].id, key) == 0)
+            return i;
+    for (uint32_t i = 0; i < s->h.nb_snapshots; i++)
+        if (strcmp(s->snapshots[i].name, key) == 0)
+            return i;
+    return -1;
+}
+
+int qcow2_snapshot_l1_read(struct qcow2_state *s, const struct qcow2_snapshot *sn,
+                           uint64_t **l1, struct rb_error *err)
+{
+    uint64_t bytes = (uint64_t)sn->l1_size * 8, end;
+    uint64_t *t = malloc(bytes ? bytes : 8);
+    int ret;
+
+    *l1 = NULL;
+    if (!t)
+        return rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+    if (sn->l1_size && (!rb_add_ok(sn->l1_table_offset, bytes, &end) || end > s->file_size)) {
+        free(t);
+        return rb_error_set(err, EINVAL, "%s: L1 table of snapshot '%s' at 0x%" PRIx64
+                            " is past the end of the file (size %" PRIu64 ")", s->name,
+                            sn->id, sn->l1_table_offset, s->file_size);
+    }
+    ret = sn->l1_size ? rb_io_pread(s->fd, t, bytes, sn->l1_table_offset) : 0;
+    if (ret < 0) {
+        free(t);
+        return rb_error_errno(err, -ret, "%s: cannot read the L1 table of snapshot '%s'",
+                              s->name, sn->id);
+    }
+    if (!sn->l1_size)
+        t[0] = 0;
+    rb_load_be64_array(t, sn->l1_size);
+    *l1 = t;
+    return 0;
+}
+
+int qcow2_snapshot_select(struct rb_image *img, struct qcow2_state *s, const char *key,
+                          struct rb_error *err)
+{
+    long i = qcow2_snapshot_find(s, key);
+    uint64_t *l1;
+    int ret;
+
+    if (i < 0)
+        return rb_error_set(err, ENOENT, "%s: no snapshot '%s' (id or name)", s->name, key);
+    ret = qcow2_snapshot_l1_read(s, &s->snapshots[i], &l1, err);
+    if (ret < 0)
+        return ret;
+    free(s->l1);
+    s->l1 = l1;
+    s->h.l1_size = s->snapshots[i].l1_size;
+    s->h.size = s->snapshots[i].disk_size;
+    img->size = s->h.size;
+    return 0;
 }

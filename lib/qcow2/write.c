@@ -81,10 +81,6 @@ int qcow2_write_open(struct rb_image *img, struct qcow2_state *s, struct rb_erro
     if (s->has_data_file)
         return rb_error_set(err, ENOTSUP, "%s: writing images with an external data "
                             "file is not supported", s->name);
-    if (s->h.nb_snapshots)
-        return rb_error_set(err, ENOTSUP, "%s: writing images with internal snapshots "
-                            "is not supported (%" PRIu32 " snapshots)", s->name,
-                            s->h.nb_snapshots);
     if (s->h.crypt_method)
         return rb_error_set(err, ENOTSUP, "%s: writing encrypted images is not "
                             "supported", s->name);
@@ -238,6 +234,8 @@ static int set_entry(struct qcow2_state *s, uint64_t guest_off, uint64_t l2e,
 
     if (ret == 0 && !l2)
         ret = new_l2_table(s, qcow2_l1_index(s, guest_off), &l2, err);
+    else if (ret == 0) /* a table shared with a snapshot is copied first */
+        ret = qcow2_l2_cow(s, qcow2_l1_index(s, guest_off), &l2, err);
     if (ret < 0)
         return ret;
     qcow2_l2_entry_set(s, l2, i, l2e);

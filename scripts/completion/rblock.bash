@@ -6,7 +6,7 @@ _rblock()
     local cur prev words cword
     _init_completion || return
 
-    local cmds="info map check create convert diff delta serve bitmap commit rebase help measure compare resize amend"
+    local cmds="info map check create convert diff delta serve bitmap commit rebase help measure compare resize amend snapshot"
     if [[ $cword -eq 1 ]]; then
         COMPREPLY=($(compgen -W "$cmds --help --version --inspect" -- "$cur"))
         return
@@ -23,16 +23,19 @@ _rblock()
         delta)   opts="-o -b -f -F -p -q -U --bitmap --force-share --output-format --from-snap --to-snap --help" ;;
         bitmap)  opts="--add --remove --clear --enable --disable --merge -g -b -F -f
                        --help" ;;
-        serve)   opts="--nbd --rpc --read-only --export-name --description --bitmap -B
+        serve)   opts="--nbd --rpc --read-only --load-snapshot -l --export-name --description --bitmap -B
                        --max-connections --max-inflight --handshake-timeout --run
                        --tls= --tls-cert --tls-psk --tls-verify-peer --format -f -U --force-share --help
                        --export --socket -k --port -p --bind -b -D --snapshot -s --persistent -t
                        --shared -e --fork --pid-file --discard= --detect-zeroes= --verbose -v
-                       --quiet -q --print-uri --rpc-insecure" ;;
+                       --quiet -q --print-uri --rpc-insecure"
+                 [[ $prev == -l ]] && return ;;        # a snapshot id or name
         measure) opts="--output= --size -O -o -f -U --force-share --help" ;;
         compare) opts="-f -F -T -p -q -s -U --force-share --help" ;;
         resize)  opts="--shrink --preallocation= -f -q --help" ;;
         amend)   opts="-o -f -p -q -t --force --help" ;;
+        snapshot) opts="-l -c -a -d -f -U --force-share --help"
+                 [[ $prev == -[cad] ]] && return ;;   # a snapshot name
         commit)  opts="-b -d -f -t -p -q --help" ;;
         rebase)  opts="-b -F -f -t -u -c -p -q --help" ;;
         help)    COMPREPLY=($(compgen -W "$cmds" -- "$cur")); return ;;
@@ -46,7 +49,8 @@ _rblock()
         --tls-cert)
             _filedir -d; return ;;
         --nbd|--rpc|--export-name|--description|--max-connections|--max-inflight|\
-        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|--size|-T|-t)
+        --handshake-timeout|--run|--sector-size|-o|-x|-d|-m|-B|--bitmap|--merge|-g|--size|-T|-t|\
+        --load-snapshot)
             return ;;
     esac
     case $cur in

@@ -52,6 +52,8 @@ struct rb_export_config {
     /* -s: @path is a temporary overlay this process created (its backing is
      * the user's image): removed when the export is closed. */
     bool remove_on_close;
+    const char *snapshot;       /* qcow2 internal snapshot (id or name) to
+                                   serve, with read_only; NULL: the image */
 };
 
 #define RB_EXPORT_MAX_BITMAPS 30

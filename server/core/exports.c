@@ -60,8 +60,9 @@ const char *rb_proto_name(enum rb_proto_id id)
 struct rb_export *rb_export_open(const struct rb_export_config *cfg, struct rb_error *err)
 {
     struct rb_open_opts opts = {
-        .format = cfg->format, .write = !cfg->read_only, .lock = !cfg->read_only,
-        .force_share = cfg->force_share};
+        /* a snapshot is served read-only (qemu-nbd -l) */
+        .format = cfg->format, .write = !cfg->read_only && !cfg->snapshot,
+        .lock = !cfg->read_only, .force_share = cfg->force_share, .snapshot = cfg->snapshot};
     struct rb_export *e = calloc(1, sizeof(*e));
 
     if (!e) {

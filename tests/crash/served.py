@@ -13,7 +13,8 @@ fail-write, fail-write-once, fail-sync; with "-meta" (power-write-meta)
 the points are those around L2-table and refcount-block allocation, found
 by a traced run (RBLOCK_FAULT=trace), and SAMPLE caps their number.  FORMAT
 qcow2:SIZE[,OPT=V...] passes creation options to qemu-img (cluster_size=SIZE
-first).  SAMPLE is how many fault points
+first); FORMAT+snap first writes the overlay's first half and takes an
+internal snapshot (qemu-img), which every run checks is intact.  SAMPLE is how many fault points
 to run, spread evenly over 1..W (or S) and always with the first and the
 last; 0 runs all of them; "A,B,..." runs those points.
 
@@ -128,12 +129,25 @@ def make_images(d, fmt):
     if fmt == "raw":
         return path, "raw", bytes(base)
     img = os.path.join(d, "overlay.qcow2")
+    snap = fmt.endswith("+snap")
+    fmt = fmt[:-5] if snap else fmt
     # qcow2:SIZE[,OPTION=VALUE...]: cluster size and other creation options
     opts = ["-o", "cluster_size=" + fmt.split(":")[1]] if ":" in fmt else []
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *opts, "-b", "base.raw",
                     "-F", "raw", img], check=True, cwd=d)
     if bitmap:
         subprocess.run(["qemu-img", "bitmap", "--add", "-g", "64k", img, BITMAP], check=True)
+    if snap:
+        # FORMAT+snap: data in the overlay's first half, then an internal
+        # snapshot sharing every cluster and L2 table with the disk: the
+        # served writes copy them; verify() checks the snapshot kept it
+        half = SIZE // 2
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {half}", img],
+                       check=True, capture_output=True, cwd=d)
+        base[0:half] = b"\x5a" * half
+        subprocess.run(["qemu-img", "snapshot", "-c", "s1", img], check=True, cwd=d)
+        with open(os.path.join(d, "snapshot-s1.raw"), "wb") as f:
+            f.write(base)
     return img, "qcow2", bytes(base)
 
 
@@ -271,6 +285,18 @@ def verify(d, image, fmt, model, bitmap=False):
         got = f.read()
     os.unlink(out)
     got = got.ljust(SIZE, b"\0")
+    want = os.path.join(d, "snapshot-s1.raw")
+    if os.path.exists(want):
+        r = subprocess.run(["qemu-img", "convert", "-f", fmt, "-l", "s1", "-O", "raw", image,
+                            out], capture_output=True, text=True)
+        same = r.returncode == 0
+        if same:
+            with open(want, "rb") as f, open(out, "rb") as g:
+                same = f.read() == g.read()
+        if os.path.exists(out):
+            os.unlink(out)
+        if not same:
+            return True, 0, leaks, f"snapshot s1 changed {r.stderr}"
     bad = model.lost(got)
     if bad:
         return False, len(bad), leaks, (f"{len(bad)} flushed sectors lost, first at "

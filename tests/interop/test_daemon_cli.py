@@ -165,7 +165,7 @@ def test_discard_and_detect_zeroes(tmp_path, disk):
 
 @pytest.mark.parametrize("args,needle", [
     (["-d", "x"], "-d disconnects a /dev/nbd device"),
-    (["-l", "snap1"], "internal snapshot is not supported"),
+    (["-l", "snap1"], "no snapshot 'snap1'"),
     (["--rpc", "tcp:0.0.0.0:0"], "--rpc-insecure"),
     (["--discard=sometimes"], "--discard must be ignore or unmap"),
     (["--detect-zeroes=maybe"], "--detect-zeroes must be off, on or unmap"),
