@@ -27,11 +27,12 @@
 #include "rblock/qcow2-create.h"
 #include "rblock/qcow2.h"
 #include "rblock/rbd.h"
+#include "rblock/size.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: rblock convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] "
-               "SRC DST\n\n"
+               "[-n [--target-is-zero]] [-S SIZE] SRC DST\n\n"
                "  -f FMT      source format (raw, qcow2; probed by default)\n"
                "  -U          read SRC even while another process writes it\n"
                "  -O FMT      output format (default raw)\n"
@@ -43,7 +44,11 @@ static void usage(FILE *f)
                "  --bitmaps   also copy the persistent dirty bitmaps of SRC (qcow2 to qcow2)\n"
                "  --skip-broken-bitmaps  with --bitmaps: leave out inconsistent (in use)\n"
                "              bitmaps instead of failing\n"
-               "  -n          DST is an existing rbd: image (not created)\n"
+               "  -n          DST exists (file, block device or rbd: image): it is\n"
+               "              written in place, not created; at least SRC's size\n"
+               "  --target-is-zero  with -n: DST already reads as zeros (zeros not written)\n"
+               "  -S SIZE     zero runs of at least SIZE bytes stay sparse (default 4k,\n"
+               "              a multiple of 512); -S 0: fully allocated output\n"
                "  -m N        writes in flight to an rbd: DST (default 16)\n"
                "DST may be rbd:POOL[/NAMESPACE]/IMAGE (see docs/ceph.md)\n"
                "-f rbd-diff: SRC is an rbd export-diff stream (see "
@@ -91,9 +96,37 @@ struct job {
     bool compress, progress;
     bool force_share;
     bool bitmaps, skip_broken;  /* --bitmaps, --skip-broken-bitmaps */
-    bool no_create;      /* -n: rbd: DST exists */
+    bool no_create;      /* -n: DST exists */
+    bool target_is_zero; /* --target-is-zero */
+    size_t min_sparse;   /* -S, 0 = default */
+    bool no_sparse;      /* -S 0 */
     unsigned depth;      /* -m: writes in flight to rbd: */
 };
+
+/* convert -n: the existing output, locked by @out, opened in place in
+ * the format of -O.  Like qemu-img, it must be at least @size bytes. */
+static struct rb_image *open_existing(struct job *j, struct rb_output *out, uint64_t size,
+                                      struct rb_error *err)
+{
+    struct rb_open_opts oo = {.format = j->out_fmt, .write = true};
+    struct rb_image *img;
+    int fd;
+
+    if ((fd = rb_output_dup(out, err)) < 0)
+        return NULL;
+    img = rb_image_open_fd(j->dst_path, fd, &oo, err);
+    if (img && img->size < size) {
+        rb_error_set(err, ENOSPC,
+                     "%s: output file is smaller than input file (%" PRIu64 " < %" PRIu64
+                     " bytes)",
+                     j->dst_path, img->size, size);
+        rb_image_close(img);
+        return NULL;
+    }
+    if (img && out->blockdev && img->size > size)
+        img->size = size; /* convert writes the source's bytes, no more */
+    return img;
+}
 
 static void skipped_bitmap(void *opaque, const char *name)
 {
@@ -145,7 +178,7 @@ static int run(struct job *j)
         rb_image_close(src);
         return ret;
     }
-    if (!raw) {
+    if (!raw && !j->no_create) {
         /* options first: a refused option must not cost the output */
         j->qo.size = src->size;
         j->qo.size_set = true;
@@ -163,12 +196,19 @@ static int run(struct job *j)
     ret = source_size(j->src_path, src, &before);
     /* The output is never the source nor a layer of its chain; an
      * existing file is locked before it is emptied. */
-    out = rb_output_open(j->dst_path, &src, 1, raw ? RB_OUTPUT_BLOCKDEV : 0, &err);
+    out = rb_output_open(j->dst_path, &src, 1,
+                         j->no_create ? RB_OUTPUT_IN_PLACE | RB_OUTPUT_BLOCKDEV
+                         : raw        ? RB_OUTPUT_BLOCKDEV
+                                      : 0,
+                         &err);
     if (!out) {
         ret = -EIO;
         goto fail;
     }
-    if (raw) {
+    if (j->no_create) {
+        dst = open_existing(j, out, src->size, &err);
+        zeroed = j->target_is_zero;
+    } else if (raw) {
         dst = make_raw(out, src->size, &zeroed, &err);
     } else if ((fd = rb_output_dup(out, &err)) >= 0) {
         dst = rb_qcow2_stream_create(fd, j->dst_path, &j->qo, &err);
@@ -180,6 +220,8 @@ static int run(struct job *j)
     prog = progress_new(j->progress, src->size);
     co.dst_zeroed = zeroed;
     co.compress = j->compress;
+    co.min_sparse = j->min_sparse;
+    co.no_sparse = j->no_sparse;
     co.progress = on_progress;
     co.opaque = prog;
     ret = rb_copy_image(src, dst, &co, &err);
@@ -215,6 +257,7 @@ int cmd_convert(int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'},
         {"bitmaps", no_argument, NULL, 0x100},
         {"skip-broken-bitmaps", no_argument, NULL, 0x101},
+        {"target-is-zero", no_argument, NULL, 0x102},
         {NULL, 0, NULL, 0},
     };
     struct rb_error err = {0};
@@ -225,7 +268,7 @@ int cmd_convert(int argc, char **argv)
     if (rbd_diff_wanted(argc, argv, "-f"))
         return cmd_convert_rbd_diff(argc, argv);
     rb_qcow2_create_opts_init(&j.qo);
-    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:S:", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': j.src_fmt = optarg; break;
         case 'O': j.out_fmt = optarg; break;
@@ -244,6 +287,19 @@ int cmd_convert(int argc, char **argv)
         case 0x100: j.bitmaps = true; break;
         case 0x101: j.skip_broken = true; break;
         case 'n': j.no_create = true; break;
+        case 0x102: j.target_is_zero = true; break;
+        case 'S': {
+            uint64_t v;
+            if (rb_parse_size(optarg, &v) < 0 || v % 512 || v > (16u << 20)) {
+                complain("convert: invalid -S '%s': sizes for sparse output are multiples "
+                         "of 512 up to 16777216 (0: fully allocated output)",
+                         optarg);
+                goto out;
+            }
+            j.min_sparse = (size_t)v;
+            j.no_sparse = v == 0;
+            break;
+        }
         case 'm':
             j.depth = (unsigned)strtoul(optarg, NULL, 10);
             if (j.depth < 1 || j.depth > 256) {
@@ -269,8 +325,20 @@ int cmd_convert(int argc, char **argv)
     }
     if (rb_rbd_is_name(j.dst_path) && strcmp(j.out_fmt, "rbd") == 0)
         j.out_fmt = "raw";
-    if ((j.no_create || j.depth) && !rb_rbd_is_name(j.dst_path)) {
-        complain("convert: -n and -m are for an rbd: output");
+    if (j.depth && !rb_rbd_is_name(j.dst_path)) {
+        complain("convert: -m is for an rbd: output");
+        goto out;
+    }
+    if (rb_rbd_is_name(j.dst_path) && (j.target_is_zero || j.min_sparse || j.no_sparse)) {
+        complain("convert: --target-is-zero and -S are not supported for an rbd: output");
+        goto out;
+    }
+    if (j.target_is_zero && !j.no_create) {
+        complain("convert: --target-is-zero requires use of -n");
+        goto out;
+    }
+    if (j.no_create && optstr) {
+        complain("convert: -o cannot be used with -n (the output exists)");
         goto out;
     }
     if (strcmp(j.out_fmt, "raw") != 0 && strcmp(j.out_fmt, "qcow2") != 0) {

@@ -30,6 +30,13 @@ struct rb_copy_opts {
     bool dst_zeroed;
     /* Write each non-zero cluster with dst->ops->write_compressed. */
     bool compress;
+    /* Zero detection unit when the destination has no clusters (raw):
+     * only all-zero runs of this many aligned bytes stay sparse; 0 = 4096.
+     * A multiple of 512 (convert -S). */
+    size_t min_sparse;
+    /* convert -S 0: no sparse detection; every byte of the destination is
+     * written as data, zeros too (a fully allocated output). */
+    bool no_sparse;
     rb_copy_progress_fn progress;
     void *opaque;
 };

@@ -43,6 +43,7 @@ struct copy {
     uint64_t size;   /* bytes to copy: the source's virtual size */
     size_t granule;  /* zero-detection and write alignment unit */
     size_t chunk;    /* multiple of granule */
+    bool merge_zero; /* -S above the granule, raw destination */
     uint8_t *wbuf;   /* the buffer flush_chunk writes (writer side) */
     struct rb_error *err;  /* the writer's (the caller's) */
 
@@ -53,7 +54,7 @@ struct copy {
     uint64_t next_seq;       /* next step to plan */
     uint64_t head_seq;       /* next step to write */
     uint64_t cursor;         /* guest bytes planned so far */
-    uint8_t *bufs[NB_BUFS];
+    uint8_t *bufs[NB_BUFS + 1]; /* + a zero buffer for -S 0 */
     bool buf_busy[NB_BUFS];
     unsigned readers;        /* reader threads still running */
     bool stop;               /* a failure: everybody ends */
@@ -66,10 +67,24 @@ static bool reads_zero(const struct rb_extent *e)
     return (e->flags & RB_BS_ZERO) != 0;
 }
 
+static int put_data(struct copy *c, const uint8_t *buf, uint64_t off, size_t len);
+
 /* Zero [off, off + len) of the destination unless it already reads as
  * zeros. */
 static int put_zeroes(struct copy *c, uint64_t off, uint64_t len)
 {
+    if (c->o->no_sparse) {
+        /* -S 0: zeros are written as data (bufs[NB_BUFS] stays zero) */
+        while (len > 0) {
+            size_t n = len < c->chunk ? (size_t)len : c->chunk;
+            int ret = put_data(c, c->bufs[NB_BUFS], off, n);
+            if (ret < 0)
+                return ret;
+            off += n;
+            len -= n;
+        }
+        return 0;
+    }
     if (c->o->dst_zeroed || len == 0)
         return 0;
     return rb_image_write_zeroes(c->dst, off, len, RB_ZERO_MAY_UNMAP, c->err);
@@ -119,27 +134,45 @@ static int fill_chunk(struct copy *c, uint8_t *buf, uint64_t off, size_t len,
     return 0;
 }
 
-/* Write c->wbuf[0, len) (guest [off, off + len)) skipping zero granules. */
+/* Write c->wbuf[0, len) (guest [off, off + len)) skipping zero granules.
+ * With a raw destination and min_sparse above the granule (-S), a zero
+ * run shorter than min_sparse between data is written as data. */
 static int flush_chunk(struct copy *c, uint64_t off, size_t len)
 {
-    size_t pos = 0;
+    size_t pos = 0, dstart = 0, dend = 0; /* pending data [dstart, dend) */
+    size_t min = c->merge_zero ? c->o->min_sparse : 0;
+    int ret;
 
     while (pos < len) {
         size_t start = pos;
-        bool zero = rb_is_zero(c->wbuf + pos, len - pos < c->granule ? len - pos : c->granule);
-        int ret;
+        bool zero = !c->o->no_sparse &&
+                    rb_is_zero(c->wbuf + pos, len - pos < c->granule ? len - pos : c->granule);
 
         /* extend the run while granules have the same kind */
         do {
             pos += len - pos < c->granule ? len - pos : c->granule;
         } while (pos < len &&
-                 rb_is_zero(c->wbuf + pos, len - pos < c->granule ? len - pos : c->granule) ==
+                 (!c->o->no_sparse &&
+                  rb_is_zero(c->wbuf + pos, len - pos < c->granule ? len - pos : c->granule)) ==
                      zero);
-        ret = zero ? put_zeroes(c, off + start, pos - start)
-                   : put_data(c, c->wbuf + start, off + start, pos - start);
+        if (!zero || (min && dend > dstart && pos - start < min)) {
+            if (dend == dstart)
+                dstart = start;
+            dend = pos; /* data, or a short zero run after data */
+            continue;
+        }
+        if (dend > dstart) {
+            ret = put_data(c, c->wbuf + dstart, off + dstart, dend - dstart);
+            if (ret < 0)
+                return ret;
+            dstart = dend = 0;
+        }
+        ret = put_zeroes(c, off + start, pos - start);
         if (ret < 0)
             return ret;
     }
+    if (dend > dstart)
+        return put_data(c, c->wbuf + dstart, off + dstart, dend - dstart);
     return 0;
 }
 
@@ -192,6 +225,12 @@ static void *reader(void *arg)
         }
         /* a chunk ending on a chunk boundary keeps writes aligned */
         end = st.off - st.off % c->chunk + c->chunk;
+        if (c->merge_zero && st.off + e.length < end) {
+            /* -S: a chunk stops where the source's data does, so that
+             * only zeros inside data are measured against min_sparse */
+            end = st.off + e.length;
+            end += (c->granule - end % c->granule) % c->granule;
+        }
         if (end > c->size)
             end = c->size;
         bi = free_buf(c);
@@ -313,22 +352,29 @@ int rb_copy_image(struct rb_image *src, struct rb_image *dst,
     if (c.o->compress && !dst->ops->write_compressed)
         return rb_error_set(err, ENOTSUP, "%s: format '%s' cannot store compressed data",
                             dst->filename, dst->ops->format);
-    c.granule = dst->cluster_bytes ? dst->cluster_bytes : 4096;
+    c.granule = dst->cluster_bytes                              ? dst->cluster_bytes
+                : c.o->min_sparse >= 512 && c.o->min_sparse < 4096 ? c.o->min_sparse
+                                                                : 4096;
+    c.merge_zero = !dst->cluster_bytes && c.o->min_sparse > c.granule;
     c.chunk = c.o->chunk_bytes ? c.o->chunk_bytes : RB_COPY_DEFAULT_CHUNK;
     if (c.chunk < c.granule)
         c.chunk = c.granule;
     c.chunk -= c.chunk % c.granule;
     for (int i = 0; i < NB_BUFS; i++)
         c.bufs[i] = aligned_alloc(4096, (c.chunk + 4095) & ~(size_t)4095);
+    if (c.o->no_sparse)
+        c.bufs[NB_BUFS] = calloc(1, c.chunk);
     ret = 0;
     for (int i = 0; i < NB_BUFS; i++)
         if (!c.bufs[i])
             ret = -ENOMEM;
+    if (c.o->no_sparse && !c.bufs[NB_BUFS])
+        ret = -ENOMEM;
     if (ret < 0)
         ret = rb_error_set(err, ENOMEM, "out of memory for %zu-byte copy buffers", c.chunk);
     else
         ret = copy_loop(&c);
-    for (int i = 0; i < NB_BUFS; i++)
+    for (int i = 0; i <= NB_BUFS; i++)
         free(c.bufs[i]);
     return ret;
 }
