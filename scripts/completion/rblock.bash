@@ -18,7 +18,7 @@ _rblock()
         map)     opts="--output= --bitmap -f -U --force-share --help" ;;
         check)   opts="-r --output= -f -U --force-share --help" ;;
         create)  opts="-f -o -b -F -q --help" ;;
-        convert) opts="-f -O -o -c -p -q -U -n -m -B -F -b --force-share --bitmaps --skip-broken-bitmaps --help" ;;
+        convert) opts="-f -O -o -c -p -q -U -n -m -B -F -b --force-share --bitmaps --skip-broken-bitmaps --target-is-zero -S --help" ;;
         diff)    opts="--sector-size --output= --count --bitmap -p -f -F -U --force-share --help" ;;
         delta)   opts="-o -b -f -F -p -q -U --bitmap --force-share --output-format --from-snap --to-snap --help" ;;
         bitmap)  opts="--add --remove --clear --enable --disable --merge -g -b -F -f
