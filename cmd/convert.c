@@ -21,6 +21,7 @@
 #include "cmd.h"
 #include "convert_rbd.h"
 #include "rbd_diff.h"
+#include "rblock/diff.h"
 #include "rblock/io.h"
 #include "rblock/ops.h"
 #include "rblock/output.h"
@@ -32,7 +33,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: rblock convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] "
-               "[-n [--target-is-zero]] [-S SIZE] SRC DST\n\n"
+               "[-n [--target-is-zero]] [-S SIZE] [-B BACKING -F FMT] SRC DST\n\n"
                "  -f FMT      source format (raw, qcow2; probed by default)\n"
                "  -U          read SRC even while another process writes it\n"
                "  -O FMT      output format (default raw)\n"
@@ -47,6 +48,9 @@ static void usage(FILE *f)
                "  -n          DST exists (file, block device or rbd: image): it is\n"
                "              written in place, not created; at least SRC's size\n"
                "  --target-is-zero  with -n: DST already reads as zeros (zeros not written)\n"
+               "  -B BACKING  -O qcow2 output backed by BACKING (stored as given, read\n"
+               "              from DST's folder) holding only what differs from it\n"
+               "  -F FMT      format of BACKING (required with -B)\n"
                "  -S SIZE     zero runs of at least SIZE bytes stay sparse (default 4k,\n"
                "              a multiple of 512); -S 0: fully allocated output\n"
                "  -m N        writes in flight to an rbd: DST (default 16)\n"
@@ -100,6 +104,7 @@ struct job {
     bool target_is_zero; /* --target-is-zero */
     size_t min_sparse;   /* -S, 0 = default */
     bool no_sparse;      /* -S 0 */
+    const char *backing, *backing_fmt; /* -B, -F */
     unsigned depth;      /* -m: writes in flight to rbd: */
 };
 
@@ -126,6 +131,39 @@ static struct rb_image *open_existing(struct job *j, struct rb_output *out, uint
     if (img && out->blockdev && img->size > size)
         img->size = size; /* convert writes the source's bytes, no more */
     return img;
+}
+
+/* convert -B BACKING -F FMT: a qcow2 backed by BACKING holding only what
+ * SRC changes, written by the delta engine.  BACKING is stored as given
+ * and, like every backing name, read from DST's folder. */
+static int run_backed(struct job *j, char *optstr)
+{
+    struct rb_delta_opts o = {
+        .base_format = j->backing_fmt,
+        .new_format = j->src_fmt,
+        .backing_name = j->backing,
+        .create_options = optstr,
+        .force_share = j->force_share,
+    };
+    struct rb_error err = {0};
+    const char *slash = strrchr(j->dst_path, '/');
+    char *base = NULL;
+    int ret;
+
+    if (j->backing[0] != '/' && slash) {
+        int n = (int)(slash - j->dst_path);
+        if (asprintf(&base, "%.*s/%s", n, j->dst_path, j->backing) < 0) {
+            complain("convert: out of memory");
+            return 1;
+        }
+    }
+    ret = rb_delta(base ? base : j->backing, j->src_path, j->dst_path, &o, NULL, &err);
+    free(base);
+    if (ret < 0) {
+        complain("convert: %s", rb_error_msg(&err, ret));
+        return 1;
+    }
+    return 0;
 }
 
 static void skipped_bitmap(void *opaque, const char *name)
@@ -268,7 +306,7 @@ int cmd_convert(int argc, char **argv)
     if (rbd_diff_wanted(argc, argv, "-f"))
         return cmd_convert_rbd_diff(argc, argv);
     rb_qcow2_create_opts_init(&j.qo);
-    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:S:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:O:o:cpqUhnm:S:B:F:", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': j.src_fmt = optarg; break;
         case 'O': j.out_fmt = optarg; break;
@@ -287,6 +325,8 @@ int cmd_convert(int argc, char **argv)
         case 0x100: j.bitmaps = true; break;
         case 0x101: j.skip_broken = true; break;
         case 'n': j.no_create = true; break;
+        case 'B': j.backing = optarg; break;
+        case 'F': j.backing_fmt = optarg; break;
         case 0x102: j.target_is_zero = true; break;
         case 'S': {
             uint64_t v;
@@ -360,6 +400,26 @@ int cmd_convert(int argc, char **argv)
     }
     if (j.qo.backing_file || j.qo.preallocation != RB_QCOW2_PREALLOC_OFF) {
         complain("convert: backing_file and preallocation are not supported by convert");
+        goto out;
+    }
+    if (j.backing_fmt && !j.backing) {
+        complain("convert: -F needs -B");
+        goto out;
+    }
+    if (j.backing) {
+        if (strcmp(j.out_fmt, "qcow2") != 0) {
+            complain("convert: backing file not supported for file format '%s'", j.out_fmt);
+            goto out;
+        }
+        if (!j.backing_fmt) {
+            complain("convert: use of backing file requires explicit backing format (-F)");
+            goto out;
+        }
+        if (j.no_create || j.compress || j.bitmaps || j.min_sparse || j.no_sparse) {
+            complain("convert: -B cannot be used with -n, -c, -S or --bitmaps");
+            goto out;
+        }
+        ret = run_backed(&j, optstr);
         goto out;
     }
     ret = run(&j);

@@ -204,3 +204,48 @@ def test_sparse_invalid(sources):
         assert q.returncode != 0
         c = run(RBLOCK, "convert", "-S", bad, srcs["raw"], t, check=False)
         assert c.returncode != 0 and "multiples of 512" in c.stderr and not t.exists()
+
+
+def test_backing(tmp_path):
+    base, new = tmp_path / "base.qcow2", tmp_path / "new.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", base, SIZE)
+    run("qemu-io", "-c", "write -P 0xaa 0 2M", base)
+    shutil.copy(base, new)
+    # NEW differs from BASE in the clusters at 1M (data) and 1536k (zeros
+    # over BASE's data) and 3M (data where BASE is unallocated); the
+    # rest of NEW rewrites BASE's own bytes
+    run("qemu-io", "-c", "write -P 0xbb 1M 64k", "-c", "write -z 1536k 64k",
+        "-c", "write -P 0xaa 512k 64k", "-c", "write -P 0xcc 3M 64k", new)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "q").mkdir()
+    shutil.copy(base, tmp_path / "r" / "base.qcow2")
+    shutil.copy(base, tmp_path / "q" / "base.qcow2")
+    a, b = tmp_path / "r" / "out.qcow2", tmp_path / "q" / "out.qcow2"
+    run(RBLOCK, "convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", new, a)
+    run("qemu-img", "convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", new, b)
+    qcheck(a)
+    ia = json.loads(run("qemu-img", "info", "--output=json", a).stdout)
+    ib = json.loads(run("qemu-img", "info", "--output=json", b).stdout)
+    for k in ("backing-filename", "backing-filename-format", "virtual-size", "format"):
+        assert ia.get(k) == ib.get(k), k
+    assert ia["backing-filename"] == "base.qcow2"
+    compare(a, b)
+    compare(new, a)
+    top = [(e["start"], e["length"], e["data"], e["zero"])
+           for e in json.loads(run("qemu-img", "map", "--output=json", a).stdout)
+           if e["depth"] == 0]
+    K = 1024
+    assert top == [(1024 * K, 64 * K, True, False), (1536 * K, 64 * K, False, True),
+                   (3072 * K, 64 * K, True, False)]
+
+
+def test_backing_needs_format_and_qcow2(sources):
+    d, srcs = sources
+    t = d / "B-bad.qcow2"
+    for opts in (["-O", "qcow2", "-B", str(srcs["raw"])],
+                 ["-O", "raw", "-B", str(srcs["raw"]), "-F", "raw"]):
+        q = run("qemu-img", "convert", *opts, srcs["qcow2"], t, check=False)
+        assert q.returncode != 0 and not t.exists()
+        c = run(RBLOCK, "convert", *opts, srcs["qcow2"], t, check=False)
+        assert c.returncode != 0 and len(c.stderr.strip().splitlines()) == 1
+        assert not t.exists()
