@@ -573,7 +573,9 @@ int qcow2_check_walk(struct rb_image *img, struct rb_qcow2_check *res,
         c.quiet = false;
     }
     if (!c.err) {
-        res->image_end_offset = c.highest * s->cluster_bytes;
+        /* as qemu: at least the header's cluster, even when no refcount
+         * could be read */
+        res->image_end_offset = (c.highest ? c.highest : 1) * s->cluster_bytes;
         check_copied(&c);
     }
     pthread_mutex_unlock(&s->lock);
