@@ -352,11 +352,165 @@ void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool li
  * cluster in use, or a refcount block made in between), give the run
  * back and start again after the break.  The free clusters skipped this
  * way stay free for later allocations. */
+/* Refcount blocks and L2 tables written back, then the file synced. */
+static int tail_flush(struct qcow2_state *s, struct rb_error *err)
+{
+    int ret = qcow2_cache_flush(s->refblock_cache);
+
+    if (ret == 0)
+        ret = qcow2_cache_flush(s->l2_cache);
+    if (ret == 0)
+        ret = rb_io_sync(s->fd);
+    if (ret < 0)
+        return rb_error_errno(err, -ret, "%s: cannot write metadata", s->name);
+    return 0;
+}
+
+/*
+ * Allocate @n contiguous clusters past the end of the file, for a table
+ * larger than a refcount block covers (the general allocator puts each new
+ * refcount block inside the range it covers, which splits such runs).
+ * Layout: the run [t, t+n), then the refcount blocks that are missing for
+ * [t, end), then, when the table has too few entries, a new refcount table
+ * (every block and the table counted by the blocks).  ORDER: the blocks,
+ * the updated existing blocks, then the table entries (or the new table
+ * and one header write), each durable before what points at it.
+ */
+static int alloc_tail_run(struct qcow2_state *s, uint64_t n, uint64_t *off,
+                          struct rb_error *err)
+{
+    uint64_t c = s->cluster_bytes, E = s->refblock_entries, t = (s->file_size + c - 1) / c;
+    uint64_t B = 0, T = 0, entries = s->reftable_entries, end, *blk_at = NULL;
+    uint8_t *buf = NULL, *table = NULL, hdr[12];
+    int ret = 0;
+
+    if (t == 0)
+        t = 1;
+    /* fixed point: blocks for every range of [t, t+n+B+T) without one,
+     * a table covering them all when the old one is too small */
+    for (;;) {
+        uint64_t nb = 0, need_entries, nt = 0;
+        end = t + n + B + T;
+        for (uint64_t k = t / E; k <= (end - 1) / E; k++)
+            if (k >= s->reftable_entries || !s->reftable[k])
+                nb++;
+        need_entries = (end - 1) / E + 1;
+        if (need_entries > s->reftable_entries) {
+            entries = need_entries > s->reftable_entries * 2 ? need_entries
+                                                             : s->reftable_entries * 2;
+            nt = (entries * 8 + c - 1) / c;
+        }
+        if (nb == B && nt == T)
+            break;
+        B = nb;
+        T = nt;
+    }
+    if (T)
+        entries = T * c / 8;
+    if (T * c > QCOW2_MAX_REFTABLE_BYTES)
+        return rb_error_set(err, EFBIG, "%s: refcount table would exceed %u bytes", s->name,
+                            QCOW2_MAX_REFTABLE_BYTES);
+    blk_at = calloc(((end - 1) / E + 1), 8);
+    buf = malloc(c);
+    table = T ? calloc(T, c) : NULL;
+    if (!blk_at || !buf || (T && !table)) {
+        ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+        goto out;
+    }
+    /* new blocks at t+n.., in range order; existing ones via the cache */
+    uint64_t next = t + n;
+    for (uint64_t k = t / E; k <= (end - 1) / E; k++)
+        if (k >= s->reftable_entries || !s->reftable[k])
+            blk_at[k] = next++;
+    for (uint64_t k = t / E; k <= (end - 1) / E && ret == 0; k++) {
+        uint64_t lo = k * E > t ? k * E : t, hi = (k + 1) * E < end ? (k + 1) * E : end;
+        if (!blk_at[k]) {
+            for (uint64_t i = lo; i < hi && ret == 0; i++)
+                ret = qcow2_refcount_set(s, i, 1, err);
+            continue;
+        }
+        memset(buf, 0, c);
+        for (uint64_t i = lo; i < hi; i++)
+            qcow2_refblock_set(buf, s->h.refcount_order, i - k * E, 1);
+        ret = rb_io_pwrite(s->fd, buf, c, blk_at[k] * c);
+        if (ret < 0)
+            ret = rb_error_errno(err, -ret, "%s: cannot write refcount block at 0x%" PRIx64,
+                                 s->name, blk_at[k] * c);
+    }
+    if (ret == 0)
+        ret = tail_flush(s, err);
+    if (ret < 0)
+        goto out;
+    if (!T) {
+        for (uint64_t k = t / E; k <= (end - 1) / E && ret == 0; k++) {
+            uint8_t be[8];
+            if (!blk_at[k])
+                continue;
+            rb_store_be64(be, blk_at[k] * c);
+            ret = rb_io_pwrite(s->fd, be, 8, s->h.refcount_table_offset + k * 8);
+            if (ret < 0)
+                ret = rb_error_errno(err, -ret, "%s: cannot write the refcount table",
+                                     s->name);
+            else
+                s->reftable[k] = blk_at[k] * c;
+        }
+        if (ret == 0 && (ret = rb_io_sync(s->fd)) < 0)
+            ret = rb_error_errno(err, -ret, "%s: sync failed", s->name);
+    } else {
+        uint64_t toff = (t + n + B) * c, old_off = s->h.refcount_table_offset;
+        uint64_t old_clusters = s->h.refcount_table_clusters, *nt = calloc(entries, 8);
+        if (!nt) {
+            ret = rb_error_set(err, ENOMEM, "%s: out of memory", s->name);
+            goto out;
+        }
+        memcpy(nt, s->reftable, s->reftable_entries * 8);
+        for (uint64_t k = t / E; k <= (end - 1) / E; k++)
+            if (blk_at[k])
+                nt[k] = blk_at[k] * c;
+        for (uint64_t k = 0; k < entries; k++)
+            rb_store_be64(table + k * 8, nt[k]);
+        ret = rb_io_pwrite(s->fd, table, T * c, toff);
+        if (ret == 0)
+            ret = rb_io_sync(s->fd);
+        if (ret < 0) {
+            free(nt);
+            ret = rb_error_errno(err, -ret, "%s: cannot write the refcount table", s->name);
+            goto out;
+        }
+        rb_store_be64(hdr, toff);
+        rb_store_be32(hdr + 8, (uint32_t)T);
+        ret = qcow2_header_update(s, 48, hdr, sizeof(hdr), err);
+        if (ret < 0) {
+            free(nt);
+            goto out;
+        }
+        free(s->reftable);
+        s->reftable = nt;
+        s->reftable_entries = entries;
+        s->h.refcount_table_offset = toff;
+        s->h.refcount_table_clusters = (uint32_t)T;
+        /* the old table: nothing points at it any more */
+        for (uint64_t i = 0; i < old_clusters; i++)
+            (void)qcow2_refcount_set(s, old_off / c + i, 0, NULL);
+    }
+    s->file_size = end * c;
+    *off = t * c;
+out:
+    free(blk_at);
+    free(buf);
+    free(table);
+    return ret;
+}
+
 int qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n, uint64_t *host_off,
                          struct rb_error *err)
 {
     uint64_t start = 0, got = 0;
 
+    /* A run that needs a new refcount block of its own would be split by
+     * it at every try: lay such runs out past the end of the file. */
+    if (n >= s->refblock_entries / 2)
+        return alloc_tail_run(s, n, host_off, err);
     while (got < n) {
         uint64_t off;
         int ret = qcow2_alloc_cluster(s, &off, err);

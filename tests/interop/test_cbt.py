@@ -228,3 +228,28 @@ def test_info_dirty_bytes(tmp_path, src):
     for d in info["rblock"]["dirty-bitmaps"]:
         assert d["inconsistent"] is True and "count" not in d, d
     assert "inconsistent" in run(RBLOCK, "info", src).stdout
+
+
+def test_bitmap_table_longer_than_a_refcount_block_covers(tmp_path):
+    """512 B clusters, a 64 GiB disk, 512 B granules: the bitmap's table
+    (256 KiB, 512 clusters) is longer than one refcount block covers (256
+    clusters).  It must land in one run past the end of the file, not push
+    the file to gigabytes of retries; served writes are then recorded."""
+    img = str(tmp_path / "small-clusters.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", img, "64G")
+    run("qemu-io", "-c", "write -P 1 0 1M", img)
+    before = os.path.getsize(img)
+    run(RBLOCK, "bitmap", "--add", "-g", "512", img, "b")
+    srv = Server(img, "-f", "qcow2")
+    try:
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        h.pwrite(b"\x22" * 4096, 40 << 30)
+        h.flush()
+        h.shutdown()
+    finally:
+        srv.stop()
+    assert os.path.getsize(img) < before + 8 * MiB, os.path.getsize(img)
+    qcheck(img)
+    assert [b["name"] for b in bitmaps(img)] == ["b"]
+    assert [(o, n) for o, n, st in qemu_map(img, "b") if st & 1] == [(40 << 30, 4096)]
