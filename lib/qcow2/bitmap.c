@@ -1029,7 +1029,7 @@ int rb_qcow2_bitmap_extent(struct rb_image *img, const char *name, uint64_t off,
                            struct rb_error *err)
 {
     struct qcow2_state *s;
-    struct qcow2_bitmap *b;
+    struct qcow2_bitmap *b = NULL;
     int ret;
 
     if (!qcow2_is_qcow2(img))
