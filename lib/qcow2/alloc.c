@@ -353,7 +353,7 @@ void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool li
  * back and start again after the break.  The free clusters skipped this
  * way stay free for later allocations. */
 /* Refcount blocks and L2 tables written back, then the file synced. */
-static int tail_flush(struct qcow2_state *s, struct rb_error *err)
+int qcow2_flush_metadata(struct qcow2_state *s, struct rb_error *err)
 {
     int ret = qcow2_cache_flush(s->refblock_cache);
 
@@ -438,7 +438,7 @@ static int alloc_tail_run(struct qcow2_state *s, uint64_t n, uint64_t *off,
                                  s->name, blk_at[k] * c);
     }
     if (ret == 0)
-        ret = tail_flush(s, err);
+        ret = qcow2_flush_metadata(s, err);
     if (ret < 0)
         goto out;
     if (!T) {

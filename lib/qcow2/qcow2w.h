@@ -77,6 +77,10 @@ int qcow2_refcount_add(struct qcow2_state *s, uint64_t idx, int64_t delta,
  */
 int qcow2_alloc_cluster(struct qcow2_state *s, uint64_t *host_off, struct rb_error *err);
 
+/* Write back the refcount blocks and L2 tables, then sync the file.
+ * 0, or -errno with the file named in @err. */
+int qcow2_flush_metadata(struct qcow2_state *s, struct rb_error *err);
+
 /* Allocate @n contiguous host clusters (refcount 1 each) and return the
  * offset of the first.  Caller holds the lock.  0 or -errno. */
 int qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n, uint64_t *host_off,

@@ -28,19 +28,6 @@
 #include "rblock/io.h"
 #include "rblock/lifecycle.h"
 
-static int flush_all(struct qcow2_state *s, struct rb_error *err)
-{
-    int ret = qcow2_cache_flush(s->refblock_cache);
-
-    if (ret == 0)
-        ret = qcow2_cache_flush(s->l2_cache);
-    if (ret == 0)
-        ret = rb_io_sync(s->fd);
-    if (ret < 0)
-        return rb_error_errno(err, -ret, "%s: cannot write metadata", s->name);
-    return 0;
-}
-
 /* Drop the references of old L2 entry @e (the entry is already gone on
  * disk). */
 static int release(struct qcow2_state *s, uint64_t e, struct rb_error *err)
@@ -72,11 +59,11 @@ static int release_all(struct qcow2_state *s, const uint64_t *old, size_t n,
 {
     /* ORDER: the cleared entries are durable before the refcounts of the
      * clusters they pointed at drop */
-    int ret = flush_all(s, err);
+    int ret = qcow2_flush_metadata(s, err);
 
     for (size_t k = 0; k < n && ret == 0; k++)
         ret = release(s, old[k], err);
-    return ret == 0 ? flush_all(s, err) : ret;
+    return ret == 0 ? qcow2_flush_metadata(s, err) : ret;
 }
 
 static int discard_tail(struct qcow2_state *s, uint64_t from, struct rb_error *err)
@@ -157,7 +144,7 @@ static int shrink_l1(struct qcow2_state *s, uint64_t new_l1, struct rb_error *er
         if (ret < 0)
             return ret;
     }
-    return flush_all(s, err);
+    return qcow2_flush_metadata(s, err);
 }
 
 /* A new L1 table of @new_l1 entries in new clusters; the header switches
@@ -188,7 +175,7 @@ static int grow_l1(struct qcow2_state *s, uint64_t new_l1, struct rb_error *err)
     /* ORDER: the new table and its refcounts are durable before the header
      * points at it */
     if (ret == 0)
-        ret = flush_all(s, err);
+        ret = qcow2_flush_metadata(s, err);
     if (ret == 0) {
         rb_store_be32(hdr, (uint32_t)new_l1);
         rb_store_be64(hdr + 4, off);
@@ -205,7 +192,7 @@ static int grow_l1(struct qcow2_state *s, uint64_t new_l1, struct rb_error *err)
     /* ORDER: freed only once nothing points at it (a failure leaks) */
     for (uint64_t k = 0; k < old_clusters && old_off; k++)
         (void)qcow2_refcount_add(s, old_off / c + k, -1, NULL);
-    return flush_all(s, err);
+    return qcow2_flush_metadata(s, err);
 }
 
 /* Cut the file after its last cluster with a non-zero refcount. */
