@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * conn.c - one thread per client connection, the registry of live
+ * conn.c - one thread per client connection (kept a while for the next
+ * one), the registry of live
  * connections (limits, eviction, shutdown, slots given back as soon as a
  * client is gone), and socket I/O with the handshake deadline and a send
  * lock.
@@ -52,14 +53,86 @@ int rb_server_init(struct rb_server *srv)
         pthread_mutex_destroy(&srv->lock);
         return -ret;
     }
+    srv->nstash = 0;
+    ret = pthread_mutex_init(&srv->stash_lock, NULL);
+    if (ret) {
+        pthread_mutex_destroy(&srv->budget_lock);
+        pthread_cond_destroy(&srv->gone);
+        pthread_mutex_destroy(&srv->lock);
+        return -ret;
+    }
+    srv->handoff_head = srv->handoff_tail = NULL;
+    srv->nhandoff = srv->nidle = srv->nthreads = 0;
+    srv->stopping = false;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    ret = pthread_cond_init(&srv->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (ret) {
+        pthread_mutex_destroy(&srv->stash_lock);
+        pthread_mutex_destroy(&srv->budget_lock);
+        pthread_cond_destroy(&srv->gone);
+        pthread_mutex_destroy(&srv->lock);
+        return -ret;
+    }
     return 0;
 }
 
 void rb_server_destroy(struct rb_server *srv)
 {
+    /* Every connection is over (rb_conn_wait_all): end the idle threads,
+     * and wait for them, since they use srv->lock until they end. */
+    pthread_mutex_lock(&srv->lock);
+    srv->stopping = true;
+    pthread_cond_broadcast(&srv->idle_cv);
+    while (srv->nthreads > 0)
+        pthread_cond_wait(&srv->gone, &srv->lock);
+    pthread_mutex_unlock(&srv->lock);
+    pthread_cond_destroy(&srv->idle_cv);
+    for (unsigned i = 0; i < srv->nstash; i++)
+        free(srv->stash[i].p);
+    srv->nstash = 0;
+    pthread_mutex_destroy(&srv->stash_lock);
     pthread_mutex_destroy(&srv->budget_lock);
     pthread_cond_destroy(&srv->gone);
     pthread_mutex_destroy(&srv->lock);
+}
+
+void *rb_server_buf_take(struct rb_server *srv, size_t len, size_t *cap)
+{
+    void *p = NULL;
+
+    pthread_mutex_lock(&srv->stash_lock);
+    for (unsigned i = srv->nstash; i-- > 0;) {
+        if (srv->stash[i].cap >= len) {
+            p = srv->stash[i].p;
+            *cap = srv->stash[i].cap;
+            srv->stash[i] = srv->stash[--srv->nstash];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&srv->stash_lock);
+    if (p)
+        return p;
+    if (posix_memalign(&p, 4096, len ? len : 1) != 0)
+        return NULL;
+    *cap = len;
+    return p;
+}
+
+void rb_server_buf_give(struct rb_server *srv, void *p, size_t cap)
+{
+    if (!p)
+        return;
+    if (cap <= RB_STASH_MAX_BYTES) {
+        pthread_mutex_lock(&srv->stash_lock);
+        if (srv->nstash < RB_STASH_BUFFERS) {
+            srv->stash[srv->nstash++] = (struct rb_stashed){p, cap};
+            p = NULL;
+        }
+        pthread_mutex_unlock(&srv->stash_lock);
+    }
+    free(p);
 }
 
 int rb_server_take(struct rb_conn *c, size_t n, const _Atomic size_t *held)
@@ -181,26 +254,61 @@ static void free_conn(struct rb_conn *c)
     free(c);
 }
 
+/* Called by a thread whose connection ended, with srv->lock held: wait
+ * (a while) for the next connection to serve.  NULL: none came, or the
+ * server stops; the thread is no longer counted and must end. */
+static struct rb_conn *next_conn_locked(struct rb_server *srv)
+{
+    struct timespec until;
+    struct rb_conn *c = NULL;
+
+    if (!srv->stopping && srv->nidle < RB_IDLE_THREADS) {
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += RB_IDLE_MS / 1000;
+        srv->nidle++;
+        while (!srv->handoff_head && !srv->stopping)
+            if (pthread_cond_timedwait(&srv->idle_cv, &srv->lock, &until) == ETIMEDOUT)
+                break;
+        srv->nidle--;
+        /* (Also after a time-out: a connection handed over meanwhile
+         * counted on this thread.) */
+        if ((c = srv->handoff_head)) {
+            srv->handoff_head = c->handoff_next;
+            if (!srv->handoff_head)
+                srv->handoff_tail = NULL;
+            srv->nhandoff--;
+            return c;
+        }
+    }
+    srv->nthreads--;
+    pthread_cond_broadcast(&srv->gone); /* rb_server_destroy waits */
+    return NULL;
+}
+
 static void *conn_thread(void *arg)
 {
     struct rb_conn *c = arg;
     struct rb_server *srv = c->srv;
 
-    c->proto->serve(c);
+    while (c) {
+        c->proto->serve(c);
 
-    if (c->tr && c->tr->close)
-        c->tr->close(c->tr_ctx);
-    /* Last use of srv: once nconns drops to 0 under the lock, the main
-     * thread may close the export and free srv (rb_conn_wait_all), so the
-     * release, the unlink, the close and the signal go together. */
-    pthread_mutex_lock(&srv->lock);
-    release_locked(srv, c);
-    rb_export_count_closing(srv->export, c->proto->id, -1);
-    unlink_conn(srv, c);
-    close(c->fd);
-    pthread_cond_broadcast(&srv->gone);
-    pthread_mutex_unlock(&srv->lock);
-    free_conn(c);
+        if (c->tr && c->tr->close)
+            c->tr->close(c->tr_ctx);
+        /* Once nconns drops to 0 under the lock, the main thread may close
+         * the export (rb_conn_wait_all), so the release, the unlink, the
+         * close and the signal go together.  srv itself lives until
+         * rb_server_destroy, which waits for this thread. */
+        pthread_mutex_lock(&srv->lock);
+        release_locked(srv, c);
+        rb_export_count_closing(srv->export, c->proto->id, -1);
+        unlink_conn(srv, c);
+        close(c->fd);
+        pthread_cond_broadcast(&srv->gone);
+        free_conn(c);
+        c = next_conn_locked(srv);
+        pthread_mutex_unlock(&srv->lock);
+    }
     return NULL;
 }
 
@@ -304,12 +412,30 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
     pthread_mutex_unlock(&srv->lock);
     rb_export_count_connection(srv->export, proto->id, +1);
 
+    /* A thread whose connection ended may be waiting for this one. */
+    pthread_mutex_lock(&srv->lock);
+    if (srv->nidle > srv->nhandoff) {
+        c->handoff_next = NULL;
+        if (srv->handoff_tail)
+            srv->handoff_tail->handoff_next = c;
+        else
+            srv->handoff_head = c;
+        srv->handoff_tail = c;
+        srv->nhandoff++;
+        pthread_cond_signal(&srv->idle_cv);
+        pthread_mutex_unlock(&srv->lock);
+        return 0;
+    }
+    srv->nthreads++;
+    pthread_mutex_unlock(&srv->lock);
+
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     ret = pthread_create(&tid, &attr, conn_thread, c);
     pthread_attr_destroy(&attr);
     if (ret) {
         pthread_mutex_lock(&srv->lock);
+        srv->nthreads--;
         release_locked(srv, c);
         rb_export_count_closing(srv->export, proto->id, -1);
         unlink_conn(srv, c);

@@ -57,6 +57,13 @@ struct rb_protocol {
     void (*serve)(struct rb_conn *conn);
 };
 
+/* Threads kept for the next connection, and how long each waits. */
+#define RB_IDLE_THREADS 16
+#define RB_IDLE_MS 10000
+/* Buffers rb_server_buf_give keeps, and the largest it keeps. */
+#define RB_STASH_BUFFERS 32
+#define RB_STASH_MAX_BYTES ((size_t)256 << 10)
+
 /* Server-wide settings and state shared by every connection. */
 struct rb_server {
     /* Counts the connections of every protocol (an export without an
@@ -90,6 +97,23 @@ struct rb_server {
     pthread_mutex_t budget_lock;
     struct rb_conn *budget_waiters; /* waiting in rb_server_take */
     size_t inflight_bytes;          /* taken from max_inflight_bytes */
+    /* Threads whose connection ended wait a while for the next one
+     * (RB_IDLE_THREADS at most, RB_IDLE_MS each): a new connection is
+     * handed to one instead of starting a thread.  Under srv->lock. */
+    pthread_cond_t idle_cv;
+    struct rb_conn *handoff_head, *handoff_tail; /* waiting for a thread */
+    unsigned nhandoff;
+    unsigned nidle;    /* threads waiting for a connection */
+    unsigned nthreads; /* connection threads alive, serving or idle */
+    bool stopping;     /* rb_server_destroy: idle threads end */
+    /* Buffers of ended connections kept warm for the next ones
+     * (rb_server_buf_take). */
+    pthread_mutex_t stash_lock;
+    unsigned nstash;
+    struct rb_stashed {
+        void *p;
+        size_t cap;
+    } stash[RB_STASH_BUFFERS];
 };
 
 #define RB_DEFAULT_MAX_CONNECTIONS 128
@@ -110,6 +134,22 @@ struct rb_server {
  */
 int rb_server_take(struct rb_conn *c, size_t n, const _Atomic size_t *held);
 void rb_server_give(struct rb_server *srv, size_t n);
+
+/*
+ * Page-aligned buffers for a connection's own use, kept across
+ * connections: a client that connects, sends a little and hangs up, again
+ * and again, would otherwise cost a fresh mapping of every buffer, a page
+ * fault on each page it touches and a TLB shoot-down on both CPUs when it
+ * is unmapped -- CPU taken from the clients that behave.
+ * rb_server_buf_take returns a buffer of at least @len bytes (*@cap set to
+ * its size), a kept one when there is one, else a new one, or NULL.
+ * rb_server_buf_give takes back a buffer of @cap bytes (NULL is fine):
+ * kept while the stash has room and it is at most RB_STASH_MAX_BYTES,
+ * else freed.  Its contents are not cleared: a connection never sends
+ * bytes of its buffer it did not put there itself.
+ */
+void *rb_server_buf_take(struct rb_server *srv, size_t len, size_t *cap);
+void rb_server_buf_give(struct rb_server *srv, void *p, size_t cap);
 
 /*
  * Optional replacement for the plain socket calls (TLS).  Each returns
@@ -139,6 +179,7 @@ struct rb_conn {
     void *tr_ctx;
     void *proto_data;                /* the protocol's own */
     struct rb_conn *next, *prev;     /* srv->conns, under srv->lock */
+    struct rb_conn *handoff_next;    /* srv->handoff_head, under srv->lock */
     bool evicted;                    /* under srv->lock */
     bool released;                   /* under srv->lock (rb_conn_release) */
     /* srv->budget_waiters, under srv->budget_lock */

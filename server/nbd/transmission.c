@@ -127,33 +127,37 @@ struct rx {
 struct inl {
     struct buf rbuf;  /* READ replies */
     struct buf wbuf;  /* WRITE payloads */
-    struct rx rx;     /* read ahead */
+    struct rx rx;     /* read ahead, in rxbuf */
+    struct buf rxbuf;
     unsigned backoff; /* requests left to hand to the workers */
 };
 
-static uint8_t *buf_get(struct buf *b, size_t len)
+/* A buffer of at least @len bytes in @b; buffers come from and go back to
+ * the server's stash (rb_server_buf_take), page-aligned: the kernel copies
+ * page cache into them (pread) and out of them (send) much faster than at
+ * a 16-byte offset. */
+static uint8_t *buf_get(struct rb_server *srv, struct buf *b, size_t len)
 {
     if (len > b->cap || !b->p) {
-        void *p = NULL;
-
-        free(b->p);
-        /* Page-aligned: the kernel copies page cache into it (pread) and
-         * out of it (send) much faster than at a 16-byte offset. */
-        if (posix_memalign(&p, 4096, len ? len : 1) != 0)
-            p = NULL;
-        b->p = p;
-        b->cap = p ? len : 0;
+        rb_server_buf_give(srv, b->p, b->cap);
+        b->p = rb_server_buf_take(srv, len, &b->cap);
+        if (!b->p)
+            b->cap = 0;
     }
     return b->p;
 }
 
-static void buf_trim(struct buf *b)
+static void buf_put(struct rb_server *srv, struct buf *b)
 {
-    if (b->cap > NBD_KEEP_BUFFER_BYTES) {
-        free(b->p);
-        b->p = NULL;
-        b->cap = 0;
-    }
+    rb_server_buf_give(srv, b->p, b->cap);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+static void buf_trim(struct rb_server *srv, struct buf *b)
+{
+    if (b->cap > NBD_KEEP_BUFFER_BYTES)
+        buf_put(srv, b);
 }
 
 /* ---- replies -------------------------------------------------------------- */
@@ -288,7 +292,7 @@ static void do_read(struct tx *t, const struct req *r, struct buf *b)
     uint8_t *data;
     int ret = 0;
 
-    data = buf_get(b, r->len);
+    data = buf_get(t->c->srv, b, r->len);
     if (!data) {
         reply_status(t, r, -ENOMEM, "out of memory");
         return;
@@ -611,7 +615,7 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&t->lock);
 
         run_request(t, r, &b);
-        buf_trim(&b);
+        buf_trim(t->c->srv, &b);
 
         size_t n = req_bytes(t, r);
         bool wake;
@@ -628,7 +632,7 @@ static void *worker(void *arg)
         pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
-    free(b.p);
+    buf_put(t->c->srv, &b);
     return NULL;
 }
 
@@ -735,7 +739,7 @@ static void enqueue(struct tx *t, struct req *r)
         t->queued--;
         pthread_mutex_unlock(&t->lock);
         run_request(t, r, &b);
-        free(b.p);
+        buf_put(t->c->srv, &b);
         unadmit(t, r);
         free(r->payload);
         free(r);
@@ -860,7 +864,7 @@ static int run_inline(struct tx *t, struct inl *in, struct req *r)
     int ret = 0;
 
     if (r->type == NBD_CMD_WRITE) {
-        r->payload = buf_get(&in->wbuf, NBD_INLINE_MAX_BYTES);
+        r->payload = buf_get(t->c->srv, &in->wbuf, NBD_INLINE_MAX_BYTES);
         ret = r->payload ? tx_recv(t, &in->rx, r->payload, r->len) : -ENOMEM;
     }
     /* a client seen gone (a reply failed) has its requests dropped */
@@ -882,7 +886,8 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
 
     pthread_mutex_init(&t.lock, NULL);
     pthread_cond_init(&t.work, NULL);
-    in.rx.p = c->tr ? NULL : malloc(NBD_RX_BYTES); /* none: plain reads */
+    if (!c->tr) /* TLS: none, plain reads */
+        in.rx.p = buf_get(c->srv, &in.rxbuf, NBD_RX_BYTES);
     for (;;) {
         struct req *r = NULL;
         int ret = read_request(&t, &in.rx, &r);
@@ -941,9 +946,9 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
     }
     for (unsigned i = 0; i < t.nworkers; i++)
         pthread_join(t.workers[i], NULL);
-    free(in.rbuf.p);
-    free(in.wbuf.p);
-    free(in.rx.p);
+    buf_put(c->srv, &in.rbuf);
+    buf_put(c->srv, &in.wbuf);
+    buf_put(c->srv, &in.rxbuf);
     pthread_cond_destroy(&t.work);
     pthread_mutex_destroy(&t.lock);
 }
