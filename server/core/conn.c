@@ -1,10 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * conn.c - one thread per client connection (kept a while for the next
- * one), the registry of live
- * connections (limits, eviction, shutdown, slots given back as soon as a
- * client is gone), and socket I/O with the handshake deadline and a send
- * lock.
+ * one), the registry of live connections (limits, eviction, shutdown,
+ * slots given back as soon as a client is gone), and socket I/O with the
+ * handshake deadline and a send lock.
  */
 #include <errno.h>
 #include <netinet/in.h>
