@@ -50,6 +50,25 @@ int qcow2_header_update(struct qcow2_state *s, uint64_t off, const void *buf, si
     return ret < 0 ? ret : sync_if_barriers(s, err);
 }
 
+int qcow2_header_replace(struct qcow2_state *s, const void *buf, size_t len,
+                         struct rb_error *err)
+{
+    struct qcow2_header nh;
+    int ret = rb_io_pwrite(s->fd, buf, len, 0);
+
+    if (ret == 0)
+        ret = rb_io_sync(s->fd);
+    if (ret < 0)
+        return rb_error_errno(err, -ret, "%s: cannot write the header", s->name);
+    memset(&nh, 0, sizeof(nh));
+    ret = qcow2_header_read(s->fd, s->name, s->file_size, &nh, err);
+    if (ret == 0) {
+        qcow2_header_free(&s->h);
+        s->h = nh;
+    }
+    return ret;
+}
+
 static void cover(struct qcow2_state *s, uint64_t idx)
 {
     uint64_t end = (idx + 1) * s->cluster_bytes;

@@ -68,7 +68,6 @@ static int rewrite_header(struct qcow2_state *s, unsigned version, uint64_t comp
     uint64_t new_hl = version >= 3 ? (s->h.version >= 3 && hl > 112 ? hl : 112) : 72;
     uint8_t *old = malloc(c), *buf = calloc(1, c), *ft = malloc(c);
     size_t ft_len = 0;
-    struct qcow2_header nh;
     int ret;
 
     if (!old || !buf || !ft) {
@@ -133,19 +132,7 @@ static int rewrite_header(struct qcow2_state *s, unsigned version, uint64_t comp
         memcpy(buf + out, old + bf_off, (size_t)bf_len);
         rb_store_be64(buf + 8, out);
     }
-    ret = rb_io_pwrite(s->fd, buf, (size_t)c, 0);
-    if (ret == 0)
-        ret = rb_io_sync(s->fd);
-    if (ret < 0) {
-        ret = sync_err(s, ret, "the header", err);
-        goto out;
-    }
-    memset(&nh, 0, sizeof(nh));
-    ret = qcow2_header_read(s->fd, s->name, s->file_size, &nh, err);
-    if (ret == 0) {
-        qcow2_header_free(&s->h);
-        s->h = nh;
-    }
+    ret = qcow2_header_replace(s, buf, (size_t)c, err);
 out:
     free(old);
     free(buf);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "qcow2/qcow2.h"
+#include "qcow2/qcow2w.h"
 #include "rblock/io.h"
 #include "util/endian.h"
 
@@ -22,7 +23,6 @@ int rb_qcow2_set_backing(struct rb_image *img, const char *name, const char *for
     uint64_t c, hl, pos, out, end, bf_off, bf_len, used;
     size_t name_len = name ? strlen(name) : 0, fmt_len = format ? strlen(format) : 0;
     uint8_t *old = NULL, *buf = NULL;
-    struct qcow2_header nh;
     int ret;
 
     if (!qcow2_is_qcow2(img))
@@ -112,19 +112,7 @@ int rb_qcow2_set_backing(struct rb_image *img, const char *name, const char *for
     used = (used + 511) & ~(uint64_t)511;
     if (used > c)
         used = c;
-    ret = rb_io_pwrite(s->fd, buf, (size_t)used, 0);
-    if (ret == 0)
-        ret = rb_io_sync(s->fd);
-    if (ret < 0) {
-        ret = rb_error_errno(err, -ret, "%s: cannot write the header", s->name);
-        goto out;
-    }
-    memset(&nh, 0, sizeof(nh));
-    ret = qcow2_header_read(s->fd, s->name, s->file_size, &nh, err);
-    if (ret == 0) {
-        qcow2_header_free(&s->h);
-        s->h = nh;
-    }
+    ret = qcow2_header_replace(s, buf, (size_t)used, err);
 out:
     pthread_mutex_unlock(&s->lock);
     free(old);

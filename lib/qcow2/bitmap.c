@@ -465,7 +465,6 @@ static int write_header_ext(struct qcow2_state *s, uint32_t nb, uint64_t dsize, 
     uint64_t bf_off = s->h.backing_file_offset, bf_len = s->h.backing_file_size;
     bool move_name = bf_off && bf_off < c && bf_len <= c - bf_off;
     uint8_t *old = malloc(c), *buf = calloc(1, c);
-    struct qcow2_header nh;
     int ret;
 
     if (!old || !buf) {
@@ -521,19 +520,7 @@ static int write_header_ext(struct qcow2_state *s, uint32_t nb, uint64_t dsize, 
                                      QCOW2_AUTOCLEAR_BITMAPS
                                : s->h.autoclear_features & QCOW2_AUTOCLEAR_MASK &
                                      ~QCOW2_AUTOCLEAR_BITMAPS);
-    ret = rb_io_pwrite(s->fd, buf, (size_t)c, 0);
-    if (ret == 0)
-        ret = rb_io_sync(s->fd);
-    if (ret < 0) {
-        ret = rb_error_errno(err, -ret, "%s: cannot write the header", s->name);
-        goto out;
-    }
-    memset(&nh, 0, sizeof(nh));
-    ret = qcow2_header_read(s->fd, s->name, s->file_size, &nh, err);
-    if (ret == 0) {
-        qcow2_header_free(&s->h);
-        s->h = nh;
-    }
+    ret = qcow2_header_replace(s, buf, (size_t)c, err);
 out:
     free(old);
     free(buf);

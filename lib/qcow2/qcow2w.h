@@ -111,6 +111,14 @@ void qcow2_inflight_end(struct qcow2_state *s, struct qcow2_inflight *f, bool li
 int qcow2_header_update(struct qcow2_state *s, uint64_t off, const void *buf, size_t len,
                         struct rb_error *err);
 
+/* Write a whole new header (@len bytes of @buf at offset 0: header,
+ * extensions, backing file name), fdatasync it whatever the barrier
+ * setting (what it points at was made durable before), and take it as
+ * the file now has it into s->h (parsed again, checked as on open).
+ * 0 or -errno with @err set; on error s->h is unchanged. */
+int qcow2_header_replace(struct qcow2_state *s, const void *buf, size_t len,
+                         struct rb_error *err);
+
 /* ---- copy-on-write of shared L2 tables (cow.c) ---------------------------- */
 
 /*
