@@ -80,7 +80,8 @@ struct req {
     uint64_t handle;
     uint64_t off;
     uint32_t len;
-    uint8_t *payload; /* WRITE data, owned */
+    uint8_t *payload; /* WRITE data, owned (from the server's stash) */
+    size_t payload_cap;
 };
 
 struct tx {
@@ -121,6 +122,10 @@ struct buf {
 struct rx {
     uint8_t *p;
     size_t pos, len;
+    /* The last request was a large WRITE: the client is streaming data,
+     * so read the next header alone, and its payload straight into its
+     * buffer, instead of copying most of every payload out of @p. */
+    bool exact;
 };
 
 /* The reader's own state for the requests it runs itself. */
@@ -158,6 +163,13 @@ static void buf_trim(struct rb_server *srv, struct buf *b)
 {
     if (b->cap > NBD_KEEP_BUFFER_BYTES)
         buf_put(srv, b);
+}
+
+/* Free queued request @r and its payload. */
+static void req_free(struct rb_server *srv, struct req *r)
+{
+    rb_server_buf_give(srv, r->payload, r->payload_cap);
+    free(r);
 }
 
 /* ---- replies -------------------------------------------------------------- */
@@ -619,8 +631,7 @@ static void *worker(void *arg)
 
         size_t n = req_bytes(t, r);
         bool wake;
-        free(r->payload);
-        free(r);
+        req_free(t->c->srv, r);
         pthread_mutex_lock(&t->lock);
         t->busy--;
         t->bytes -= n;
@@ -692,8 +703,7 @@ static void drop_queued(struct tx *t)
         struct req *next = r->next;
 
         unadmit(t, r);
-        free(r->payload);
-        free(r);
+        req_free(t->c->srv, r);
         r = next;
     }
 }
@@ -741,8 +751,7 @@ static void enqueue(struct tx *t, struct req *r)
         run_request(t, r, &b);
         buf_put(t->c->srv, &b);
         unadmit(t, r);
-        free(r->payload);
-        free(r);
+        req_free(t->c->srv, r);
         return;
     }
     pthread_cond_signal(&t->work);
@@ -768,7 +777,7 @@ static int tx_recv(struct tx *t, struct rx *x, void *buf, size_t len)
             len -= n;
             continue;
         }
-        if (!x->p || t->c->tr || len >= NBD_RX_BYTES / 2)
+        if (!x->p || t->c->tr || x->exact || len >= NBD_RX_BYTES / 2)
             return rb_conn_recv(t->c, p, len); /* large: straight in */
         got = recv(t->c->fd, x->p, NBD_RX_BYTES, 0);
         if (got < 0 && (errno == EINTR || errno == EAGAIN))
@@ -803,6 +812,7 @@ static int read_request(struct tx *t, struct rx *x, struct req **out)
     r->handle = get64(h + 8);
     r->off = get64(h + 16);
     r->len = get32(h + 24);
+    x->exact = r->type == NBD_CMD_WRITE && r->len >= NBD_RX_BYTES / 2;
     if (r->type == NBD_CMD_DISC) {
         free(r);
         return 0;
@@ -825,10 +835,9 @@ static int read_payload(struct tx *t, struct rx *x, struct req *r)
     if (r->type != NBD_CMD_WRITE)
         return 0;
     /* Page-aligned, as the read buffers (see buf_get). */
-    if (posix_memalign((void **)&r->payload, 4096, r->len ? r->len : 1) != 0) {
-        r->payload = NULL;
+    r->payload = rb_server_buf_take(t->c->srv, r->len, &r->payload_cap);
+    if (!r->payload)
         return -ENOMEM;
-    }
     return tx_recv(t, x, r->payload, r->len);
 }
 
@@ -912,10 +921,8 @@ void nbd_transmission(struct rb_conn *c, const struct nbd_session *s)
                 ret = -EPIPE;
                 r = NULL;
             }
-            if (r) {
-                free(r->payload);
-                free(r);
-            }
+            if (r)
+                req_free(c->srv, r);
         }
         /* DISC: every request before it is run (the spec asks it), also
          * if the client does not wait for the replies; it had at most
