@@ -253,6 +253,25 @@ static void free_conn(struct rb_conn *c)
     free(c);
 }
 
+/* -v: one line when a connection ends, as one when it starts. */
+static void log_end(struct rb_conn *c)
+{
+    struct timespec now;
+    bool evicted;
+
+    pthread_mutex_lock(&c->srv->lock);
+    evicted = c->evicted;
+    pthread_mutex_unlock(&c->srv->lock);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    fprintf(stderr, "rblock: %s %s: connection ended after %.3f s%s\n", c->proto->name,
+            c->peer,
+            (double)(now.tv_sec - c->started.tv_sec) +
+                (double)(now.tv_nsec - c->started.tv_nsec) / 1e9,
+            evicted ? " (evicted: still in its handshake when the server was full)"
+            : atomic_load(&c->broken) ? " (the client went away)"
+                                      : "");
+}
+
 /* Called by a thread whose connection ended, with srv->lock held: wait
  * (a while) for the next connection to serve.  NULL: none came, or the
  * server stops; the thread is no longer counted and must end. */
@@ -294,6 +313,8 @@ static void *conn_thread(void *arg)
 
         if (c->tr && c->tr->close)
             c->tr->close(c->tr_ctx);
+        if (srv->verbose)
+            log_end(c);
         /* Once nconns drops to 0 under the lock, the main thread may close
          * the export (rb_conn_wait_all), so the release, the unlink, the
          * close and the signal go together.  srv itself lives until
@@ -386,6 +407,7 @@ int rb_conn_start(struct rb_server *srv, int fd, const struct rb_protocol *proto
         return ret;
     }
     pthread_mutex_init(&c->send_lock, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &c->started);
     tune_socket(fd);
     describe_peer(c);
     if (proto->handshake_deadline) {

@@ -172,6 +172,7 @@ struct rb_conn {
     char peer[96];                   /* "127.0.0.1:51234", "unix" */
     pthread_mutex_t send_lock;       /* one reply at a time on the wire */
     struct timespec deadline;        /* CLOCK_MONOTONIC */
+    struct timespec started;         /* CLOCK_MONOTONIC, for -v */
     atomic_bool in_handshake;        /* deadline applies; evictable */
     atomic_bool broken;              /* a send failed: stop replying */
     int wake_fd;                     /* eventfd: rb_conn_wake -> rb_conn_wait */

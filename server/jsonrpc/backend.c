@@ -363,7 +363,8 @@ static void *pump_out(void *arg) /* framing -> TLS */
     return NULL;
 }
 
-static void serve_tls(struct rb_conn *c, const struct rb_rpc_backend *be)
+static void serve_tls(struct rb_conn *c, const struct rb_rpc_backend *be,
+                      const struct rb_rpc_limits *lim)
 {
     struct pump in, out;
     pthread_t tin, tout;
@@ -387,7 +388,7 @@ static void serve_tls(struct rb_conn *c, const struct rb_rpc_backend *be)
         close(sv[1]);
         return;
     }
-    rb_rpc_serve_fd(sv[0], be, c->srv->proto_config[RB_PROTO_JSONRPC]);
+    rb_rpc_serve_fd(sv[0], be, lim);
     /* Every reply queued is sent (pump_out drains to the end of stream),
      * then the receiving side is woken by shutting the socket down. */
     shutdown(sv[0], SHUT_WR);
@@ -400,17 +401,20 @@ static void serve_tls(struct rb_conn *c, const struct rb_rpc_backend *be)
 
 static void rpc_serve(struct rb_conn *c)
 {
+    const struct rb_rpc_limits *conf = c->srv->proto_config[RB_PROTO_JSONRPC];
+    struct rb_rpc_limits lim = conf ? *conf : (struct rb_rpc_limits){0};
     struct rb_rpc_backend be;
     struct ctx base;
 
+    lim.log_peer = c->srv->verbose ? c->peer : NULL;
     rb_rpc_backend_for(&base, c, &be);
     /* --tls: JSON-RPC on TCP is TLS only (a unix socket, mode 0600, is
      * reachable by its owner only, and stays plain for socat). */
     if (rb_tls_mode(c->srv->tls) != RB_TLS_OFF && strcmp(c->peer, "unix") != 0) {
-        serve_tls(c, &be);
+        serve_tls(c, &be, &lim);
         return;
     }
-    rb_rpc_serve_fd(c->fd, &be, c->srv->proto_config[RB_PROTO_JSONRPC]);
+    rb_rpc_serve_fd(c->fd, &be, &lim);
 }
 
 const struct rb_protocol rb_jsonrpc_protocol = {

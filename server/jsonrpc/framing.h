@@ -93,6 +93,9 @@ struct rb_rpc_limits {
     size_t max_backlog;       /* 0: RB_RPC_DEFAULT_MAX_BACKLOG */
     unsigned send_timeout_ms; /* 0: RB_RPC_DEFAULT_SEND_TIMEOUT_MS */
     unsigned http_timeout_ms; /* 0: RB_HTTP_DEFAULT_TIMEOUT_MS */
+    /* -v: the client's address; every HTTP error status is then logged
+     * on stderr ("rblock: jsonrpc PEER: HTTP 404: not found").  NULL: not. */
+    const char *log_peer;
 };
 
 /* HTTP (http.c): request line and headers, header lines, and the time one

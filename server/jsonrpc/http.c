@@ -379,7 +379,7 @@ static int respond(int fd, const struct http_resp *rs, const char *allow, unsign
 
 /* An error status with a short JSON-RPC-shaped body, then close. */
 static int respond_error(int fd, int status, const char *msg, const char *allow,
-                         unsigned timeout)
+                         unsigned timeout, const char *log_peer)
 {
     char body[512];
     int n = snprintf(body, sizeof(body),
@@ -392,6 +392,8 @@ static int respond_error(int fd, int status, const char *msg, const char *allow,
                            .body_len = (size_t)n,
                            .close = status != 404 && status != 405};
 
+    if (log_peer)
+        fprintf(stderr, "rblock: jsonrpc %s: HTTP %d: %s\n", log_peer, status, msg);
     return respond(fd, &rs, allow, timeout);
 }
 
@@ -406,6 +408,7 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
                                                         : RB_RPC_DEFAULT_SEND_TIMEOUT_MS;
     unsigned req_timeout = lim && lim->http_timeout_ms ? lim->http_timeout_ms
                                                        : RB_HTTP_DEFAULT_TIMEOUT_MS;
+    const char *log_peer = lim ? lim->log_peer : NULL;
     struct inbuf in = {0};
     enum rb_rpc_end end = RB_RPC_END_EOF;
 
@@ -429,7 +432,7 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
         while (!in.len || !head_end(in.p + in.start, in.len, &head_len)) {
             if (in.len >= RB_HTTP_MAX_HEAD) {
                 respond_error(fd, 431, "request line and headers over the limit", NULL,
-                              send_timeout);
+                              send_timeout, log_peer);
                 goto out;
             }
             if (in.len > 0 && deadline < 0)
@@ -441,7 +444,7 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
                 goto out;
             }
             if (ret == -ETIMEDOUT) {
-                respond_error(fd, 408, "request not complete in time", NULL, send_timeout);
+                respond_error(fd, 408, "request not complete in time", NULL, send_timeout, log_peer);
                 end = RB_RPC_END_TIMEOUT;
                 goto out;
             }
@@ -467,7 +470,7 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
                                             "Content-Length"
                           : status == 505 ? "HTTP/1.0 and HTTP/1.1 only"
                                           : "malformed request line or header",
-                          NULL, send_timeout);
+                          NULL, send_timeout, log_peer);
             goto out;
         }
 
@@ -476,7 +479,7 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
         bool path_known = false;
         char allow[64] = "";
         if (strcmp(rq.method, "GET") != 0 && strcmp(rq.method, "POST") != 0) {
-            respond_error(fd, 405, "method not allowed", "GET, POST", send_timeout);
+            respond_error(fd, 405, "method not allowed", "GET, POST", send_timeout, log_peer);
             goto out; /* its body, if any, was not read */
         }
         for (size_t i = 0; i < N_ROUTES; i++) {
@@ -494,20 +497,20 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
             bool body = rq.has_length && rq.content_length > 0;
             int st = path_known ? 405 : 404;
             respond_error(fd, st, path_known ? "method not allowed" : "not found",
-                          path_known ? allow : NULL, send_timeout);
+                          path_known ? allow : NULL, send_timeout, log_peer);
             if (body || rq.close)
                 goto out;
             continue;
         }
         if (strcmp(rq.method, "POST") == 0 && !rq.has_length) {
-            respond_error(fd, 411, "a POST needs Content-Length", NULL, send_timeout);
+            respond_error(fd, 411, "a POST needs Content-Length", NULL, send_timeout, log_peer);
             goto out;
         }
         if (rq.has_length && rq.content_length > max_body) {
             char msg[128];
             snprintf(msg, sizeof(msg), "body of %llu bytes is over the limit of %zu",
                      (unsigned long long)rq.content_length, max_body);
-            respond_error(fd, 413, msg, NULL, send_timeout);
+            respond_error(fd, 413, msg, NULL, send_timeout, log_peer);
             goto out;
         }
         if (rq.expect_continue && rq.has_length && rq.content_length > in.len) {
@@ -524,7 +527,7 @@ enum rb_rpc_end rb_rpc_serve_http(int fd, const struct rb_rpc_backend *be,
             if (ret == 0)
                 goto out;
             if (ret == -ETIMEDOUT) {
-                respond_error(fd, 408, "request not complete in time", NULL, send_timeout);
+                respond_error(fd, 408, "request not complete in time", NULL, send_timeout, log_peer);
                 end = RB_RPC_END_TIMEOUT;
                 goto out;
             }

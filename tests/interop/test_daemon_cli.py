@@ -8,6 +8,7 @@ address without TLS)."""
 import json
 import os
 import signal
+import socket
 import subprocess
 
 import nbd
@@ -86,8 +87,20 @@ def test_quiet_and_verbose(tmp_path, disk):
     os.kill(pid, signal.SIGTERM)
     wait_gone(pid)
 
-    d = Daemon("-v", "-e", "1", disk, "-f", "qcow2", "-k", sock, listeners=1)
+    rpc_sock = tmp_path / "rpc.sock"
+    d = Daemon("-v", "-e", "1", disk, "-f", "qcow2", "-k", sock, "--rpc", f"unix:{rpc_sock}",
+               listeners=2)
     try:
+        # an HTTP error on the JSON-RPC listener is logged with -v
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(str(rpc_sock))
+        s.sendall(b"GET /nosuch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 404"), reply
         h = nbd.NBD()
         h.connect_uri(f"nbd+unix:///?socket={sock}")
         # the one slot is taken by a client in transmission: refused
@@ -105,6 +118,11 @@ def test_quiet_and_verbose(tmp_path, disk):
     assert "rblock: nbd: refused a connection from unix: --max-connections (1) reached" \
         in err, err
     assert "rblock: nbd unix: unknown export 'nosuch'" in err, err
+    assert "rblock: jsonrpc unix: HTTP 404: not found" in err, err
+    # every connection's end, as its start
+    ends = [ln for ln in err.splitlines() if "connection ended after" in ln]
+    assert any(ln.startswith("rblock: nbd unix: connection ended after") for ln in ends), err
+    assert any(ln.startswith("rblock: jsonrpc unix: connection ended after") for ln in ends), err
 
 
 def test_snapshot_overlay(tmp_path, disk):
